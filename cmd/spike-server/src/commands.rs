@@ -1,0 +1,127 @@
+//! What each command does, in a few lines each: the work happens in `internal`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use api::{Application, Mode};
+use migrations::{Migrator, MigratorTrait};
+use platform::{Settings, connect};
+use service::auth::AuthService;
+use service::jwt::JwtKeys;
+use service::password::PasswordHasher;
+
+use crate::cli::{AdminAction, Cli, Command, MigrateAction};
+
+/// `serve`, `api` and `worker` wait this long for the services to come up (a compose stack
+/// starts them together); the other commands fail at once.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Arc::new(Settings::load()?);
+    let _telemetry = platform::telemetry::init(&settings.telemetry)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings, Mode::Serve).await?,
+        Command::Api => serve(settings, Mode::Api).await?,
+        Command::Worker => serve(settings, Mode::Worker).await?,
+        Command::Migrate { action } => migrate(&settings, action).await?,
+        Command::Admin {
+            action: AdminAction::Create { email, password },
+        } => create_admin(&settings, &email, &password).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<()> {
+    let deps = api::connect(
+        settings,
+        STARTUP_WAIT,
+        &format!("spike-{mode:?}").to_lowercase(),
+    )
+    .await?;
+    if mode == Mode::Serve {
+        migrations::up(&deps.db)
+            .await
+            .context("applying migrations")?;
+    }
+    let app = Application::build(deps, mode).await?;
+    app.run(shutdown_signal()).await
+}
+
+async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<()> {
+    let db = connect::postgres(&settings.database).await?;
+    match action {
+        MigrateAction::Up => {
+            migrations::up(&db).await?;
+            println!("migrations applied");
+        }
+        MigrateAction::Down => {
+            Migrator::down(&db, Some(1)).await?;
+            println!("rolled back the latest migration");
+        }
+        MigrateAction::Fresh { force } => {
+            if settings.app.env == "prod" && !force {
+                anyhow::bail!("refusing to drop every table in prod; add --force if you mean it");
+            }
+            Migrator::fresh(&db).await?;
+            println!("database recreated");
+        }
+        MigrateAction::Status => {
+            for migration in Migrator::get_migration_with_status(&db).await? {
+                println!(
+                    "{:<10} {}",
+                    format!("{:?}", migration.status()).to_lowercase(),
+                    migration.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_admin(settings: &Settings, email: &str, password: &str) -> anyhow::Result<()> {
+    let db = connect::postgres(&settings.database).await?;
+    let auth = AuthService::new(
+        db,
+        PasswordHasher::new(&settings.argon2)?,
+        JwtKeys::new(&settings.jwt),
+        Duration::from_secs(settings.jwt.refresh_ttl_secs),
+    );
+    let (user, created) = auth
+        .create_admin(email, password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if created {
+        println!("created admin {} ({})", user.email, user.id);
+    } else {
+        println!(
+            "promoted {} ({}) to admin; the password was left unchanged",
+            user.email, user.id
+        );
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop, Kubernetes).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

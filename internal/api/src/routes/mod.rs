@@ -1,0 +1,15 @@
+//! One poem-openapi API struct per tag, combined in [`crate::app::routes`].
+
+pub mod auth;
+pub mod health;
+pub mod users;
+
+use poem_openapi::Tags;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Accounts and sessions
+    Auth,
+    /// Who am I, and the admin's view of users
+    Users,
+}

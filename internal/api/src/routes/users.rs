@@ -1,0 +1,64 @@
+//! `GET /users/me` and `GET /admin/users`.
+
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use service::auth::AuthService;
+
+use super::ApiTags;
+use super::auth::UserResponse;
+use crate::auth::BearerAuth;
+use crate::envelope::{Envelope, PageOf, ok};
+use crate::error::ApiResult;
+
+pub struct UsersApi {
+    pub auth: AuthService,
+}
+
+#[derive(ApiResponse)]
+pub enum MeResponse {
+    /// The signed-in user.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<UserResponse>>),
+}
+
+#[derive(ApiResponse)]
+pub enum UserListResponse {
+    /// A page of users.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<PageOf<UserResponse>>>),
+}
+
+#[OpenApi(tag = "ApiTags::Users")]
+impl UsersApi {
+    /// The signed-in user
+    #[oai(path = "/users/me", method = "get")]
+    async fn me(&self, auth: BearerAuth) -> ApiResult<MeResponse> {
+        let user = self.auth.me(auth.caller()).await?;
+        Ok(MeResponse::Ok(ok(user.into())))
+    }
+
+    /// All users (admin)
+    ///
+    /// `sort` is `created_at`, `email` or `role`, with `,asc` or `,desc`.
+    #[oai(path = "/admin/users", method = "get")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        page: Query<Option<u64>>,
+        page_size: Query<Option<u64>>,
+        sort: Query<Option<String>>,
+    ) -> ApiResult<UserListResponse> {
+        let caller = auth.admin()?;
+        let request = domain::PageRequest::parse(page.0, page_size.0)?;
+        let users = self
+            .auth
+            .list_users(caller, request, sort.0.as_deref())
+            .await?;
+        Ok(UserListResponse::Ok(ok(PageOf::new(
+            users,
+            request,
+            UserResponse::from,
+        ))))
+    }
+}

@@ -1,0 +1,194 @@
+//! The HTTP pipeline: request ids, the error envelope for every kind of failure, CORS,
+//! rate limits, timeouts and panics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::middleware::{HttpPolicy, wrap};
+use api::rate_limit::Limits;
+use platform::config::RateLimitSettings;
+use poem::test::TestClient;
+use poem::{Route, get, handler};
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn a_given_request_id_is_echoed_and_a_missing_one_is_made() {
+    let app = spawn_app().await;
+    let reply = app
+        .send(
+            app.client
+                .get(app.url("/healthz"))
+                .header("x-request-id", "trace-me-42"),
+        )
+        .await;
+    assert_eq!(reply.headers["x-request-id"], "trace-me-42");
+    let reply = app.get("/healthz", None).await;
+    assert_eq!(reply.headers["x-request-id"].to_str().unwrap().len(), 36);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_get_the_envelope() {
+    let app = spawn_app().await;
+    app.get("/api/v1/nothing-here", None)
+        .await
+        .error(404, "NOT_FOUND", None);
+    app.get("/api/v1/auth/login", None)
+        .await
+        .error(405, "METHOD_NOT_ALLOWED", None);
+}
+
+#[tokio::test]
+async fn a_bad_query_parameter_names_itself() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let reply = app
+        .get("/api/v1/admin/users?page_size=lots", admin.token())
+        .await;
+    let body = reply.error(400, "INVALID_REQUEST", Some("page_size"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected integer"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_the_configured_origin() {
+    let app = spawn_app_with(|s| s.http.cors_origins = vec!["https://shop.example".into()]).await;
+    let request = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/login"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization",
+        );
+    let reply = app.send(request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+
+    let other = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/login"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST");
+    let reply = app.send(other).await;
+    assert!(reply.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_ip_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.enabled = true;
+        s.rate_limit.ip_per_sec = 1;
+        s.rate_limit.ip_burst = 3;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let reply = app.login("nobody@example.com", "whatever1").await;
+        statuses.push(reply.status.as_u16());
+        if reply.status == 429 {
+            limited = Some(reply);
+        }
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
+    let limited = limited.expect("a request beyond the burst is refused");
+    limited.error(429, "RATE_LIMITED", None);
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_before_it_is_parsed() {
+    let app = spawn_app_with(|s| s.http.body_limit_bytes = 1024).await;
+    let big = json!({"email": "a@example.com", "password": "x".repeat(5000)});
+    let reply = app.post("/api/v1/auth/register", big, None).await;
+    reply.error(413, "PAYLOAD_TOO_LARGE", None);
+
+    // Without a Content-Length (chunked), the limit cuts the body off while reading it.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(b"{\"email\":\"".to_vec()),
+        Ok(vec![b'a'; 4000]),
+        Ok(b"\"}".to_vec()),
+    ];
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    app.post_raw("/api/v1/auth/register", body)
+        .await
+        .error(413, "PAYLOAD_TOO_LARGE", None);
+}
+
+fn policy(timeout: Duration) -> HttpPolicy {
+    let limits = RateLimitSettings {
+        enabled: false,
+        ip_per_sec: 1,
+        ip_burst: 1,
+        user_per_sec: 1,
+        user_burst: 1,
+        idle_secs: 60,
+    };
+    HttpPolicy {
+        limits: Arc::new(Limits::new(&limits)),
+        timeout,
+        body_limit: 1024,
+        cors_origins: vec!["*".into()],
+        trust_forwarded_for: false,
+    }
+}
+
+#[handler]
+fn boom() -> &'static str {
+    panic!("a bug in a handler")
+}
+
+#[handler]
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+#[tokio::test]
+async fn a_panic_becomes_a_500_envelope_without_details() {
+    let client = TestClient::new(wrap(
+        Route::new().at("/boom", get(boom)),
+        policy(Duration::from_secs(5)),
+    ));
+    let response = client
+        .get("/boom")
+        .header("x-request-id", "panic-1")
+        .send()
+        .await;
+    response.assert_status(poem::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value =
+        serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "INTERNAL");
+    assert_eq!(body["message"], "internal error");
+    assert_eq!(body["request_id"], "panic-1");
+    assert!(!body.to_string().contains("a bug in a handler"));
+}
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_is_cut_off_with_503() {
+    let client = TestClient::new(wrap(
+        Route::new().at("/slow", get(slow)),
+        policy(Duration::from_millis(100)),
+    ));
+    let response = client.get("/slow").send().await;
+    response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value =
+        serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "REQUEST_TIMEOUT");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the whole app on a random port, against the real Postgres, Redis and
+//! RabbitMQ. Each test gets its own database, Redis prefix and RabbitMQ prefix (see
+//! `helpers::spawn_app`), so they run in parallel.
+
+mod helpers;
+mod proxy;
+
+mod auth;
+mod health;
+mod http;

@@ -1,0 +1,253 @@
+//! Live auctions: what an admin may create, which bid is high enough, how the end moves,
+//! and how an auction ends.
+//!
+//! The live decisions are taken inside `place_bid.lua` (atomically, in integer cents); the
+//! functions here state the same rules in Rust for validation, messages and tests.
+
+use chrono::{DateTime, Utc};
+
+use crate::{Invalid, Money};
+
+pub const MAX_EXTEND_SECS: i64 = 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuction {
+    pub title: String,
+    pub description: String,
+    pub start_price: Money,
+    pub min_increment: Money,
+    pub reserve_price: Option<Money>,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub extend_window_secs: u32,
+    pub extend_by_secs: u32,
+    pub payment_timeout_secs: u32,
+}
+
+/// The raw fields of `POST /auctions`, before any rule was checked.
+#[derive(Debug, Clone)]
+pub struct AuctionFields<'a> {
+    pub title: &'a str,
+    pub description: &'a str,
+    pub start_price: &'a str,
+    pub min_increment: &'a str,
+    pub reserve_price: Option<&'a str>,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub extend_window_secs: i64,
+    pub extend_by_secs: i64,
+    pub payment_timeout_secs: i64,
+}
+
+impl NewAuction {
+    pub fn parse(fields: AuctionFields<'_>) -> Result<Self, Invalid> {
+        let title = crate::page::text("title", fields.title, 1, 200)?;
+        let description = crate::page::text("description", fields.description, 0, 5000)?;
+        let start_price = Money::parse_positive("start_price", fields.start_price)?;
+        let min_increment = Money::parse_positive("min_increment", fields.min_increment)?;
+        let reserve_price = fields
+            .reserve_price
+            .map(|raw| Money::parse_positive("reserve_price", raw))
+            .transpose()?;
+        if fields.end_at <= fields.start_at {
+            return Err(Invalid::new("end_at", "must be after start_at"));
+        }
+        for (name, value) in [
+            ("extend_window_secs", fields.extend_window_secs),
+            ("extend_by_secs", fields.extend_by_secs),
+        ] {
+            if !(0..=MAX_EXTEND_SECS).contains(&value) {
+                return Err(Invalid::new(
+                    name,
+                    format!("must be between 0 and {MAX_EXTEND_SECS}"),
+                ));
+            }
+        }
+        if fields.extend_window_secs > 0 && fields.extend_by_secs == 0 {
+            return Err(Invalid::new(
+                "extend_by_secs",
+                "must be at least 1 when extend_window_secs is set",
+            ));
+        }
+        if !(1..=crate::sale::MAX_PAYMENT_TIMEOUT_SECS).contains(&fields.payment_timeout_secs) {
+            return Err(Invalid::new(
+                "payment_timeout_secs",
+                format!(
+                    "must be between 1 and {}",
+                    crate::sale::MAX_PAYMENT_TIMEOUT_SECS
+                ),
+            ));
+        }
+        Ok(Self {
+            title,
+            description,
+            start_price,
+            min_increment,
+            reserve_price,
+            start_at: fields.start_at,
+            end_at: fields.end_at,
+            extend_window_secs: fields.extend_window_secs as u32,
+            extend_by_secs: fields.extend_by_secs as u32,
+            payment_timeout_secs: fields.payment_timeout_secs as u32,
+        })
+    }
+}
+
+/// The lowest acceptable bid: the start price for the first bid, otherwise the current price
+/// plus the minimum increment (so a bid equal to the current price is too low).
+pub fn min_next_bid(current: Option<Money>, start_price: Money, min_increment: Money) -> Money {
+    match current {
+        None => start_price,
+        Some(price) => price.plus(min_increment),
+    }
+}
+
+/// Anti-sniping: a bid placed less than `window_ms` before the end pushes the end out by
+/// `by_ms`. Times are milliseconds since the epoch, as in the Lua script.
+pub fn extended_end(now_ms: i64, end_ms: i64, window_ms: i64, by_ms: i64) -> i64 {
+    if window_ms > 0 && end_ms - now_ms <= window_ms {
+        end_ms + by_ms
+    } else {
+        end_ms
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuctionStatus {
+    Scheduled,
+    Live,
+    Sold,
+    Unsold,
+}
+
+impl AuctionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuctionStatus::Scheduled => "scheduled",
+            AuctionStatus::Live => "live",
+            AuctionStatus::Sold => "sold",
+            AuctionStatus::Unsold => "unsold",
+        }
+    }
+}
+
+/// Sold when there is a leading bid that meets the reserve (if any); unsold otherwise.
+pub fn outcome(final_price: Option<Money>, reserve_price: Option<Money>) -> AuctionStatus {
+    match (final_price, reserve_price) {
+        (None, _) => AuctionStatus::Unsold,
+        (Some(price), Some(reserve)) if price < reserve => AuctionStatus::Unsold,
+        _ => AuctionStatus::Sold,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    fn m(raw: &str) -> Money {
+        Money::parse("x", raw).unwrap()
+    }
+
+    fn fields(now: DateTime<Utc>) -> AuctionFields<'static> {
+        AuctionFields {
+            title: "Lot 1",
+            description: "",
+            start_price: "10.00",
+            min_increment: "1.00",
+            reserve_price: None,
+            start_at: now,
+            end_at: now + Duration::minutes(5),
+            extend_window_secs: 0,
+            extend_by_secs: 0,
+            payment_timeout_secs: 60,
+        }
+    }
+
+    #[test]
+    fn the_first_bid_needs_the_start_price() {
+        assert_eq!(min_next_bid(None, m("10.00"), m("1.00")), m("10.00"));
+    }
+
+    #[test]
+    fn a_bid_equal_to_the_current_price_is_too_low() {
+        let min = min_next_bid(Some(m("12.00")), m("10.00"), m("0.50"));
+        assert_eq!(min, m("12.50"));
+        assert!(m("12.00") < min);
+    }
+
+    #[test]
+    fn a_bid_inside_the_window_moves_the_end() {
+        assert_eq!(extended_end(9_000, 10_000, 2_000, 5_000), 15_000);
+        assert_eq!(extended_end(7_000, 10_000, 2_000, 5_000), 10_000);
+        assert_eq!(extended_end(9_999, 10_000, 0, 5_000), 10_000);
+    }
+
+    #[test]
+    fn reserve_not_met_means_unsold() {
+        assert_eq!(outcome(None, None), AuctionStatus::Unsold);
+        assert_eq!(outcome(Some(m("5")), Some(m("6"))), AuctionStatus::Unsold);
+        assert_eq!(outcome(Some(m("6")), Some(m("6"))), AuctionStatus::Sold);
+        assert_eq!(outcome(Some(m("1")), None), AuctionStatus::Sold);
+    }
+
+    #[test]
+    fn bad_auction_fields_name_the_field() {
+        let now = Utc::now();
+        let cases: Vec<(&str, AuctionFields)> = vec![
+            (
+                "title",
+                AuctionFields {
+                    title: " ",
+                    ..fields(now)
+                },
+            ),
+            (
+                "start_price",
+                AuctionFields {
+                    start_price: "-1",
+                    ..fields(now)
+                },
+            ),
+            (
+                "min_increment",
+                AuctionFields {
+                    min_increment: "0",
+                    ..fields(now)
+                },
+            ),
+            (
+                "reserve_price",
+                AuctionFields {
+                    reserve_price: Some("1.001"),
+                    ..fields(now)
+                },
+            ),
+            (
+                "end_at",
+                AuctionFields {
+                    end_at: now - Duration::seconds(1),
+                    ..fields(now)
+                },
+            ),
+            (
+                "extend_by_secs",
+                AuctionFields {
+                    extend_window_secs: 10,
+                    ..fields(now)
+                },
+            ),
+            (
+                "payment_timeout_secs",
+                AuctionFields {
+                    payment_timeout_secs: 0,
+                    ..fields(now)
+                },
+            ),
+        ];
+        for (field, raw) in cases {
+            assert_eq!(NewAuction::parse(raw).unwrap_err().field, field);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Orders: what they are for, where they are in their life, and what a new one may hold.
+
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::Invalid;
+
+/// Where an order came from; it decides where a closed order's stock goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKind {
+    /// `POST /orders`: stock comes from and returns to the product.
+    Standard,
+    /// A flash-sale reservation: stock comes from and returns to the sale.
+    Sale,
+    /// An auction's winner: nothing to return.
+    Auction,
+}
+
+impl OrderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderKind::Standard => "standard",
+            OrderKind::Sale => "sale",
+            OrderKind::Auction => "auction",
+        }
+    }
+}
+
+impl FromStr for OrderKind {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(OrderKind::Standard),
+            "sale" => Ok(OrderKind::Sale),
+            "auction" => Ok(OrderKind::Auction),
+            _ => Err(Invalid::new("kind", format!("unknown order kind `{s}`"))),
+        }
+    }
+}
+
+/// `pending_payment -> paid | cancelled | closed`. Every transition out of
+/// `pending_payment` is one conditional UPDATE, so exactly one of them wins a race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Cancelled,
+    /// Closed by the payment timeout.
+    Closed,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingPayment => "pending_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Closed => "closed",
+        }
+    }
+
+    /// Closed and cancelled orders gave their stock back; pending and paid ones hold it.
+    pub fn holds_stock(self) -> bool {
+        matches!(self, OrderStatus::PendingPayment | OrderStatus::Paid)
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending_payment" => Ok(OrderStatus::PendingPayment),
+            "paid" => Ok(OrderStatus::Paid),
+            "cancelled" => Ok(OrderStatus::Cancelled),
+            "closed" => Ok(OrderStatus::Closed),
+            _ => Err(Invalid::new(
+                "status",
+                format!("unknown order status `{s}`"),
+            )),
+        }
+    }
+}
+
+pub const MAX_ITEMS: usize = 50;
+pub const MAX_QUANTITY: i64 = 10_000;
+
+/// One line of a new order, as the client asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOrderItem {
+    pub product_id: Uuid,
+    pub quantity: u32,
+}
+
+/// Checks the lines of `POST /orders`: 1..=50 lines, each quantity 1..=10000, and each
+/// product at most once (two lines for one product would take its stock twice in one
+/// statement and make the 409 ambiguous).
+pub fn parse_order_items(lines: &[(Uuid, i64)]) -> Result<Vec<NewOrderItem>, Invalid> {
+    if lines.is_empty() {
+        return Err(Invalid::new("items", "must contain at least one item"));
+    }
+    if lines.len() > MAX_ITEMS {
+        return Err(Invalid::new(
+            "items",
+            format!("must contain at most {MAX_ITEMS} items"),
+        ));
+    }
+    let mut items: Vec<NewOrderItem> = Vec::with_capacity(lines.len());
+    for (index, &(product_id, quantity)) in lines.iter().enumerate() {
+        let field = format!("items[{index}]");
+        let quantity = parse_quantity(quantity).map_err(|e| e.within(&field))?;
+        if items.iter().any(|item| item.product_id == product_id) {
+            return Err(Invalid::new(
+                format!("{field}.product_id"),
+                "lists a product that is already in the order",
+            ));
+        }
+        items.push(NewOrderItem {
+            product_id,
+            quantity,
+        });
+    }
+    Ok(items)
+}
+
+pub fn parse_quantity(quantity: i64) -> Result<u32, Invalid> {
+    if !(1..=MAX_QUANTITY).contains(&quantity) {
+        return Err(Invalid::new(
+            "quantity",
+            format!("must be between 1 and {MAX_QUANTITY}"),
+        ));
+    }
+    Ok(quantity as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pending_and_paid_orders_hold_stock() {
+        assert!(OrderStatus::PendingPayment.holds_stock());
+        assert!(OrderStatus::Paid.holds_stock());
+        assert!(!OrderStatus::Closed.holds_stock());
+        assert!(!OrderStatus::Cancelled.holds_stock());
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in [
+            OrderStatus::PendingPayment,
+            OrderStatus::Paid,
+            OrderStatus::Cancelled,
+            OrderStatus::Closed,
+        ] {
+            assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), status);
+        }
+    }
+
+    #[test]
+    fn an_empty_order_is_refused() {
+        assert_eq!(parse_order_items(&[]).unwrap_err().field, "items");
+    }
+
+    #[test]
+    fn a_bad_quantity_names_its_line() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        let err = parse_order_items(&[(a, 1), (b, 0)]).unwrap_err();
+        assert_eq!(err.field, "items[1].quantity");
+    }
+
+    #[test]
+    fn the_same_product_twice_is_refused() {
+        let a = Uuid::new_v4();
+        let err = parse_order_items(&[(a, 1), (a, 2)]).unwrap_err();
+        assert_eq!(err.field, "items[1].product_id");
+    }
+}

@@ -1,0 +1,92 @@
+//! The RabbitMQ connection, shared by every publisher and consumer of a process.
+//!
+//! Channel strategy: one AMQP connection per process; every consumer and every publisher
+//! task opens its own long-lived channel from it (lapin channels are cheap, and a channel
+//! per task keeps publisher-confirm sequences and prefetch windows independent). When the
+//! connection dies, the next `channel()` call reconnects; the tasks that lost their channel
+//! ask for a new one with a backoff.
+
+use std::time::Duration;
+
+use lapin::{Channel, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+
+use crate::config::AmqpSettings;
+use crate::connect::{Unreachable, address_of};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Broker {
+    url: SecretString,
+    name: String,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Broker {
+    /// Connects once, so that start-up fails fast with a clear message when RabbitMQ is
+    /// unreachable. `name` shows up in the management UI's connection list.
+    pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Self, Unreachable> {
+        let broker = Self {
+            url: settings.url.clone(),
+            name: name.to_owned(),
+            connection: Mutex::new(None),
+        };
+        let channel = broker
+            .channel()
+            .await
+            .map_err(|err| broker.unreachable(err))?;
+        let _ = channel.close(200, "start-up check".into()).await;
+        Ok(broker)
+    }
+
+    pub fn unreachable(&self, err: impl std::fmt::Display) -> Unreachable {
+        Unreachable {
+            service: "rabbitmq",
+            address: address_of(self.url.expose_secret()),
+            detail: err.to_string(),
+        }
+    }
+
+    /// A fresh channel on the current connection, reconnecting first if it was lost.
+    pub async fn channel(&self) -> Result<Channel, lapin::Error> {
+        let mut connection = self.connection.lock().await;
+        if let Some(current) = connection.as_ref()
+            && current.status().connected()
+        {
+            return current.create_channel().await;
+        }
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let fresh = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(self.url.expose_secret(), properties),
+        )
+        .await
+        .map_err(|_| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })??;
+        let channel = fresh.create_channel().await?;
+        *connection = Some(fresh);
+        Ok(channel)
+    }
+
+    pub async fn is_connected(&self) -> bool {
+        self.connection
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+    }
+
+    /// Closes the connection (on shutdown); in-flight confirms are answered first by the
+    /// broker's close handshake.
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close(200, "shutting down".into()).await;
+        }
+    }
+}

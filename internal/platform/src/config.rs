@@ -1,0 +1,498 @@
+//! Settings: `configs/default.toml` -> `configs/$SPIKE_ENV.toml` -> `SPIKE__SECTION__KEY`.
+//!
+//! The defaults are compiled into the binary, so `spike-server` runs from any directory;
+//! files on disk and the environment override them. Everything is checked once here and
+//! a bad value stops start-up with a message naming its key. Secrets are `SecretString`s,
+//! so printing the settings (`{:?}`) shows `[REDACTED]` instead of them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../../../configs/default.toml");
+
+/// The development JWT secret from `default.toml`; `prod` refuses to start with it.
+const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub app: AppSettings,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub amqp: AmqpSettings,
+    pub jwt: JwtSettings,
+    pub argon2: Argon2Settings,
+    pub rate_limit: RateLimitSettings,
+    pub orders: OrderSettings,
+    pub cache: CacheSettings,
+    pub sales: SaleSettings,
+    pub auctions: AuctionSettings,
+    pub outbox: OutboxSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: String,
+    pub request_timeout_ms: u64,
+    pub body_limit_bytes: usize,
+    pub cors_origins: Vec<String>,
+    pub shutdown_grace_secs: u64,
+    pub trust_forwarded_for: bool,
+}
+
+impl HttpSettings {
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr.parse().expect("validated at load time")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub connect_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+}
+
+impl DatabaseSettings {
+    /// The URL with the database name swapped, e.g. to create a test database.
+    pub fn url_for_database(&self, name: &str) -> String {
+        let url = self.url.expose_secret();
+        let (url, query) = url
+            .split_once('?')
+            .map_or((url, None), |(u, q)| (u, Some(q)));
+        let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+        match query {
+            Some(query) => format!("{base}/{name}?{query}"),
+            None => format!("{base}/{name}"),
+        }
+    }
+
+    pub fn database_name(&self) -> &str {
+        let url = self.url.expose_secret();
+        let tail = url.rsplit_once('/').map_or("", |(_, name)| name);
+        tail.split('?').next().unwrap_or(tail)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub prefix: String,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    pub prefix: String,
+    pub prefetch: u16,
+    pub confirm_timeout_ms: u64,
+    pub publishers: usize,
+    pub max_batch: usize,
+    pub retry_delays_ms: Vec<u64>,
+    pub queue_expires_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    pub secret: SecretString,
+    pub issuer: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub ip_per_sec: u32,
+    pub ip_burst: u32,
+    pub user_per_sec: u32,
+    pub user_burst: u32,
+    pub idle_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSettings {
+    pub payment_timeout_secs: u32,
+    pub sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub product_ttl_secs: u64,
+    pub product_ttl_jitter_secs: u64,
+    pub negative_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleSettings {
+    pub sold_out_flag_ms: u64,
+    pub reservation_status_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuctionSettings {
+    pub relay_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub poll_interval_ms: u64,
+    pub batch_size: u64,
+    pub retention_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: String,
+    pub log_level: String,
+    pub otlp_endpoint: String,
+    pub service_name: String,
+}
+
+impl Settings {
+    /// Loads the layers from the process environment: `SPIKE_ENV` picks the overlay file,
+    /// `SPIKE_CONFIG_DIR` (default: the nearest `configs/` folder up from the current
+    /// directory) says where the files are.
+    pub fn load() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        let dir = vars
+            .get("SPIKE_CONFIG_DIR")
+            .map(PathBuf::from)
+            .or_else(find_config_dir);
+        Self::load_with(
+            dir.as_deref(),
+            vars.get("SPIKE_ENV").map(String::as_str),
+            &vars,
+        )
+    }
+
+    /// Loads the layers from explicit inputs; tests use this to stay independent of the
+    /// process environment. `vars` may hold any variables: only `SPIKE__*` are read.
+    pub fn load_with(
+        config_dir: Option<&Path>,
+        env_name: Option<&str>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(dir) = config_dir {
+            builder = builder.add_source(File::from(dir.join("default.toml")).required(false));
+        }
+        if let Some(name) = env_name.filter(|n| !n.is_empty()) {
+            let dir = config_dir.ok_or_else(|| {
+                invalid(
+                    "SPIKE_ENV",
+                    format!("no configs/ folder found for `{name}`"),
+                )
+            })?;
+            let path = dir.join(format!("{name}.toml"));
+            if !path.exists() {
+                return Err(invalid(
+                    "SPIKE_ENV",
+                    format!("`{name}` has no file {}", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path));
+        }
+        let env = Environment::with_prefix("SPIKE")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("http.cors_origins")
+            .with_list_parse_key("amqp.retry_delays_ms")
+            .source(Some(vars.clone().into_iter().collect()));
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !["dev", "test", "staging", "prod"].contains(&self.app.env.as_str()) {
+            return Err(invalid("app.env", "must be dev, test, staging or prod"));
+        }
+        if self.http.addr.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.addr",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr),
+            ));
+        }
+        positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
+        positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
+        for (key, url, schemes) in [
+            (
+                "database.url",
+                &self.database.url,
+                &["postgres://", "postgresql://"][..],
+            ),
+            ("redis.url", &self.redis.url, &["redis://", "rediss://"][..]),
+            ("amqp.url", &self.amqp.url, &["amqp://", "amqps://"][..]),
+        ] {
+            if !schemes.iter().any(|s| url.expose_secret().starts_with(s)) {
+                return Err(invalid(
+                    key,
+                    format!("must start with {}", schemes.join(" or ")),
+                ));
+            }
+        }
+        positive(
+            "database.max_connections",
+            self.database.max_connections.into(),
+        )?;
+        if self.database.min_connections > self.database.max_connections {
+            return Err(invalid(
+                "database.min_connections",
+                "must not exceed max_connections",
+            ));
+        }
+        for (key, prefix) in [
+            ("redis.prefix", &self.redis.prefix),
+            ("amqp.prefix", &self.amqp.prefix),
+        ] {
+            let ok = !prefix.is_empty()
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+            if !ok {
+                return Err(invalid(key, "must be non-empty: letters, digits, - _ . :"));
+            }
+        }
+        positive("amqp.prefetch", self.amqp.prefetch.into())?;
+        positive("amqp.publishers", self.amqp.publishers as u64)?;
+        positive("amqp.max_batch", self.amqp.max_batch as u64)?;
+        positive("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms)?;
+        if self.jwt.secret.expose_secret().len() < 32 {
+            return Err(invalid("jwt.secret", "must be at least 32 bytes"));
+        }
+        if self.app.env == "prod" && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
+            return Err(invalid(
+                "jwt.secret",
+                "is the development secret; set SPIKE__JWT__SECRET",
+            ));
+        }
+        positive("jwt.access_ttl_secs", self.jwt.access_ttl_secs)?;
+        positive("jwt.refresh_ttl_secs", self.jwt.refresh_ttl_secs)?;
+        if self.argon2.memory_kib < 8 * self.argon2.parallelism.max(1) {
+            return Err(invalid(
+                "argon2.memory_kib",
+                "must be at least 8 x parallelism",
+            ));
+        }
+        positive("argon2.iterations", self.argon2.iterations.into())?;
+        positive("argon2.parallelism", self.argon2.parallelism.into())?;
+        if self.rate_limit.enabled {
+            positive("rate_limit.ip_per_sec", self.rate_limit.ip_per_sec.into())?;
+            positive("rate_limit.ip_burst", self.rate_limit.ip_burst.into())?;
+            positive(
+                "rate_limit.user_per_sec",
+                self.rate_limit.user_per_sec.into(),
+            )?;
+            positive("rate_limit.user_burst", self.rate_limit.user_burst.into())?;
+        }
+        positive(
+            "orders.payment_timeout_secs",
+            self.orders.payment_timeout_secs.into(),
+        )?;
+        positive(
+            "orders.sweep_interval_secs",
+            self.orders.sweep_interval_secs,
+        )?;
+        positive("cache.product_ttl_secs", self.cache.product_ttl_secs)?;
+        positive("outbox.poll_interval_ms", self.outbox.poll_interval_ms)?;
+        positive("outbox.batch_size", self.outbox.batch_size)?;
+        positive("auctions.relay_batch", self.auctions.relay_batch as u64)?;
+        if !["pretty", "json"].contains(&self.telemetry.log_format.as_str()) {
+            return Err(invalid("telemetry.log_format", "must be pretty or json"));
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// The nearest `configs/` folder holding a `default.toml`, from the current directory up.
+fn find_config_dir() -> Option<PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        let candidate = dir.join("configs");
+        if candidate.join("default.toml").is_file() {
+            return Some(candidate);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    }
+
+    fn load(env_name: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with(Some(&dir()), env_name, &vars)
+    }
+
+    #[test]
+    fn defaults_load_and_listen_on_8080() {
+        let settings = load(None, &[]).unwrap();
+        assert_eq!(settings.http.addr, "127.0.0.1:8080");
+        assert_eq!(settings.orders.payment_timeout_secs, 900);
+        assert!(settings.rate_limit.enabled);
+    }
+
+    #[test]
+    fn env_file_then_variables_override_the_defaults() {
+        let settings = load(
+            Some("test"),
+            &[
+                ("SPIKE__HTTP__ADDR", "127.0.0.1:9000"),
+                ("SPIKE__RATE_LIMIT__USER_PER_SEC", "7"),
+                ("SPIKE__ORDERS__PAYMENT_TIMEOUT_SECS", "2"),
+                (
+                    "SPIKE__HTTP__CORS_ORIGINS",
+                    "https://a.example,https://b.example",
+                ),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.app.env, "test");
+        assert_eq!(settings.argon2.memory_kib, 1024);
+        assert_eq!(settings.http.addr, "127.0.0.1:9000");
+        assert_eq!(settings.rate_limit.user_per_sec, 7);
+        assert_eq!(settings.orders.payment_timeout_secs, 2);
+        assert_eq!(
+            settings.http.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = load(None, &[("SPIKE__HTTP__ADDR", "nowhere")]).unwrap_err();
+        assert!(err.to_string().contains("http.addr"), "{err}");
+        let err = load(None, &[("SPIKE__JWT__SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("jwt.secret"), "{err}");
+        let err = load(None, &[("SPIKE__DATABASE__MAX_CONNECTIONS", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused() {
+        let err = load(None, &[("SPIKE__HTTP__ADRESS", "127.0.0.1:1")]).unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_environment_is_refused() {
+        let err = load(Some("qa"), &[]).unwrap_err();
+        assert!(err.to_string().contains("SPIKE_ENV"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        let err = load(Some("prod"), &[]).unwrap_err();
+        assert!(err.to_string().contains("jwt.secret"), "{err}");
+        let ok = load(
+            Some("prod"),
+            &[(
+                "SPIKE__JWT__SECRET",
+                "a-real-secret-that-is-long-enough-123",
+            )],
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let settings = load(
+            None,
+            &[("SPIKE__DATABASE__URL", "postgres://app:hunter2@db/spike")],
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("dev-only-secret"));
+        assert!(!shown.contains("guest:guest"));
+    }
+
+    #[test]
+    fn database_urls_can_be_pointed_at_another_database() {
+        let settings = load(
+            None,
+            &[(
+                "SPIKE__DATABASE__URL",
+                "postgres://u@h:5432/spike?sslmode=disable",
+            )],
+        )
+        .unwrap();
+        assert_eq!(settings.database.database_name(), "spike");
+        assert_eq!(
+            settings.database.url_for_database("other"),
+            "postgres://u@h:5432/other?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Connection builders for Postgres and Redis, with a clear "cannot reach X" error and an
+//! optional wait-and-retry for processes that start before their dependencies.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use secrecy::ExposeSecret;
+
+use crate::config::{DatabaseSettings, RedisSettings};
+
+/// A dependency that did not answer. The message names the service and its host, never
+/// the credentials in its URL.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach {service} at {address}: {detail}")]
+pub struct Unreachable {
+    pub service: &'static str,
+    pub address: String,
+    pub detail: String,
+}
+
+/// `host:port` of a URL, without scheme, credentials, path or query.
+pub fn address_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// Runs `attempt` until it succeeds or `wait` has passed, logging each retry. With a zero
+/// `wait` it tries once: commands fail fast, `serve` waits for a compose stack to come up.
+pub async fn with_retry<T, F, Fut>(wait: Duration, mut attempt: F) -> Result<T, Unreachable>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Unreachable>>,
+{
+    if wait.is_zero() {
+        return attempt().await;
+    }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(wait))
+        .without_max_times();
+    (|| attempt())
+        .retry(backoff)
+        .notify(|err: &Unreachable, next: Duration| {
+            tracing::warn!("{err}; retrying in {:.1}s", next.as_secs_f32());
+        })
+        .await
+}
+
+pub async fn postgres(settings: &DatabaseSettings) -> Result<DatabaseConnection, Unreachable> {
+    postgres_at(settings, settings.url.expose_secret()).await
+}
+
+/// Connects to `url` with the pool settings of `settings` (tests point it at their own
+/// database).
+pub async fn postgres_at(
+    settings: &DatabaseSettings,
+    url: &str,
+) -> Result<DatabaseConnection, Unreachable> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(settings.min_connections)
+        .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|err| Unreachable {
+        service: "postgres",
+        address: address_of(url),
+        detail: err.to_string(),
+    })
+}
+
+/// The Redis client (for pub/sub connections) and the multiplexed connection every request
+/// shares. The manager reconnects by itself; its retries are kept short so that a Redis
+/// outage surfaces as a quick 503 instead of a hung request.
+pub async fn redis(
+    settings: &RedisSettings,
+) -> Result<(redis::Client, ConnectionManager), Unreachable> {
+    let url = settings.url.expose_secret();
+    let unreachable = |err: redis::RedisError| Unreachable {
+        service: "redis",
+        address: address_of(url),
+        detail: err.to_string(),
+    };
+    let client = redis::Client::open(url).map_err(unreachable)?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+        .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
+    let manager = ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(unreachable)?;
+    Ok((client, manager))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_never_show_credentials() {
+        assert_eq!(address_of("postgres://app:pw@db:5432/spike?x=1"), "db:5432");
+        assert_eq!(
+            address_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "127.0.0.1:5672"
+        );
+        assert_eq!(address_of("redis://127.0.0.1:6379"), "127.0.0.1:6379");
+    }
+}

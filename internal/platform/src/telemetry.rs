@@ -1,0 +1,131 @@
+//! Logs and traces: `tracing` everywhere, JSON or pretty output, optional OTLP export, and
+//! the W3C trace-context propagator that carries a trace across RabbitMQ.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::TelemetrySettings;
+
+/// Keeps the trace exporter alive; dropping it flushes the spans still buffered.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber. Safe to call more than once (tests start many apps in
+/// one process): only the first call installs anything.
+pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    if INSTALLED.get().is_some() {
+        return Ok(TelemetryGuard { provider: None });
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .map_err(|e| anyhow::anyhow!("invalid configuration: telemetry.log_level: {e}"))?;
+    let fmt = if settings.log_format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
+    };
+
+    let provider = if settings.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(&settings.otlp_endpoint)
+            .build()?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .build();
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        )
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(settings.service_name.clone()))
+    });
+
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    let _ = INSTALLED.set(());
+    if installed && let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        tracing::info!(endpoint = %settings.otlp_endpoint, "exporting traces over OTLP");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The current span's trace context as W3C headers (`traceparent`, `tracestate`), ready to
+/// be stored in the outbox or put into AMQP message headers.
+pub fn current_trace_headers() -> HashMap<String, String> {
+    let context = tracing::Span::current().context();
+    let mut headers = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MapInjector(&mut headers));
+    });
+    headers
+}
+
+/// Makes `span` a child of the trace described by `headers` (a no-op without them).
+pub fn adopt_trace_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
+    if headers.is_empty() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MapExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+}
+
+struct MapInjector<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+struct MapExtractor<'a>(&'a HashMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}

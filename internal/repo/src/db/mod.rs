@@ -1,0 +1,33 @@
+//! Postgres: sea-orm entities for the simple rows, explicit SQL where a statement must be
+//! conditional or set-based (stock updates, batch inserts, SKIP LOCKED).
+//!
+//! Every function takes its executor (`&impl ConnectionTrait`: the pool or a transaction),
+//! so the service decides where a transaction begins and ends.
+
+pub mod entity;
+pub mod refresh_tokens;
+pub mod users;
+
+use sea_orm::{DbBackend, DbErr, SqlErr, Statement, Value};
+
+/// Whether `err` is a unique-constraint violation (e.g. an email that is already taken).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Whether `err` broke the named CHECK constraint.
+pub fn violates_check(err: &DbErr, constraint: &str) -> bool {
+    err.to_string().contains(constraint)
+}
+
+#[allow(dead_code)]
+pub(crate) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// The number of rows and a page of them, as every list endpoint answers.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}

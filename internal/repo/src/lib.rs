@@ -1,0 +1,7 @@
+//! Spike's data access: Postgres rows, Redis hot state and scripts, RabbitMQ topology.
+//! Nothing here decides business outcomes; it stores and moves what the services decide.
+//!
+//! Layout:
+//! - [`db`]: sea-orm entities and SQL, one module per table family.
+
+pub mod db;

@@ -1,0 +1,92 @@
+//! What a use case can answer besides success. The API maps each variant to an HTTP
+//! status and a stable error code (docs/errors.md); nothing here knows about HTTP.
+
+use domain::{Invalid, Money};
+use sea_orm::DbErr;
+use uuid::Uuid;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("missing or invalid access token")]
+    Unauthenticated,
+    #[error("invalid email or password")]
+    BadCredentials,
+    #[error("invalid or expired refresh token")]
+    BadRefreshToken,
+    #[error("this requires the admin role")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("not enough stock for product {product_id}: {available} left, {requested} requested")]
+    InsufficientStock {
+        product_id: Uuid,
+        available: i64,
+        requested: i64,
+    },
+    #[error("order is {status}: only a pending_payment order can be {action}")]
+    OrderNotPending {
+        status: String,
+        action: &'static str,
+    },
+    #[error("the payment window of this order has passed")]
+    OrderExpired,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    SoldOut(String),
+    #[error("per-user limit reached: you hold {held} of {limit}")]
+    LimitReached { held: i64, limit: i64 },
+    #[error("{0}")]
+    NotActive(&'static str),
+    #[error("bid too low: the minimum bid is {minimum}")]
+    BidTooLow {
+        current: Option<Money>,
+        minimum: Money,
+    },
+    #[error("the auction is not accepting bids")]
+    AuctionClosed { current: Option<Money> },
+    #[error("{0} is unavailable")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::error!(error = %err, "postgres unavailable");
+                Error::Unavailable("postgres")
+            }
+            other => Error::Internal(anyhow::Error::new(other).context("postgres")),
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+        {
+            tracing::error!(error = %err, "redis unavailable");
+            Error::Unavailable("redis")
+        } else {
+            Error::Internal(anyhow::Error::new(err).context("redis"))
+        }
+    }
+}
+
+impl From<lapin::Error> for Error {
+    fn from(err: lapin::Error) -> Self {
+        tracing::error!(error = %err, "rabbitmq unavailable");
+        Error::Unavailable("rabbitmq")
+    }
+}

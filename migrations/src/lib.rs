@@ -1,0 +1,49 @@
+//! Every schema change, in order. Each step is plain SQL so a learner can read the schema
+//! as the database sees it; `spike-server migrate up|down|fresh|status` runs them.
+//!
+//! Layout:
+//! - `m20261123_000001_users`: users and refresh tokens (auth);
+//! - `m20261123_000002_catalog_orders`: products, orders, idempotency keys, the outbox;
+//! - `m20261123_000003_sales`: flash sales, their buyers and reservations;
+//! - `m20261123_000004_auctions`: auctions and their bids.
+
+pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
+
+mod m20261123_000001_users;
+mod m20261123_000002_catalog_orders;
+mod m20261123_000003_sales;
+mod m20261123_000004_auctions;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_users::Migration),
+            Box::new(m20261123_000002_catalog_orders::Migration),
+            Box::new(m20261123_000003_sales::Migration),
+            Box::new(m20261123_000004_auctions::Migration),
+        ]
+    }
+}
+
+/// Applies all pending migrations in one transaction that holds an advisory lock, so that
+/// several instances starting at once (`serve` migrates on start) never race each other.
+pub async fn up(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    txn.execute_unprepared("SELECT pg_advisory_xact_lock(7355608)")
+        .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// Runs one migration step's SQL (several statements are fine).
+pub(crate) async fn run(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(|_| ())
+}
