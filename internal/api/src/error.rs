@@ -271,7 +271,12 @@ mod tests {
     fn error_codes_are_documented() {
         let doc = include_str!("../../../docs/errors.md");
         for code in ALL {
-            let row = format!("| {} | `{}` | {} |", code.number, code.name, code.status.as_u16());
+            let row = format!(
+                "| {} | `{}` | {} |",
+                code.number,
+                code.name,
+                code.status.as_u16()
+            );
             assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
         }
     }
