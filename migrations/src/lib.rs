@@ -33,17 +33,12 @@ impl MigratorTrait for Migrator {
 /// several instances starting at once (`serve` migrates on start) never race each other.
 pub async fn up(db: &DatabaseConnection) -> Result<(), DbErr> {
     let txn = db.begin().await?;
-    txn.execute_unprepared("SELECT pg_advisory_xact_lock(7355608)")
-        .await?;
+    txn.execute_unprepared("SELECT pg_advisory_xact_lock(7355608)").await?;
     Migrator::up(&txn, None).await?;
     txn.commit().await
 }
 
 /// Runs one migration step's SQL (several statements are fine).
 pub(crate) async fn run(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    manager
-        .get_connection()
-        .execute_unprepared(sql)
-        .await
-        .map(|_| ())
+    manager.get_connection().execute_unprepared(sql).await.map(|_| ())
 }

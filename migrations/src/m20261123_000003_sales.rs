@@ -62,10 +62,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run(
-            manager,
-            "DROP TABLE reservations; DROP TABLE sale_buyers; DROP TABLE sales;",
-        )
-        .await
+        crate::run(manager, "DROP TABLE reservations; DROP TABLE sale_buyers; DROP TABLE sales;").await
     }
 }

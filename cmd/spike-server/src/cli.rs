@@ -3,11 +3,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "spike-server",
-    version,
-    about = "Flash sales and live auctions"
-)]
+#[command(name = "spike-server", version, about = "Flash sales and live auctions")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -30,6 +26,28 @@ pub enum Command {
     Admin {
         #[command(subcommand)]
         action: AdminAction,
+    },
+    /// Inspect and re-drive dead-lettered messages.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Show dead letters (they stay in the queue).
+    List {
+        /// The consumer queue: order.close, sale.reservations, sale.restock, auction.bids, auction.close.
+        #[arg(long)]
+        queue: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send the dead letters back to their consumer.
+    Redrive {
+        #[arg(long)]
+        queue: String,
     },
 }
 

@@ -7,12 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{Application, Mode};
 use migrations::{Migrator, MigratorTrait};
-use platform::{Settings, connect};
+use platform::{Broker, Settings, connect};
+use repo::mq::Topology;
+use repo::mq::topology::ROUTES;
 use service::auth::AuthService;
 use service::jwt::JwtKeys;
 use service::password::PasswordHasher;
 
-use crate::cli::{AdminAction, Cli, Command, MigrateAction};
+use crate::cli::{AdminAction, Cli, Command, DlqAction, MigrateAction};
 
 /// `serve`, `api` and `worker` wait this long for the services to come up (a compose stack
 /// starts them together); the other commands fail at once.
@@ -26,24 +28,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Api => serve(settings, Mode::Api).await?,
         Command::Worker => serve(settings, Mode::Worker).await?,
         Command::Migrate { action } => migrate(&settings, action).await?,
-        Command::Admin {
-            action: AdminAction::Create { email, password },
-        } => create_admin(&settings, &email, &password).await?,
+        Command::Admin { action: AdminAction::Create { email, password } } => {
+            create_admin(&settings, &email, &password).await?
+        }
+        Command::Dlq { action } => dead_letters(&settings, action).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<()> {
-    let deps = api::connect(
-        settings,
-        STARTUP_WAIT,
-        &format!("spike-{mode:?}").to_lowercase(),
-    )
-    .await?;
+    let deps = api::connect(settings, STARTUP_WAIT, &format!("spike-{mode:?}").to_lowercase()).await?;
     if mode == Mode::Serve {
-        migrations::up(&deps.db)
-            .await
-            .context("applying migrations")?;
+        migrations::up(&deps.db).await.context("applying migrations")?;
     }
     let app = Application::build(deps, mode).await?;
     app.run(shutdown_signal()).await
@@ -69,11 +65,7 @@ async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<(
         }
         MigrateAction::Status => {
             for migration in Migrator::get_migration_with_status(&db).await? {
-                println!(
-                    "{:<10} {}",
-                    format!("{:?}", migration.status()).to_lowercase(),
-                    migration.name()
-                );
+                println!("{:<10} {}", format!("{:?}", migration.status()).to_lowercase(), migration.name());
             }
         }
     }
@@ -88,18 +80,41 @@ async fn create_admin(settings: &Settings, email: &str, password: &str) -> anyho
         JwtKeys::new(&settings.jwt),
         Duration::from_secs(settings.jwt.refresh_ttl_secs),
     );
-    let (user, created) = auth
-        .create_admin(email, password)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (user, created) = auth.create_admin(email, password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if created {
         println!("created admin {} ({})", user.email, user.id);
     } else {
-        println!(
-            "promoted {} ({}) to admin; the password was left unchanged",
-            user.email, user.id
-        );
+        println!("promoted {} ({}) to admin; the password was left unchanged", user.email, user.id);
     }
+    Ok(())
+}
+
+async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
+    let queue = match &action {
+        DlqAction::List { queue, .. } | DlqAction::Redrive { queue } => queue.as_str(),
+    };
+    let route = Topology::route_named(queue).ok_or_else(|| {
+        let known: Vec<&str> = ROUTES.iter().map(|r| r.queue).collect();
+        anyhow::anyhow!("unknown queue `{queue}`; one of: {}", known.join(", "))
+    })?;
+    let broker = Arc::new(Broker::connect(&settings.amqp, "spike-dlq").await?);
+    let amqp = &settings.amqp;
+    let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone());
+    let timeout = Duration::from_millis(amqp.confirm_timeout_ms);
+    match action {
+        DlqAction::List { limit, .. } => {
+            let letters = service::dead_letters::list(&broker, &topology, route, limit).await?;
+            println!("{} dead letter(s) shown from {}", letters.len(), topology.dead_letters(route));
+            for letter in letters {
+                println!("- after {} attempt(s): {}\n  {}", letter.attempts, letter.error, letter.body);
+            }
+        }
+        DlqAction::Redrive { .. } => {
+            let moved = service::dead_letters::redrive(broker.clone(), &topology, route, timeout).await?;
+            println!("re-drove {moved} message(s) to {}", topology.queue(route));
+        }
+    }
+    broker.close().await;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
-use crate::routes::{auth::AuthApi, health, users::UsersApi};
+use crate::routes::{auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, users::UsersApi};
 
 /// Which parts of Spike a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn http(self) -> bool {
+    fn api(self) -> bool {
         matches!(self, Mode::Serve | Mode::Api)
     }
 
@@ -41,28 +41,17 @@ impl Mode {
 
 /// Connects to Postgres, Redis and RabbitMQ. With a non-zero `wait` each one is retried
 /// with backoff until it answers or `wait` runs out.
-pub async fn connect(
-    settings: Arc<Settings>,
-    wait: Duration,
-    name: &str,
-) -> Result<Deps, Unreachable> {
+pub async fn connect(settings: Arc<Settings>, wait: Duration, name: &str) -> Result<Deps, Unreachable> {
     let db = connect::with_retry(wait, || connect::postgres(&settings.database)).await?;
-    let (redis_client, redis) =
-        connect::with_retry(wait, || connect::redis(&settings.redis)).await?;
+    let (redis_client, redis) = connect::with_retry(wait, || connect::redis(&settings.redis)).await?;
     let broker = connect::with_retry(wait, || Broker::connect(&settings.amqp, name)).await?;
-    Ok(Deps {
-        settings,
-        db,
-        redis_client,
-        redis,
-        broker: Arc::new(broker),
-    })
+    Ok(Deps { settings, db, redis_client, redis, broker: Arc::new(broker) })
 }
 
 pub struct Application {
     services: Services,
     mode: Mode,
-    acceptor: Option<TcpAcceptor>,
+    acceptor: TcpAcceptor,
     limits: Arc<Limits>,
 }
 
@@ -73,73 +62,46 @@ impl Application {
         // Install the Prometheus recorder before the first request records anything.
         let _ = platform::metrics::handle();
         let services = Services::new(deps)?;
-        let acceptor = if mode.http() {
-            let addr = settings.http.socket_addr();
-            let acceptor = TcpListener::bind(addr)
-                .into_acceptor()
-                .await
-                .with_context(|| format!("cannot listen on {addr} (http.addr)"))?;
-            Some(acceptor)
-        } else {
-            None
-        };
+        services.declare_topology().await.context("declaring the RabbitMQ topology")?;
+        // A worker listens too, for its probes and /metrics.
+        let addr = settings.http.socket_addr();
+        let acceptor = TcpListener::bind(addr)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {addr} (http.addr)"))?;
         let limits = Arc::new(Limits::new(&settings.rate_limit));
-        Ok(Self {
-            services,
-            mode,
-            acceptor,
-            limits,
-        })
+        Ok(Self { services, mode, acceptor, limits })
     }
 
     pub fn services(&self) -> &Services {
         &self.services
     }
 
-    /// The port the HTTP server listens on, if this mode serves HTTP.
+    /// The port the HTTP server listens on.
     pub fn port(&self) -> Option<u16> {
-        let acceptor = self.acceptor.as_ref()?;
-        acceptor
-            .local_addr()
-            .first()?
-            .as_socket_addr()
-            .map(|addr| addr.port())
+        self.acceptor.local_addr().first()?.as_socket_addr().map(|addr| addr.port())
     }
 
     /// Runs until `shutdown` resolves, then stops accepting, gives in-flight requests
     /// `http.shutdown_grace_secs` to finish, stops the workers and closes the connections.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let settings = self.services.deps.settings.clone();
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
-        self.limits.spawn_sweeper(
-            Duration::from_secs(settings.rate_limit.idle_secs.max(1)),
-            stop.clone(),
-        );
+        self.limits.spawn_sweeper(Duration::from_secs(settings.rate_limit.idle_secs.max(1)), stop.clone());
 
-        let workers = if self.mode.workers() {
-            Some(service::worker::spawn(&self.services, stop.clone()))
+        let workers =
+            if self.mode.workers() { Some(service::worker::spawn(&self.services, stop.clone())) } else { None };
+
+        tracing::info!(addr = ?self.acceptor.local_addr(), mode = ?self.mode, "serving HTTP");
+        let server = Server::new_with_acceptor(self.acceptor);
+        let served = if self.mode.api() {
+            let app = routes(&self.services, self.limits.clone());
+            server.run_with_graceful_shutdown(app, shutdown, Some(grace)).await
         } else {
-            None
+            server.run_with_graceful_shutdown(probes(&self.services), shutdown, Some(grace)).await
         };
-
-        match self.acceptor {
-            Some(acceptor) => {
-                let app = routes(&self.services, self.limits.clone());
-                tracing::info!(addr = ?acceptor.local_addr(), mode = ?self.mode, "serving HTTP");
-                Server::new_with_acceptor(acceptor)
-                    .run_with_graceful_shutdown(app, shutdown, Some(grace))
-                    .await
-                    .context("HTTP server failed")?;
-            }
-            None => {
-                tracing::info!(mode = ?self.mode, "running workers");
-                shutdown.await;
-            }
-        }
+        served.context("HTTP server failed")?;
 
         tracing::info!("shutting down");
         stop.cancel();
@@ -152,32 +114,38 @@ impl Application {
     }
 }
 
+/// What a worker serves: `/healthz`, `/readyz` and `/metrics`, nothing else.
+pub fn probes(services: &Services) -> impl Endpoint + use<> {
+    let probes = Route::new()
+        .at("/healthz", get(health::healthz))
+        .at("/readyz", get(health::readyz))
+        .at("/metrics", get(health::metrics))
+        .data(services.clone());
+    probes.around(|ep, mut req| async move {
+        req.set_data(middleware::RequestId(uuid::Uuid::now_v7().to_string()));
+        ep.call(req).await.map(poem::IntoResponse::into_response)
+    })
+}
+
 /// The whole HTTP surface: `/api/v1` (OpenAPI), `/openapi.json`, `/docs`, probes and
 /// `/metrics`, all behind the middleware pipeline.
 pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<> {
     let settings = &services.deps.settings;
     let api = OpenApiService::new(
         (
-            AuthApi {
-                auth: services.auth.clone(),
-            },
-            UsersApi {
-                auth: services.auth.clone(),
-            },
+            AuthApi { auth: services.auth.clone() },
+            UsersApi { auth: services.auth.clone() },
+            CatalogApi { catalog: services.catalog.clone() },
+            OrdersApi { orders: services.orders.clone() },
         ),
         "Spike",
         env!("CARGO_PKG_VERSION"),
     )
-    .description(
-        "Flash sales and live auctions. Errors use the envelope described in docs/errors.md.",
-    )
+    .description("Flash sales and live auctions. Errors use the envelope described in docs/errors.md.")
     .server("/api/v1");
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    let auth_context = Arc::new(AuthContext {
-        jwt: services.auth.jwt().clone(),
-        limits: limits.clone(),
-    });
+    let auth_context = Arc::new(AuthContext { jwt: services.auth.jwt().clone(), limits: limits.clone() });
     let policy = HttpPolicy {
         limits,
         timeout: Duration::from_millis(settings.http.request_timeout_ms),

@@ -42,9 +42,7 @@ impl BearerAuth {
 }
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    let context = req
-        .data::<Arc<AuthContext>>()
-        .expect("the router adds AuthContext to every request");
+    let context = req.data::<Arc<AuthContext>>().expect("the router adds AuthContext to every request");
     let caller = context.jwt.verify(&bearer.token).map_err(ApiError::from)?;
     if is_write(req.method()) {
         context.limits.check_user(caller.user_id)?;
@@ -53,8 +51,5 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
 }
 
 fn is_write(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    )
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
 }

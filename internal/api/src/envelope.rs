@@ -23,11 +23,7 @@ pub struct Envelope<T: ParseFromJSON + ToJSON + Send + Sync> {
 
 /// `Json(Envelope { code: 0, message: "OK", data })`.
 pub fn ok<T: ParseFromJSON + ToJSON + Send + Sync>(data: T) -> Json<Envelope<T>> {
-    Json(Envelope {
-        code: 0,
-        message: "OK".to_owned(),
-        data,
-    })
+    Json(Envelope { code: 0, message: "OK".to_owned(), data })
 }
 
 #[derive(Debug, Object)]
@@ -39,11 +35,7 @@ pub struct PageOf<T: ParseFromJSON + ToJSON + Send + Sync> {
 }
 
 impl<T: ParseFromJSON + ToJSON + Send + Sync> PageOf<T> {
-    pub fn new<R>(
-        rows: service::Page<R>,
-        request: domain::PageRequest,
-        map: impl FnMut(R) -> T,
-    ) -> Self {
+    pub fn new<R>(rows: service::Page<R>, request: domain::PageRequest, map: impl FnMut(R) -> T) -> Self {
         Self {
             items: rows.items.into_iter().map(map).collect(),
             page: request.page,
@@ -75,10 +67,7 @@ where
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
             description: None,
-            content: vec![MetaMediaType {
-                content_type: "application/json",
-                schema: T::schema_ref(),
-            }],
+            content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
             required: true,
         })
     }
@@ -93,20 +82,13 @@ where
         {
             return Err(ApiError::invalid("Content-Type", "must be application/json").into());
         }
-        let limit = request
-            .data::<BodyLimit>()
-            .map_or(usize::MAX, |limit| limit.0);
-        let bytes = body
-            .take()?
-            .into_bytes_limit(limit)
-            .await
-            .map_err(|err| match err {
-                ReadBodyError::PayloadTooLarge => ApiError::new(
-                    error::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {limit} bytes"),
-                ),
-                other => ApiError::invalid("body", other.to_string()),
-            })?;
+        let limit = request.data::<BodyLimit>().map_or(usize::MAX, |limit| limit.0);
+        let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|err| match err {
+            ReadBodyError::PayloadTooLarge => {
+                ApiError::new(error::PAYLOAD_TOO_LARGE, format!("the request body is larger than {limit} bytes"))
+            }
+            other => ApiError::invalid("body", other.to_string()),
+        })?;
         parse_json(&bytes).map(JsonBody).map_err(Into::into)
     }
 }
@@ -166,27 +148,18 @@ mod tests {
     }
 
     fn field_of(body: &str) -> String {
-        parse_json::<Order>(body.as_bytes())
-            .unwrap_err()
-            .field
-            .unwrap()
+        parse_json::<Order>(body.as_bytes()).unwrap_err().field.unwrap()
     }
 
     #[test]
     fn a_missing_field_is_named() {
         assert_eq!(field_of("{}"), "items");
-        assert_eq!(
-            field_of(r#"{"items":[{"product_id":"x"}]}"#),
-            "items[0].quantity"
-        );
+        assert_eq!(field_of(r#"{"items":[{"product_id":"x"}]}"#), "items[0].quantity");
     }
 
     #[test]
     fn a_wrong_type_is_named_by_its_path() {
-        assert_eq!(
-            field_of(r#"{"items":[{"product_id":"x","quantity":"2"}]}"#),
-            "items[0].quantity"
-        );
+        assert_eq!(field_of(r#"{"items":[{"product_id":"x","quantity":"2"}]}"#), "items[0].quantity");
     }
 
     #[test]
@@ -194,11 +167,7 @@ mod tests {
         assert_eq!(field_of(r#"{"items": ["#), "body");
         assert_eq!(field_of(""), "body");
         let err = parse_json::<Order>(b"{nope}").unwrap_err();
-        assert!(
-            err.message.starts_with("body: malformed JSON"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("body: malformed JSON"), "{}", err.message);
         assert!(!err.message.contains("line 1"));
     }
 }

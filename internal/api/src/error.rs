@@ -85,23 +85,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            field: None,
-            details: None,
-            retry_after_secs: None,
-            source: None,
-        }
+        Self { code, message: message.into(), field: None, details: None, retry_after_secs: None, source: None }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
         let message = format!("{field}: {}", message.into());
-        Self {
-            field: Some(field),
-            ..Self::new(INVALID_REQUEST, message)
-        }
+        Self { field: Some(field), ..Self::new(INVALID_REQUEST, message) }
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -109,10 +99,7 @@ impl ApiError {
     }
 
     pub fn internal(source: anyhow::Error) -> Self {
-        Self {
-            source: Some(source),
-            ..Self::new(INTERNAL, "internal error")
-        }
+        Self { source: Some(source), ..Self::new(INTERNAL, "internal error") }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -184,16 +171,10 @@ impl From<Error> for ApiError {
             Error::Forbidden => FORBIDDEN,
             Error::NotFound(_) => NOT_FOUND,
             Error::EmailTaken => EMAIL_TAKEN,
-            Error::InsufficientStock {
-                product_id,
-                available,
-                requested,
-            } => {
-                return ApiError::new(INSUFFICIENT_STOCK, message).with_details(
-                    serde_json::json!({
-                        "product_id": product_id, "available": available, "requested": requested
-                    }),
-                );
+            Error::InsufficientStock { product_id, available, requested } => {
+                return ApiError::new(INSUFFICIENT_STOCK, message).with_details(serde_json::json!({
+                    "product_id": product_id, "available": available, "requested": requested
+                }));
             }
             Error::OrderNotPending { .. } => ORDER_NOT_PENDING,
             Error::OrderExpired => ORDER_EXPIRED,
@@ -208,15 +189,12 @@ impl From<Error> for ApiError {
                 }));
             }
             Error::AuctionClosed { current } => {
-                return ApiError::new(AUCTION_CLOSED, message).with_details(
-                    serde_json::json!({ "current_price": current.map(|m| m.to_string()) }),
-                );
+                return ApiError::new(AUCTION_CLOSED, message)
+                    .with_details(serde_json::json!({ "current_price": current.map(|m| m.to_string()) }));
             }
             Error::Unavailable(_) => SERVICE_UNAVAILABLE,
             Error::Internal(_) => {
-                let Error::Internal(source) = err else {
-                    unreachable!()
-                };
+                let Error::Internal(source) = err else { unreachable!() };
                 return ApiError::internal(source);
             }
         };
@@ -271,12 +249,7 @@ mod tests {
     fn error_codes_are_documented() {
         let doc = include_str!("../../../docs/errors.md");
         for code in ALL {
-            let row = format!(
-                "| {} | `{}` | {} |",
-                code.number,
-                code.name,
-                code.status.as_u16()
-            );
+            let row = format!("| {} | `{}` | {} |", code.number, code.name, code.status.as_u16());
             assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
         }
     }

@@ -58,9 +58,7 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
     let body_limit = policy.body_limit;
     routes
         .around(move |ep, mut req| async move {
-            let declared = req
-                .header("content-length")
-                .and_then(|v| v.parse::<usize>().ok());
+            let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
             if declared.is_some_and(|length| length > body_limit) {
                 return Err(ApiError::new(
                     error::PAYLOAD_TOO_LARGE,
@@ -75,9 +73,7 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
         .around(move |ep, req| async move {
             match tokio::time::timeout(timeout, ep.call(req)).await {
                 Ok(result) => result.map(IntoResponse::into_response),
-                Err(_) => {
-                    Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into())
-                }
+                Err(_) => Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into()),
             }
         })
         .around(move |ep, req| {
@@ -95,19 +91,10 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
 
 fn cors(origins: &[String]) -> Cors {
     let cors = Cors::new()
-        .allow_headers([
-            "authorization",
-            "content-type",
-            "idempotency-key",
-            "x-request-id",
-        ])
+        .allow_headers(["authorization", "content-type", "idempotency-key", "x-request-id"])
         .expose_headers(["x-request-id", "retry-after"])
         .max_age(600);
-    if origins.iter().any(|o| o == "*") {
-        cors
-    } else {
-        cors.allow_origins(origins.iter().map(String::as_str))
-    }
+    if origins.iter().any(|o| o == "*") { cors } else { cors.allow_origins(origins.iter().map(String::as_str)) }
 }
 
 fn on_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
@@ -117,9 +104,7 @@ fn on_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
     tracing::error!(panic = %what, "a handler panicked");
-    let mut response = Response::builder()
-        .status(StatusCode::INTERNAL_SERVER_ERROR)
-        .finish();
+    let mut response = Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).finish();
     response.set_data(Panicked);
     response
 }
@@ -154,12 +139,7 @@ async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Res
     let span = tracing::info_span!("http", request_id = %request_id, method = %method, path = %req.uri().path());
     let started = Instant::now();
 
-    let (mut response, route) = match ep
-        .call(req)
-        .instrument(span.clone())
-        .await
-        .map(IntoResponse::into_response)
-    {
+    let (mut response, route) = match ep.call(req).instrument(span.clone()).await.map(IntoResponse::into_response) {
         Ok(response) => {
             let route = response.data::<PathPattern>().map(|p| p.0.to_string());
             let response = if response.data::<Panicked>().is_some() {
@@ -181,29 +161,25 @@ async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Res
     }
     let status = response.status().as_u16().to_string();
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route),
-        ("status", status),
-    ];
+    let labels = [("method", method.to_string()), ("route", route), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     Ok(response)
 }
 
 /// Every error that can come out of the routes, as our error type.
 pub fn to_api_error(err: poem::Error) -> ApiError {
     if err.is::<ApiError>() {
-        return err
-            .downcast::<ApiError>()
-            .unwrap_or_else(|e| ApiError::internal(anyhow::anyhow!("{e}")));
+        return err.downcast::<ApiError>().unwrap_or_else(|e| ApiError::internal(anyhow::anyhow!("{e}")));
     }
     if let Some(e) = err.downcast_ref::<ParseParamError>() {
         return ApiError::invalid(e.name, readable(&e.reason));
     }
     if let Some(e) = err.downcast_ref::<ParsePathError>() {
-        return ApiError::invalid(e.name, readable(&e.reason));
+        // poem-openapi names path parameters by position (`param0`); in this API the only
+        // path parameter of every route is the resource's id.
+        let name = if e.name == "param0" { "id" } else { e.name };
+        return ApiError::invalid(name, readable(&e.reason));
     }
     if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         return ApiError::invalid("body", &e.reason);
@@ -218,19 +194,12 @@ pub fn to_api_error(err: poem::Error) -> ApiError {
         return ApiError::new(error::NOT_FOUND, "no such route");
     }
     if err.is::<MethodNotAllowedError>() {
-        return ApiError::new(
-            error::METHOD_NOT_ALLOWED,
-            "method not allowed on this route",
-        );
+        return ApiError::new(error::METHOD_NOT_ALLOWED, "method not allowed on this route");
     }
     match err.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(error::PAYLOAD_TOO_LARGE, "the request body is too large")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(error::PAYLOAD_TOO_LARGE, "the request body is too large"),
         StatusCode::NOT_FOUND => ApiError::new(error::NOT_FOUND, "not found"),
-        status if status.is_client_error() => {
-            ApiError::new(error::INVALID_REQUEST, err.to_string())
-        }
+        status if status.is_client_error() => ApiError::new(error::INVALID_REQUEST, err.to_string()),
         _ => ApiError::internal(anyhow::anyhow!("{err}")),
     }
 }
@@ -239,14 +208,8 @@ pub fn to_api_error(err: poem::Error) -> ApiError {
 /// (occurred while parsing "optional_integer(uint64)")`; a client needs "expected
 /// integer(uint64): invalid digit found in string".
 fn readable(reason: &str) -> String {
-    let reason = reason
-        .split(" (occurred while parsing")
-        .next()
-        .unwrap_or(reason);
-    match reason
-        .strip_prefix("failed to parse \"")
-        .and_then(|rest| rest.split_once("\": "))
-    {
+    let reason = reason.split(" (occurred while parsing").next().unwrap_or(reason);
+    match reason.strip_prefix("failed to parse \"").and_then(|rest| rest.split_once("\": ")) {
         Some((expected, why)) => format!("expected {expected}: {why}"),
         None => reason.to_owned(),
     }

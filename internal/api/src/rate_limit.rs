@@ -44,9 +44,7 @@ impl Limits {
         if !self.enabled {
             return Ok(());
         }
-        self.by_ip
-            .check_key(&ip)
-            .map_err(|not_until| refused(not_until.wait_time_from(DefaultClock::default().now())))
+        self.by_ip.check_key(&ip).map_err(|not_until| refused(not_until.wait_time_from(DefaultClock::default().now())))
     }
 
     pub fn check_user(&self, user_id: Uuid) -> Result<(), ApiError> {
@@ -87,10 +85,7 @@ impl Limits {
 
 fn refused(wait: Duration) -> ApiError {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    ApiError {
-        retry_after_secs: Some(secs.max(1)),
-        ..ApiError::new(RATE_LIMITED, "too many requests; slow down")
-    }
+    ApiError { retry_after_secs: Some(secs.max(1)), ..ApiError::new(RATE_LIMITED, "too many requests; slow down") }
 }
 
 #[cfg(test)]
@@ -117,10 +112,7 @@ mod tests {
         let err = limits.check_ip(ip).unwrap_err();
         assert_eq!(err.code, RATE_LIMITED);
         assert_eq!(err.retry_after_secs, Some(1));
-        assert!(
-            limits.check_ip("10.0.0.2".parse().unwrap()).is_ok(),
-            "keys are independent"
-        );
+        assert!(limits.check_ip("10.0.0.2".parse().unwrap()).is_ok(), "keys are independent");
     }
 
     #[test]

@@ -45,37 +45,24 @@ impl NewAuction {
         let description = crate::page::text("description", fields.description, 0, 5000)?;
         let start_price = Money::parse_positive("start_price", fields.start_price)?;
         let min_increment = Money::parse_positive("min_increment", fields.min_increment)?;
-        let reserve_price = fields
-            .reserve_price
-            .map(|raw| Money::parse_positive("reserve_price", raw))
-            .transpose()?;
+        let reserve_price = fields.reserve_price.map(|raw| Money::parse_positive("reserve_price", raw)).transpose()?;
         if fields.end_at <= fields.start_at {
             return Err(Invalid::new("end_at", "must be after start_at"));
         }
-        for (name, value) in [
-            ("extend_window_secs", fields.extend_window_secs),
-            ("extend_by_secs", fields.extend_by_secs),
-        ] {
+        for (name, value) in
+            [("extend_window_secs", fields.extend_window_secs), ("extend_by_secs", fields.extend_by_secs)]
+        {
             if !(0..=MAX_EXTEND_SECS).contains(&value) {
-                return Err(Invalid::new(
-                    name,
-                    format!("must be between 0 and {MAX_EXTEND_SECS}"),
-                ));
+                return Err(Invalid::new(name, format!("must be between 0 and {MAX_EXTEND_SECS}")));
             }
         }
         if fields.extend_window_secs > 0 && fields.extend_by_secs == 0 {
-            return Err(Invalid::new(
-                "extend_by_secs",
-                "must be at least 1 when extend_window_secs is set",
-            ));
+            return Err(Invalid::new("extend_by_secs", "must be at least 1 when extend_window_secs is set"));
         }
         if !(1..=crate::sale::MAX_PAYMENT_TIMEOUT_SECS).contains(&fields.payment_timeout_secs) {
             return Err(Invalid::new(
                 "payment_timeout_secs",
-                format!(
-                    "must be between 1 and {}",
-                    crate::sale::MAX_PAYMENT_TIMEOUT_SECS
-                ),
+                format!("must be between 1 and {}", crate::sale::MAX_PAYMENT_TIMEOUT_SECS),
             ));
         }
         Ok(Self {
@@ -105,11 +92,7 @@ pub fn min_next_bid(current: Option<Money>, start_price: Money, min_increment: M
 /// Anti-sniping: a bid placed less than `window_ms` before the end pushes the end out by
 /// `by_ms`. Times are milliseconds since the epoch, as in the Lua script.
 pub fn extended_end(now_ms: i64, end_ms: i64, window_ms: i64, by_ms: i64) -> i64 {
-    if window_ms > 0 && end_ms - now_ms <= window_ms {
-        end_ms + by_ms
-    } else {
-        end_ms
-    }
+    if window_ms > 0 && end_ms - now_ms <= window_ms { end_ms + by_ms } else { end_ms }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,55 +179,13 @@ mod tests {
     fn bad_auction_fields_name_the_field() {
         let now = Utc::now();
         let cases: Vec<(&str, AuctionFields)> = vec![
-            (
-                "title",
-                AuctionFields {
-                    title: " ",
-                    ..fields(now)
-                },
-            ),
-            (
-                "start_price",
-                AuctionFields {
-                    start_price: "-1",
-                    ..fields(now)
-                },
-            ),
-            (
-                "min_increment",
-                AuctionFields {
-                    min_increment: "0",
-                    ..fields(now)
-                },
-            ),
-            (
-                "reserve_price",
-                AuctionFields {
-                    reserve_price: Some("1.001"),
-                    ..fields(now)
-                },
-            ),
-            (
-                "end_at",
-                AuctionFields {
-                    end_at: now - Duration::seconds(1),
-                    ..fields(now)
-                },
-            ),
-            (
-                "extend_by_secs",
-                AuctionFields {
-                    extend_window_secs: 10,
-                    ..fields(now)
-                },
-            ),
-            (
-                "payment_timeout_secs",
-                AuctionFields {
-                    payment_timeout_secs: 0,
-                    ..fields(now)
-                },
-            ),
+            ("title", AuctionFields { title: " ", ..fields(now) }),
+            ("start_price", AuctionFields { start_price: "-1", ..fields(now) }),
+            ("min_increment", AuctionFields { min_increment: "0", ..fields(now) }),
+            ("reserve_price", AuctionFields { reserve_price: Some("1.001"), ..fields(now) }),
+            ("end_at", AuctionFields { end_at: now - Duration::seconds(1), ..fields(now) }),
+            ("extend_by_secs", AuctionFields { extend_window_secs: 10, ..fields(now) }),
+            ("payment_timeout_secs", AuctionFields { payment_timeout_secs: 0, ..fields(now) }),
         ];
         for (field, raw) in cases {
             assert_eq!(NewAuction::parse(raw).unwrap_err().field, field);

@@ -40,22 +40,13 @@ impl ProductPatch {
         stock: Option<i64>,
     ) -> Result<Self, Invalid> {
         let patch = Self {
-            title: title
-                .map(|t| crate::page::text("title", t, 1, 200))
-                .transpose()?,
-            description: description
-                .map(|d| crate::page::text("description", d, 0, 5000))
-                .transpose()?,
-            price: price
-                .map(|p| Money::parse_positive("price", p))
-                .transpose()?,
+            title: title.map(|t| crate::page::text("title", t, 1, 200)).transpose()?,
+            description: description.map(|d| crate::page::text("description", d, 0, 5000)).transpose()?,
+            price: price.map(|p| Money::parse_positive("price", p)).transpose()?,
             stock: stock.map(parse_stock).transpose()?,
         };
         if patch == Self::default() {
-            return Err(Invalid::new(
-                "body",
-                "must change at least one of title, description, price, stock",
-            ));
+            return Err(Invalid::new("body", "must change at least one of title, description, price, stock"));
         }
         Ok(patch)
     }
@@ -63,10 +54,7 @@ impl ProductPatch {
 
 fn parse_stock(stock: i64) -> Result<i32, Invalid> {
     if !(0..=MAX_STOCK).contains(&stock) {
-        return Err(Invalid::new(
-            "stock",
-            format!("must be between 0 and {MAX_STOCK}"),
-        ));
+        return Err(Invalid::new("stock", format!("must be between 0 and {MAX_STOCK}")));
     }
     Ok(stock as i32)
 }
@@ -78,35 +66,14 @@ mod tests {
     #[test]
     fn a_product_needs_a_title_a_positive_price_and_non_negative_stock() {
         assert!(NewProduct::parse("Phone", "", "199.00", 0).is_ok());
-        assert_eq!(
-            NewProduct::parse("", "", "1", 1).unwrap_err().field,
-            "title"
-        );
-        assert_eq!(
-            NewProduct::parse("x", "", "0", 1).unwrap_err().field,
-            "price"
-        );
-        assert_eq!(
-            NewProduct::parse("x", "", "1", -1).unwrap_err().field,
-            "stock"
-        );
+        assert_eq!(NewProduct::parse("", "", "1", 1).unwrap_err().field, "title");
+        assert_eq!(NewProduct::parse("x", "", "0", 1).unwrap_err().field, "price");
+        assert_eq!(NewProduct::parse("x", "", "1", -1).unwrap_err().field, "stock");
     }
 
     #[test]
     fn an_empty_patch_is_refused() {
-        assert_eq!(
-            ProductPatch::parse(None, None, None, None)
-                .unwrap_err()
-                .field,
-            "body"
-        );
-        assert_eq!(
-            ProductPatch::parse(None, None, Some("2.50"), None)
-                .unwrap()
-                .price
-                .unwrap()
-                .to_string(),
-            "2.50"
-        );
+        assert_eq!(ProductPatch::parse(None, None, None, None).unwrap_err().field, "body");
+        assert_eq!(ProductPatch::parse(None, None, Some("2.50"), None).unwrap().price.unwrap().to_string(), "2.50");
     }
 }

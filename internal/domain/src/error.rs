@@ -12,18 +12,12 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 
     /// The same error seen from one level up, e.g. `quantity` inside `items[2]`.
     pub fn within(self, parent: &str) -> Self {
-        Self {
-            field: format!("{parent}.{}", self.field),
-            message: self.message,
-        }
+        Self { field: format!("{parent}.{}", self.field), message: self.message }
     }
 }
 

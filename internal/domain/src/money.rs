@@ -44,13 +44,10 @@ impl Money {
             return Err(Invalid::new(field, "must not be negative"));
         }
         if !well_formed {
-            return Err(Invalid::new(
-                field,
-                "must be a decimal string such as \"199.00\"",
-            ));
+            return Err(Invalid::new(field, "must be a decimal string such as \"199.00\""));
         }
-        let value = Decimal::from_str(text)
-            .map_err(|_| Invalid::new(field, "must be a decimal string such as \"199.00\""))?;
+        let value =
+            Decimal::from_str(text).map_err(|_| Invalid::new(field, "must be a decimal string such as \"199.00\""))?;
         if value.scale() > 2 && value.normalize().scale() > 2 {
             return Err(Invalid::new(field, "must have at most 2 decimals"));
         }

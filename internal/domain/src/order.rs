@@ -76,10 +76,7 @@ impl FromStr for OrderStatus {
             "paid" => Ok(OrderStatus::Paid),
             "cancelled" => Ok(OrderStatus::Cancelled),
             "closed" => Ok(OrderStatus::Closed),
-            _ => Err(Invalid::new(
-                "status",
-                format!("unknown order status `{s}`"),
-            )),
+            _ => Err(Invalid::new("status", format!("unknown order status `{s}`"))),
         }
     }
 }
@@ -102,35 +99,23 @@ pub fn parse_order_items(lines: &[(Uuid, i64)]) -> Result<Vec<NewOrderItem>, Inv
         return Err(Invalid::new("items", "must contain at least one item"));
     }
     if lines.len() > MAX_ITEMS {
-        return Err(Invalid::new(
-            "items",
-            format!("must contain at most {MAX_ITEMS} items"),
-        ));
+        return Err(Invalid::new("items", format!("must contain at most {MAX_ITEMS} items")));
     }
     let mut items: Vec<NewOrderItem> = Vec::with_capacity(lines.len());
     for (index, &(product_id, quantity)) in lines.iter().enumerate() {
         let field = format!("items[{index}]");
         let quantity = parse_quantity(quantity).map_err(|e| e.within(&field))?;
         if items.iter().any(|item| item.product_id == product_id) {
-            return Err(Invalid::new(
-                format!("{field}.product_id"),
-                "lists a product that is already in the order",
-            ));
+            return Err(Invalid::new(format!("{field}.product_id"), "lists a product that is already in the order"));
         }
-        items.push(NewOrderItem {
-            product_id,
-            quantity,
-        });
+        items.push(NewOrderItem { product_id, quantity });
     }
     Ok(items)
 }
 
 pub fn parse_quantity(quantity: i64) -> Result<u32, Invalid> {
     if !(1..=MAX_QUANTITY).contains(&quantity) {
-        return Err(Invalid::new(
-            "quantity",
-            format!("must be between 1 and {MAX_QUANTITY}"),
-        ));
+        return Err(Invalid::new("quantity", format!("must be between 1 and {MAX_QUANTITY}")));
     }
     Ok(quantity as u32)
 }
@@ -149,12 +134,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_their_names() {
-        for status in [
-            OrderStatus::PendingPayment,
-            OrderStatus::Paid,
-            OrderStatus::Cancelled,
-            OrderStatus::Closed,
-        ] {
+        for status in [OrderStatus::PendingPayment, OrderStatus::Paid, OrderStatus::Cancelled, OrderStatus::Closed] {
             assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), status);
         }
     }

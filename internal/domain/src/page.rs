@@ -23,10 +23,7 @@ impl PageRequest {
             return Err(Invalid::new("page", "must be at most 1000000"));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-            return Err(Invalid::new(
-                "page_size",
-                format!("must be between 1 and {MAX_PAGE_SIZE}"),
-            ));
+            return Err(Invalid::new("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
         }
         Ok(Self { page, page_size })
     }
@@ -38,10 +35,7 @@ impl PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self {
-            page: 1,
-            page_size: DEFAULT_PAGE_SIZE,
-        }
+        Self { page: 1, page_size: DEFAULT_PAGE_SIZE }
     }
 }
 
@@ -69,11 +63,7 @@ pub struct Sort {
 }
 
 impl Sort {
-    pub fn parse(
-        raw: Option<&str>,
-        allowed: &[&'static str],
-        default: Sort,
-    ) -> Result<Self, Invalid> {
+    pub fn parse(raw: Option<&str>, allowed: &[&'static str], default: Sort) -> Result<Self, Invalid> {
         let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
             return Ok(default);
         };
@@ -86,12 +76,10 @@ impl Sort {
             "desc" => SortDir::Desc,
             _ => return Err(Invalid::new("sort", "direction must be asc or desc")),
         };
-        let field = allowed.iter().find(|f| **f == name).ok_or_else(|| {
-            Invalid::new(
-                "sort",
-                format!("unknown field `{name}`; allowed: {}", allowed.join(", ")),
-            )
-        })?;
+        let field = allowed
+            .iter()
+            .find(|f| **f == name)
+            .ok_or_else(|| Invalid::new("sort", format!("unknown field `{name}`; allowed: {}", allowed.join(", "))))?;
         Ok(Self { field, dir })
     }
 }
@@ -105,10 +93,7 @@ pub fn text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, In
         return Err(Invalid::new(field, "must not be empty"));
     }
     if chars > max {
-        return Err(Invalid::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(Invalid::new(field, format!("must be at most {max} characters")));
     }
     Ok(text.to_owned())
 }
@@ -118,10 +103,7 @@ mod tests {
     use super::*;
 
     const FIELDS: &[&str] = &["created_at", "price", "title"];
-    const DEFAULT: Sort = Sort {
-        field: "created_at",
-        dir: SortDir::Desc,
-    };
+    const DEFAULT: Sort = Sort { field: "created_at", dir: SortDir::Desc };
 
     #[test]
     fn page_defaults_to_the_first_twenty() {
@@ -132,10 +114,7 @@ mod tests {
 
     #[test]
     fn page_size_above_one_hundred_is_refused() {
-        assert_eq!(
-            PageRequest::parse(None, Some(101)).unwrap_err().field,
-            "page_size"
-        );
+        assert_eq!(PageRequest::parse(None, Some(101)).unwrap_err().field, "page_size");
         assert_eq!(PageRequest::parse(Some(0), None).unwrap_err().field, "page");
     }
 
@@ -143,17 +122,9 @@ mod tests {
     fn sort_accepts_whitelisted_fields_in_either_direction() {
         assert_eq!(
             Sort::parse(Some("price,asc"), FIELDS, DEFAULT).unwrap(),
-            Sort {
-                field: "price",
-                dir: SortDir::Asc
-            }
+            Sort { field: "price", dir: SortDir::Asc }
         );
-        assert_eq!(
-            Sort::parse(Some("title,DESC"), FIELDS, DEFAULT)
-                .unwrap()
-                .dir,
-            SortDir::Desc
-        );
+        assert_eq!(Sort::parse(Some("title,DESC"), FIELDS, DEFAULT).unwrap().dir, SortDir::Desc);
         assert_eq!(Sort::parse(None, FIELDS, DEFAULT).unwrap(), DEFAULT);
     }
 

@@ -35,10 +35,7 @@ impl NewSale {
     pub fn parse(fields: SaleFields<'_>) -> Result<Self, Invalid> {
         let price = Money::parse_positive("price", fields.price)?;
         if !(1..=MAX_SALE_STOCK).contains(&fields.stock) {
-            return Err(Invalid::new(
-                "stock",
-                format!("must be between 1 and {MAX_SALE_STOCK}"),
-            ));
+            return Err(Invalid::new("stock", format!("must be between 1 and {MAX_SALE_STOCK}")));
         }
         if fields.end_at <= fields.start_at {
             return Err(Invalid::new("end_at", "must be after start_at"));
@@ -74,12 +71,7 @@ pub enum SaleStatus {
 
 impl SaleStatus {
     /// The window decides first: a sale that has ended is `ended` even with units left.
-    pub fn at(
-        now: DateTime<Utc>,
-        start_at: DateTime<Utc>,
-        end_at: DateTime<Utc>,
-        remaining: i64,
-    ) -> Self {
+    pub fn at(now: DateTime<Utc>, start_at: DateTime<Utc>, end_at: DateTime<Utc>, remaining: i64) -> Self {
         if now < start_at {
             SaleStatus::Scheduled
         } else if now >= end_at {
@@ -130,41 +122,11 @@ mod tests {
     fn each_broken_rule_names_its_field() {
         let now = Utc::now();
         let cases: Vec<(&str, SaleFields)> = vec![
-            (
-                "price",
-                SaleFields {
-                    price: "0",
-                    ..fields(now)
-                },
-            ),
-            (
-                "stock",
-                SaleFields {
-                    stock: 0,
-                    ..fields(now)
-                },
-            ),
-            (
-                "end_at",
-                SaleFields {
-                    end_at: now,
-                    ..fields(now)
-                },
-            ),
-            (
-                "per_user_limit",
-                SaleFields {
-                    per_user_limit: 0,
-                    ..fields(now)
-                },
-            ),
-            (
-                "payment_timeout_secs",
-                SaleFields {
-                    payment_timeout_secs: 0,
-                    ..fields(now)
-                },
-            ),
+            ("price", SaleFields { price: "0", ..fields(now) }),
+            ("stock", SaleFields { stock: 0, ..fields(now) }),
+            ("end_at", SaleFields { end_at: now, ..fields(now) }),
+            ("per_user_limit", SaleFields { per_user_limit: 0, ..fields(now) }),
+            ("payment_timeout_secs", SaleFields { payment_timeout_secs: 0, ..fields(now) }),
         ];
         for (field, raw) in cases {
             assert_eq!(NewSale::parse(raw).unwrap_err().field, field);
@@ -175,10 +137,7 @@ mod tests {
     fn status_follows_the_window_then_the_stock() {
         let start = Utc::now();
         let end = start + Duration::minutes(1);
-        assert_eq!(
-            SaleStatus::at(start - Duration::seconds(1), start, end, 5),
-            SaleStatus::Scheduled
-        );
+        assert_eq!(SaleStatus::at(start - Duration::seconds(1), start, end, 5), SaleStatus::Scheduled);
         assert_eq!(SaleStatus::at(start, start, end, 5), SaleStatus::Active);
         assert_eq!(SaleStatus::at(start, start, end, 0), SaleStatus::SoldOut);
         assert_eq!(SaleStatus::at(end, start, end, 5), SaleStatus::Ended);

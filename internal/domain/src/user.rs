@@ -44,16 +44,10 @@ impl Password {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let chars = raw.chars().count();
         if chars < Self::MIN_CHARS {
-            return Err(Invalid::new(
-                "password",
-                format!("must be at least {} characters", Self::MIN_CHARS),
-            ));
+            return Err(Invalid::new("password", format!("must be at least {} characters", Self::MIN_CHARS)));
         }
         if chars > Self::MAX_CHARS {
-            return Err(Invalid::new(
-                "password",
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
+            return Err(Invalid::new("password", format!("must be at most {} characters", Self::MAX_CHARS)));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -102,23 +96,12 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(
-            Email::parse(" Ann@Example.COM ").unwrap().as_str(),
-            "ann@example.com"
-        );
+        assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
     }
 
     #[test]
     fn malformed_emails_name_the_field() {
-        for bad in [
-            "",
-            "ann",
-            "ann@",
-            "@x.io",
-            "ann@@x.io",
-            "ann@localhost",
-            "a b@x.io",
-        ] {
+        for bad in ["", "ann", "ann@", "@x.io", "ann@@x.io", "ann@localhost", "a b@x.io"] {
             let err = Email::parse(bad).unwrap_err();
             assert_eq!(err.field, "email", "{bad}");
         }
@@ -126,10 +109,7 @@ mod tests {
 
     #[test]
     fn a_seven_character_password_is_too_short() {
-        assert_eq!(
-            Password::parse("1234567").unwrap_err().message,
-            "must be at least 8 characters"
-        );
+        assert_eq!(Password::parse("1234567").unwrap_err().message, "must be at least 8 characters");
         assert!(Password::parse("12345678").is_ok());
     }
 

@@ -27,25 +27,14 @@ impl Broker {
     /// Connects once, so that start-up fails fast with a clear message when RabbitMQ is
     /// unreachable. `name` shows up in the management UI's connection list.
     pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Self, Unreachable> {
-        let broker = Self {
-            url: settings.url.clone(),
-            name: name.to_owned(),
-            connection: Mutex::new(None),
-        };
-        let channel = broker
-            .channel()
-            .await
-            .map_err(|err| broker.unreachable(err))?;
+        let broker = Self { url: settings.url.clone(), name: name.to_owned(), connection: Mutex::new(None) };
+        let channel = broker.channel().await.map_err(|err| broker.unreachable(err))?;
         let _ = channel.close(200, "start-up check".into()).await;
         Ok(broker)
     }
 
     pub fn unreachable(&self, err: impl std::fmt::Display) -> Unreachable {
-        Unreachable {
-            service: "rabbitmq",
-            address: address_of(self.url.expose_secret()),
-            detail: err.to_string(),
-        }
+        Unreachable { service: "rabbitmq", address: address_of(self.url.expose_secret()), detail: err.to_string() }
     }
 
     /// A fresh channel on the current connection, reconnecting first if it was lost.
@@ -56,30 +45,19 @@ impl Broker {
         {
             return current.create_channel().await;
         }
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let fresh = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(self.url.expose_secret(), properties),
-        )
-        .await
-        .map_err(|_| {
-            lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })??;
+        let properties = ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.url.expose_secret(), properties))
+            .await
+            .map_err(|_| {
+                lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
+            })??;
         let channel = fresh.create_channel().await?;
         *connection = Some(fresh);
         Ok(channel)
     }
 
     pub async fn is_connected(&self) -> bool {
-        self.connection
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|c| c.status().connected())
+        self.connection.lock().await.as_ref().is_some_and(|c| c.status().connected())
     }
 
     /// Closes the connection (on shutdown); in-flight confirms are answered first by the

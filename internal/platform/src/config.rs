@@ -27,10 +27,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,9 +86,7 @@ impl DatabaseSettings {
     /// The URL with the database name swapped, e.g. to create a test database.
     pub fn url_for_database(&self, name: &str) -> String {
         let url = self.url.expose_secret();
-        let (url, query) = url
-            .split_once('?')
-            .map_or((url, None), |(u, q)| (u, Some(q)));
+        let (url, query) = url.split_once('?').map_or((url, None), |(u, q)| (u, Some(q)));
         let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
         match query {
             Some(query) => format!("{base}/{name}?{query}"),
@@ -207,15 +202,8 @@ impl Settings {
     /// directory) says where the files are.
     pub fn load() -> Result<Self, ConfigError> {
         let vars: HashMap<String, String> = std::env::vars().collect();
-        let dir = vars
-            .get("SPIKE_CONFIG_DIR")
-            .map(PathBuf::from)
-            .or_else(find_config_dir);
-        Self::load_with(
-            dir.as_deref(),
-            vars.get("SPIKE_ENV").map(String::as_str),
-            &vars,
-        )
+        let dir = vars.get("SPIKE_CONFIG_DIR").map(PathBuf::from).or_else(find_config_dir);
+        Self::load_with(dir.as_deref(), vars.get("SPIKE_ENV").map(String::as_str), &vars)
     }
 
     /// Loads the layers from explicit inputs; tests use this to stay independent of the
@@ -230,18 +218,11 @@ impl Settings {
             builder = builder.add_source(File::from(dir.join("default.toml")).required(false));
         }
         if let Some(name) = env_name.filter(|n| !n.is_empty()) {
-            let dir = config_dir.ok_or_else(|| {
-                invalid(
-                    "SPIKE_ENV",
-                    format!("no configs/ folder found for `{name}`"),
-                )
-            })?;
+            let dir =
+                config_dir.ok_or_else(|| invalid("SPIKE_ENV", format!("no configs/ folder found for `{name}`")))?;
             let path = dir.join(format!("{name}.toml"));
             if !path.exists() {
-                return Err(invalid(
-                    "SPIKE_ENV",
-                    format!("`{name}` has no file {}", path.display()),
-                ));
+                return Err(invalid("SPIKE_ENV", format!("`{name}` has no file {}", path.display())));
             }
             builder = builder.add_source(File::from(path));
         }
@@ -262,47 +243,25 @@ impl Settings {
             return Err(invalid("app.env", "must be dev, test, staging or prod"));
         }
         if self.http.addr.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.addr",
-                format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr),
-            ));
+            return Err(invalid("http.addr", format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr)));
         }
         positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
         positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
         for (key, url, schemes) in [
-            (
-                "database.url",
-                &self.database.url,
-                &["postgres://", "postgresql://"][..],
-            ),
+            ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
             ("redis.url", &self.redis.url, &["redis://", "rediss://"][..]),
             ("amqp.url", &self.amqp.url, &["amqp://", "amqps://"][..]),
         ] {
             if !schemes.iter().any(|s| url.expose_secret().starts_with(s)) {
-                return Err(invalid(
-                    key,
-                    format!("must start with {}", schemes.join(" or ")),
-                ));
+                return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
-        positive(
-            "database.max_connections",
-            self.database.max_connections.into(),
-        )?;
+        positive("database.max_connections", self.database.max_connections.into())?;
         if self.database.min_connections > self.database.max_connections {
-            return Err(invalid(
-                "database.min_connections",
-                "must not exceed max_connections",
-            ));
+            return Err(invalid("database.min_connections", "must not exceed max_connections"));
         }
-        for (key, prefix) in [
-            ("redis.prefix", &self.redis.prefix),
-            ("amqp.prefix", &self.amqp.prefix),
-        ] {
-            let ok = !prefix.is_empty()
-                && prefix
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        for (key, prefix) in [("redis.prefix", &self.redis.prefix), ("amqp.prefix", &self.amqp.prefix)] {
+            let ok = !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
             if !ok {
                 return Err(invalid(key, "must be non-empty: letters, digits, - _ . :"));
             }
@@ -315,38 +274,23 @@ impl Settings {
             return Err(invalid("jwt.secret", "must be at least 32 bytes"));
         }
         if self.app.env == "prod" && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
-            return Err(invalid(
-                "jwt.secret",
-                "is the development secret; set SPIKE__JWT__SECRET",
-            ));
+            return Err(invalid("jwt.secret", "is the development secret; set SPIKE__JWT__SECRET"));
         }
         positive("jwt.access_ttl_secs", self.jwt.access_ttl_secs)?;
         positive("jwt.refresh_ttl_secs", self.jwt.refresh_ttl_secs)?;
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.max(1) {
-            return Err(invalid(
-                "argon2.memory_kib",
-                "must be at least 8 x parallelism",
-            ));
+            return Err(invalid("argon2.memory_kib", "must be at least 8 x parallelism"));
         }
         positive("argon2.iterations", self.argon2.iterations.into())?;
         positive("argon2.parallelism", self.argon2.parallelism.into())?;
         if self.rate_limit.enabled {
             positive("rate_limit.ip_per_sec", self.rate_limit.ip_per_sec.into())?;
             positive("rate_limit.ip_burst", self.rate_limit.ip_burst.into())?;
-            positive(
-                "rate_limit.user_per_sec",
-                self.rate_limit.user_per_sec.into(),
-            )?;
+            positive("rate_limit.user_per_sec", self.rate_limit.user_per_sec.into())?;
             positive("rate_limit.user_burst", self.rate_limit.user_burst.into())?;
         }
-        positive(
-            "orders.payment_timeout_secs",
-            self.orders.payment_timeout_secs.into(),
-        )?;
-        positive(
-            "orders.sweep_interval_secs",
-            self.orders.sweep_interval_secs,
-        )?;
+        positive("orders.payment_timeout_secs", self.orders.payment_timeout_secs.into())?;
+        positive("orders.sweep_interval_secs", self.orders.sweep_interval_secs)?;
         positive("cache.product_ttl_secs", self.cache.product_ttl_secs)?;
         positive("outbox.poll_interval_ms", self.outbox.poll_interval_ms)?;
         positive("outbox.batch_size", self.outbox.batch_size)?;
@@ -388,10 +332,7 @@ mod tests {
     }
 
     fn load(env_name: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::load_with(Some(&dir()), env_name, &vars)
     }
 
@@ -411,10 +352,7 @@ mod tests {
                 ("SPIKE__HTTP__ADDR", "127.0.0.1:9000"),
                 ("SPIKE__RATE_LIMIT__USER_PER_SEC", "7"),
                 ("SPIKE__ORDERS__PAYMENT_TIMEOUT_SECS", "2"),
-                (
-                    "SPIKE__HTTP__CORS_ORIGINS",
-                    "https://a.example,https://b.example",
-                ),
+                ("SPIKE__HTTP__CORS_ORIGINS", "https://a.example,https://b.example"),
                 ("UNRELATED", "x"),
             ],
         )
@@ -424,10 +362,7 @@ mod tests {
         assert_eq!(settings.http.addr, "127.0.0.1:9000");
         assert_eq!(settings.rate_limit.user_per_sec, 7);
         assert_eq!(settings.orders.payment_timeout_secs, 2);
-        assert_eq!(
-            settings.http.cors_origins,
-            ["https://a.example", "https://b.example"]
-        );
+        assert_eq!(settings.http.cors_origins, ["https://a.example", "https://b.example"]);
     }
 
     #[test]
@@ -456,23 +391,13 @@ mod tests {
     fn production_refuses_the_development_secret() {
         let err = load(Some("prod"), &[]).unwrap_err();
         assert!(err.to_string().contains("jwt.secret"), "{err}");
-        let ok = load(
-            Some("prod"),
-            &[(
-                "SPIKE__JWT__SECRET",
-                "a-real-secret-that-is-long-enough-123",
-            )],
-        );
+        let ok = load(Some("prod"), &[("SPIKE__JWT__SECRET", "a-real-secret-that-is-long-enough-123")]);
         assert!(ok.is_ok());
     }
 
     #[test]
     fn debug_output_redacts_secrets() {
-        let settings = load(
-            None,
-            &[("SPIKE__DATABASE__URL", "postgres://app:hunter2@db/spike")],
-        )
-        .unwrap();
+        let settings = load(None, &[("SPIKE__DATABASE__URL", "postgres://app:hunter2@db/spike")]).unwrap();
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("dev-only-secret"));
@@ -481,18 +406,8 @@ mod tests {
 
     #[test]
     fn database_urls_can_be_pointed_at_another_database() {
-        let settings = load(
-            None,
-            &[(
-                "SPIKE__DATABASE__URL",
-                "postgres://u@h:5432/spike?sslmode=disable",
-            )],
-        )
-        .unwrap();
+        let settings = load(None, &[("SPIKE__DATABASE__URL", "postgres://u@h:5432/spike?sslmode=disable")]).unwrap();
         assert_eq!(settings.database.database_name(), "spike");
-        assert_eq!(
-            settings.database.url_for_database("other"),
-            "postgres://u@h:5432/other?sslmode=disable"
-        );
+        assert_eq!(settings.database.url_for_database("other"), "postgres://u@h:5432/other?sslmode=disable");
     }
 }

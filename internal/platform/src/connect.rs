@@ -57,10 +57,7 @@ pub async fn postgres(settings: &DatabaseSettings) -> Result<DatabaseConnection,
 
 /// Connects to `url` with the pool settings of `settings` (tests point it at their own
 /// database).
-pub async fn postgres_at(
-    settings: &DatabaseSettings,
-    url: &str,
-) -> Result<DatabaseConnection, Unreachable> {
+pub async fn postgres_at(settings: &DatabaseSettings, url: &str) -> Result<DatabaseConnection, Unreachable> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(settings.max_connections)
@@ -78,24 +75,17 @@ pub async fn postgres_at(
 /// The Redis client (for pub/sub connections) and the multiplexed connection every request
 /// shares. The manager reconnects by itself; its retries are kept short so that a Redis
 /// outage surfaces as a quick 503 instead of a hung request.
-pub async fn redis(
-    settings: &RedisSettings,
-) -> Result<(redis::Client, ConnectionManager), Unreachable> {
+pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, ConnectionManager), Unreachable> {
     let url = settings.url.expose_secret();
-    let unreachable = |err: redis::RedisError| Unreachable {
-        service: "redis",
-        address: address_of(url),
-        detail: err.to_string(),
-    };
+    let unreachable =
+        |err: redis::RedisError| Unreachable { service: "redis", address: address_of(url), detail: err.to_string() };
     let client = redis::Client::open(url).map_err(unreachable)?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500))
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
-    let manager = ConnectionManager::new_with_config(client.clone(), config)
-        .await
-        .map_err(unreachable)?;
+    let manager = ConnectionManager::new_with_config(client.clone(), config).await.map_err(unreachable)?;
     Ok((client, manager))
 }
 
@@ -106,10 +96,7 @@ mod tests {
     #[test]
     fn addresses_never_show_credentials() {
         assert_eq!(address_of("postgres://app:pw@db:5432/spike?x=1"), "db:5432");
-        assert_eq!(
-            address_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "127.0.0.1:5672"
-        );
+        assert_eq!(address_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "127.0.0.1:5672");
         assert_eq!(address_of("redis://127.0.0.1:6379"), "127.0.0.1:6379");
     }
 }

@@ -44,11 +44,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .map_err(|e| anyhow::anyhow!("invalid configuration: telemetry.log_level: {e}"))?;
     let fmt = if settings.log_format == "json" {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
     } else {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
@@ -56,30 +52,16 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let provider = if settings.otlp_endpoint.is_empty() {
         None
     } else {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(&settings.otlp_endpoint)
-            .build()?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(settings.service_name.clone())
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
-        )
+        let exporter =
+            opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(&settings.otlp_endpoint).build()?;
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(settings.service_name.clone()).build();
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
     };
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(settings.service_name.clone()))
-    });
+    let otel = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(settings.service_name.clone())));
 
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .is_ok();
+    let installed = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init().is_ok();
     let _ = INSTALLED.set(());
     if installed && let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -104,9 +86,8 @@ pub fn adopt_trace_headers(span: &tracing::Span, headers: &HashMap<String, Strin
     if headers.is_empty() {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MapExtractor(headers))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&MapExtractor(headers)));
     let _ = span.set_parent(parent);
 }
 
@@ -127,5 +108,32 @@ impl Extractor for MapExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn a_trace_survives_the_trip_through_message_headers() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let publish = tracing::info_span!("publish");
+            let headers = publish.in_scope(current_trace_headers);
+            let traceparent = headers.get("traceparent").expect("a traceparent header");
+            let trace_id = publish.context().span().span_context().trace_id();
+            assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
+
+            let consume = tracing::info_span!("consume");
+            adopt_trace_headers(&consume, &headers);
+            assert_eq!(consume.context().span().span_context().trace_id(), trace_id);
+        });
     }
 }

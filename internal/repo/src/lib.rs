@@ -2,6 +2,10 @@
 //! Nothing here decides business outcomes; it stores and moves what the services decide.
 //!
 //! Layout:
-//! - [`db`]: sea-orm entities and SQL, one module per table family.
+//! - [`db`]: sea-orm entities and SQL, one module per table family;
+//! - [`cache`]: Redis keys, the product cache, the hot-state scripts;
+//! - [`mq`]: RabbitMQ names, topology, confirmed publishing and consuming.
 
+pub mod cache;
 pub mod db;
+pub mod mq;

@@ -25,12 +25,7 @@ pub struct User {
 
 impl From<UserRow> for User {
     fn from(row: UserRow) -> Self {
-        Self {
-            id: row.id,
-            email: row.email,
-            role: row.role.parse().unwrap_or(Role::User),
-            created_at: row.created_at,
-        }
+        Self { id: row.id, email: row.email, role: row.role.parse().unwrap_or(Role::User), created_at: row.created_at }
     }
 }
 
@@ -52,18 +47,8 @@ pub struct AuthService {
 }
 
 impl AuthService {
-    pub fn new(
-        db: DatabaseConnection,
-        hasher: PasswordHasher,
-        jwt: JwtKeys,
-        refresh_ttl: Duration,
-    ) -> Self {
-        Self {
-            db,
-            hasher,
-            jwt,
-            refresh_ttl,
-        }
+    pub fn new(db: DatabaseConnection, hasher: PasswordHasher, jwt: JwtKeys, refresh_ttl: Duration) -> Self {
+        Self { db, hasher, jwt, refresh_ttl }
     }
 
     pub fn jwt(&self) -> &JwtKeys {
@@ -76,12 +61,7 @@ impl AuthService {
         let hash = self.hasher.hash(password.expose()).await?;
         let row = users::insert(
             &self.db,
-            NewUser {
-                id: Uuid::now_v7(),
-                email: email.as_str(),
-                password_hash: &hash,
-                role: Role::User.as_str(),
-            },
+            NewUser { id: Uuid::now_v7(), email: email.as_str(), password_hash: &hash, role: Role::User.as_str() },
         )
         .await
         .map_err(|err| match err {
@@ -108,9 +88,8 @@ impl AuthService {
     /// token again means it was stolen or replayed, so the whole family is revoked.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
         let txn = self.db.begin().await?;
-        let row = refresh_tokens::find_by_hash(&txn, &hash_token(refresh_token))
-            .await?
-            .ok_or(Error::BadRefreshToken)?;
+        let row =
+            refresh_tokens::find_by_hash(&txn, &hash_token(refresh_token)).await?.ok_or(Error::BadRefreshToken)?;
         if row.revoked_at.is_some() || row.expires_at <= Utc::now() {
             return Err(Error::BadRefreshToken);
         }
@@ -120,9 +99,7 @@ impl AuthService {
             tracing::warn!(user_id = %row.user_id, family_id = %row.family_id, "refresh token replayed; family revoked");
             return Err(Error::BadRefreshToken);
         }
-        let user = users::find(&txn, row.user_id)
-            .await?
-            .ok_or(Error::BadRefreshToken)?;
+        let user = users::find(&txn, row.user_id).await?.ok_or(Error::BadRefreshToken)?;
         let pair = self.issue_pair(&txn, &user.into(), row.family_id).await?;
         txn.commit().await?;
         Ok(pair)
@@ -130,47 +107,22 @@ impl AuthService {
 
     /// Ends the login the refresh token belongs to (every token of its family).
     pub async fn logout(&self, refresh_token: &str) -> Result<()> {
-        let row = refresh_tokens::find_by_hash(&self.db, &hash_token(refresh_token))
-            .await?
-            .ok_or(Error::BadRefreshToken)?;
+        let row =
+            refresh_tokens::find_by_hash(&self.db, &hash_token(refresh_token)).await?.ok_or(Error::BadRefreshToken)?;
         refresh_tokens::revoke_family(&self.db, row.family_id).await?;
         Ok(())
     }
 
     pub async fn me(&self, caller: &Caller) -> Result<User> {
-        let row = users::find(&self.db, caller.user_id)
-            .await?
-            .ok_or(Error::Unauthenticated)?;
+        let row = users::find(&self.db, caller.user_id).await?.ok_or(Error::Unauthenticated)?;
         Ok(row.into())
     }
 
-    pub async fn list_users(
-        &self,
-        caller: &Caller,
-        page: PageRequest,
-        sort: Option<&str>,
-    ) -> Result<Page<User>> {
+    pub async fn list_users(&self, caller: &Caller, page: PageRequest, sort: Option<&str>) -> Result<Page<User>> {
         caller.require_admin()?;
-        let sort = Sort::parse(
-            sort,
-            USER_SORT_FIELDS,
-            Sort {
-                field: "created_at",
-                dir: SortDir::Asc,
-            },
-        )?;
-        let rows = users::list(
-            &self.db,
-            page.offset(),
-            page.page_size,
-            sort.field,
-            sort.dir == SortDir::Desc,
-        )
-        .await?;
-        Ok(Page {
-            items: rows.items.into_iter().map(User::from).collect(),
-            total: rows.total,
-        })
+        let sort = Sort::parse(sort, USER_SORT_FIELDS, Sort { field: "created_at", dir: SortDir::Asc })?;
+        let rows = users::list(&self.db, page.offset(), page.page_size, sort.field, sort.dir == SortDir::Desc).await?;
+        Ok(Page { items: rows.items.into_iter().map(User::from).collect(), total: rows.total })
     }
 
     /// Creates an admin, or promotes the existing account with that email (its password is
@@ -179,20 +131,13 @@ impl AuthService {
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
         if users::promote(&self.db, email.as_str()).await? {
-            let row = users::find_by_email(&self.db, email.as_str())
-                .await?
-                .ok_or(Error::NotFound("user"))?;
+            let row = users::find_by_email(&self.db, email.as_str()).await?.ok_or(Error::NotFound("user"))?;
             return Ok((row.into(), false));
         }
         let hash = self.hasher.hash(password.expose()).await?;
         let row = users::insert(
             &self.db,
-            NewUser {
-                id: Uuid::now_v7(),
-                email: email.as_str(),
-                password_hash: &hash,
-                role: Role::Admin.as_str(),
-            },
+            NewUser { id: Uuid::now_v7(), email: email.as_str(), password_hash: &hash, role: Role::Admin.as_str() },
         )
         .await
         .map_err(|err| match err {
@@ -212,18 +157,11 @@ impl AuthService {
         while start < count {
             let end = (start + 1000).min(count);
             let ids: Vec<Uuid> = (start..end).map(|_| Uuid::now_v7()).collect();
-            let emails: Vec<String> = (start..end)
-                .map(|i| format!("shopper-{i}-{run}@load.spike.test"))
-                .collect();
+            let emails: Vec<String> = (start..end).map(|i| format!("shopper-{i}-{run}@load.spike.test")).collect();
             let rows: Vec<NewUser> = ids
                 .iter()
                 .zip(&emails)
-                .map(|(id, email)| NewUser {
-                    id: *id,
-                    email,
-                    password_hash: hash,
-                    role: Role::User.as_str(),
-                })
+                .map(|(id, email)| NewUser { id: *id, email, password_hash: hash, role: Role::User.as_str() })
                 .collect();
             users::insert_many(&self.db, &rows).await?;
             for id in ids {
@@ -238,22 +176,10 @@ impl AuthService {
         self.issue_pair(&self.db, user, family_id).await
     }
 
-    async fn issue_pair(
-        &self,
-        db: &impl sea_orm::ConnectionTrait,
-        user: &User,
-        family_id: Uuid,
-    ) -> Result<TokenPair> {
+    async fn issue_pair(&self, db: &impl sea_orm::ConnectionTrait, user: &User, family_id: Uuid) -> Result<TokenPair> {
         let refresh_token = hex::encode(rand::random::<[u8; 32]>());
         let expires_at = Utc::now() + self.refresh_ttl;
-        refresh_tokens::insert(
-            db,
-            user.id,
-            family_id,
-            &hash_token(&refresh_token),
-            expires_at,
-        )
-        .await?;
+        refresh_tokens::insert(db, user.id, family_id, &hash_token(&refresh_token), expires_at).await?;
         Ok(TokenPair {
             access_token: self.jwt.issue(user.id, user.role)?,
             refresh_token,

@@ -24,16 +24,9 @@ pub enum Error {
     #[error("email already registered")]
     EmailTaken,
     #[error("not enough stock for product {product_id}: {available} left, {requested} requested")]
-    InsufficientStock {
-        product_id: Uuid,
-        available: i64,
-        requested: i64,
-    },
+    InsufficientStock { product_id: Uuid, available: i64, requested: i64 },
     #[error("order is {status}: only a pending_payment order can be {action}")]
-    OrderNotPending {
-        status: String,
-        action: &'static str,
-    },
+    OrderNotPending { status: String, action: &'static str },
     #[error("the payment window of this order has passed")]
     OrderExpired,
     #[error("this Idempotency-Key was used with a different request")]
@@ -45,10 +38,7 @@ pub enum Error {
     #[error("{0}")]
     NotActive(&'static str),
     #[error("bid too low: the minimum bid is {minimum}")]
-    BidTooLow {
-        current: Option<Money>,
-        minimum: Money,
-    },
+    BidTooLow { current: Option<Money>, minimum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
     #[error("{0} is unavailable")]
@@ -71,11 +61,7 @@ impl From<DbErr> for Error {
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        if err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-        {
+        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
             tracing::error!(error = %err, "redis unavailable");
             Error::Unavailable("redis")
         } else {

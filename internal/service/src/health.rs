@@ -43,9 +43,5 @@ async fn ping_postgres(db: &DatabaseConnection) -> Result<(), String> {
 }
 
 async fn ping_redis(mut redis: ConnectionManager) -> Result<(), String> {
-    redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -85,17 +85,9 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| Error::Unauthenticated)?;
-        let role = data
-            .claims
-            .role
-            .parse()
-            .map_err(|_| Error::Unauthenticated)?;
-        Ok(Caller {
-            user_id: data.claims.sub,
-            role,
-        })
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| Error::Unauthenticated)?;
+        let role = data.claims.role.parse().map_err(|_| Error::Unauthenticated)?;
+        Ok(Caller { user_id: data.claims.sub, role })
     }
 }
 
@@ -120,50 +112,29 @@ mod tests {
     fn a_fresh_token_verifies_to_its_user_and_role() {
         let keys = keys(SECRET);
         let user = Uuid::now_v7();
-        let caller = keys
-            .verify(&keys.issue(user, Role::Admin).unwrap())
-            .unwrap();
-        assert_eq!(
-            caller,
-            Caller {
-                user_id: user,
-                role: Role::Admin
-            }
-        );
+        let caller = keys.verify(&keys.issue(user, Role::Admin).unwrap()).unwrap();
+        assert_eq!(caller, Caller { user_id: user, role: Role::Admin });
     }
 
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
-        let token = keys("another-secret-that-is-long-enough-999")
-            .issue(Uuid::now_v7(), Role::User)
-            .unwrap();
-        assert!(matches!(
-            keys(SECRET).verify(&token),
-            Err(Error::Unauthenticated)
-        ));
+        let token = keys("another-secret-that-is-long-enough-999").issue(Uuid::now_v7(), Role::User).unwrap();
+        assert!(matches!(keys(SECRET).verify(&token), Err(Error::Unauthenticated)));
     }
 
     #[test]
     fn an_expired_token_is_refused() {
         let keys = keys(SECRET);
         let now = Utc::now().timestamp();
-        let claims = Claims {
-            sub: Uuid::now_v7(),
-            role: "user".into(),
-            iat: now - 120,
-            exp: now - 1,
-            iss: "spike".into(),
-        };
+        let claims =
+            Claims { sub: Uuid::now_v7(), role: "user".into(), iat: now - 120, exp: now - 1, iss: "spike".into() };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());
     }
 
     #[test]
     fn a_user_cannot_act_as_admin() {
-        let caller = Caller {
-            user_id: Uuid::nil(),
-            role: Role::User,
-        };
+        let caller = Caller { user_id: Uuid::nil(), role: Role::User };
         assert!(matches!(caller.require_admin(), Err(Error::Forbidden)));
     }
 }

@@ -5,15 +5,25 @@
 //! - [`error`]: what a use case answers besides success;
 //! - [`password`], [`jwt`]: argon2id hashing and access tokens;
 //! - [`auth`]: accounts and sessions;
+//! - [`catalog`]: products and the cache-aside product cache ([`singleflight`]);
+//! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
+//! - [`relay`]: the outbox relay; [`closer`]: the close consumer and the sweeper;
+//! - [`dead_letters`]: inspect and re-drive dead-lettered messages;
 //! - [`health`], [`metrics`]: readiness of the three services and scraped gauges;
 //! - [`worker`]: the background tasks of `serve` and `worker`.
 
 pub mod auth;
+pub mod catalog;
+pub mod closer;
+pub mod dead_letters;
 pub mod error;
 pub mod health;
 pub mod jwt;
 pub mod metrics;
+pub mod orders;
 pub mod password;
+pub mod relay;
+pub mod singleflight;
 pub mod worker;
 
 use std::sync::Arc;
@@ -21,6 +31,8 @@ use std::time::Duration;
 
 use platform::{Broker, Settings};
 use redis::aio::ConnectionManager;
+use repo::cache::Keys;
+use repo::mq::Topology;
 use sea_orm::DatabaseConnection;
 
 pub use error::{Error, Result};
@@ -37,11 +49,28 @@ pub struct Deps {
     pub broker: Arc<Broker>,
 }
 
+impl Deps {
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.settings.redis.prefix)
+    }
+
+    pub fn topology(&self) -> Topology {
+        let amqp = &self.settings.amqp;
+        Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+    }
+
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.amqp.confirm_timeout_ms)
+    }
+}
+
 /// Every service, wired from [`Deps`] in one place.
 #[derive(Clone)]
 pub struct Services {
     pub deps: Deps,
     pub auth: auth::AuthService,
+    pub catalog: catalog::CatalogService,
+    pub orders: orders::OrderService,
 }
 
 impl Services {
@@ -49,12 +78,21 @@ impl Services {
         let settings = deps.settings.clone();
         let hasher = password::PasswordHasher::new(&settings.argon2)?;
         let jwt = jwt::JwtKeys::new(&settings.jwt);
-        let auth = auth::AuthService::new(
-            deps.db.clone(),
-            hasher,
-            jwt,
-            Duration::from_secs(settings.jwt.refresh_ttl_secs),
-        );
-        Ok(Self { deps, auth })
+        let auth =
+            auth::AuthService::new(deps.db.clone(), hasher, jwt, Duration::from_secs(settings.jwt.refresh_ttl_secs));
+        let catalog =
+            catalog::CatalogService::new(deps.db.clone(), deps.redis.clone(), deps.keys(), settings.cache.clone());
+        let orders =
+            orders::OrderService::new(deps.db.clone(), catalog.cache().clone(), settings.orders.payment_timeout_secs);
+        Ok(Self { deps, auth, catalog, orders })
+    }
+
+    /// Declares the RabbitMQ exchanges and queues (idempotent; every process does it at
+    /// start, so whichever starts first finds the topology ready).
+    pub async fn declare_topology(&self) -> Result<()> {
+        let channel = self.deps.broker.channel().await?;
+        self.deps.topology().declare(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
     }
 }

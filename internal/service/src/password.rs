@@ -22,23 +22,15 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(settings: &Argon2Settings) -> anyhow::Result<Self> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| anyhow::anyhow!("invalid configuration: argon2: {e}"))?;
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: argon2: {e}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut OsRng);
         let dummy_hash = argon2
             .hash_password(b"not-a-real-password", &salt)
             .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
             .to_string();
-        Ok(Self {
-            argon2: Arc::new(argon2),
-            dummy_hash: Arc::new(dummy_hash),
-        })
+        Ok(Self { argon2: Arc::new(argon2), dummy_hash: Arc::new(dummy_hash) })
     }
 
     pub async fn hash(&self, password: &str) -> Result<String> {
@@ -90,12 +82,7 @@ mod tests {
     use super::*;
 
     fn hasher() -> PasswordHasher {
-        PasswordHasher::new(&Argon2Settings {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        })
-        .unwrap()
+        PasswordHasher::new(&Argon2Settings { memory_kib: 1024, iterations: 1, parallelism: 1 }).unwrap()
     }
 
     #[tokio::test]
@@ -103,12 +90,7 @@ mod tests {
         let hasher = hasher();
         let hash = hasher.hash("correct horse").await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(
-            hasher
-                .verify(Some(hash.clone()), "correct horse")
-                .await
-                .unwrap()
-        );
+        assert!(hasher.verify(Some(hash.clone()), "correct horse").await.unwrap());
         assert!(!hasher.verify(Some(hash), "wrong horse").await.unwrap());
     }
 

@@ -3,18 +3,55 @@
 
 use std::time::Duration;
 
+use repo::mq::consumer;
+use repo::mq::topology::ORDER_CLOSE;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
+use crate::closer;
+use crate::relay::OutboxRelay;
 
 pub struct Workers {
     tasks: JoinSet<()>,
 }
 
 /// Starts every background task; each one returns when `stop` is cancelled.
-pub fn spawn(_services: &Services, _stop: CancellationToken) -> Workers {
-    let tasks = JoinSet::new();
+pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
+    let mut tasks = JoinSet::new();
+    let deps = &services.deps;
+    let settings = &deps.settings;
+
+    let relay = OutboxRelay::new(
+        deps.db.clone(),
+        deps.broker.clone(),
+        deps.topology(),
+        settings.outbox.clone(),
+        deps.confirm_timeout(),
+    );
+    tasks.spawn(relay.run(stop.clone()));
+
+    let orders = services.orders.clone();
+    tasks.spawn(consumer::run(
+        deps.broker.clone(),
+        deps.topology(),
+        ORDER_CLOSE,
+        settings.amqp.prefetch,
+        deps.confirm_timeout(),
+        stop.clone(),
+        move |delivery| {
+            let orders = orders.clone();
+            async move { closer::handle_close(&orders, delivery).await }
+        },
+    ));
+
+    tasks.spawn(closer::sweep(
+        deps.db.clone(),
+        services.orders.clone(),
+        Duration::from_secs(settings.orders.sweep_interval_secs),
+        stop.clone(),
+    ));
+
     Workers { tasks }
 }
 
@@ -22,15 +59,9 @@ impl Workers {
     /// Waits up to `grace` for the tasks to finish their current message, then aborts the
     /// rest (an aborted consumer never acked, so its message is redelivered).
     pub async fn join(mut self, grace: Duration) {
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(
-                "workers did not stop within {}s; aborting them",
-                grace.as_secs()
-            );
+            tracing::warn!("workers did not stop within {}s; aborting them", grace.as_secs());
             self.tasks.abort_all();
         }
     }

@@ -1,7 +1,9 @@
 //! One poem-openapi API struct per tag, combined in [`crate::app::routes`].
 
 pub mod auth;
+pub mod catalog;
 pub mod health;
+pub mod orders;
 pub mod users;
 
 use poem_openapi::Tags;
@@ -12,4 +14,8 @@ pub enum ApiTags {
     Auth,
     /// Who am I, and the admin's view of users
     Users,
+    /// Products (writes are admin-only)
+    Catalog,
+    /// Your orders: place, pay, cancel
+    Orders,
 }

@@ -51,14 +51,7 @@ impl UsersApi {
     ) -> ApiResult<UserListResponse> {
         let caller = auth.admin()?;
         let request = domain::PageRequest::parse(page.0, page_size.0)?;
-        let users = self
-            .auth
-            .list_users(caller, request, sort.0.as_deref())
-            .await?;
-        Ok(UserListResponse::Ok(ok(PageOf::new(
-            users,
-            request,
-            UserResponse::from,
-        ))))
+        let users = self.auth.list_users(caller, request, sort.0.as_deref()).await?;
+        Ok(UserListResponse::Ok(ok(PageOf::new(users, request, UserResponse::from))))
     }
 }

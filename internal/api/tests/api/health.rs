@@ -33,19 +33,13 @@ async fn readyz_names_the_service_that_stopped_answering() {
     rabbit.cut();
     let reply = app.get("/readyz", None).await;
     let body = reply.error(503, "SERVICE_UNAVAILABLE", None);
-    assert!(
-        body["message"].as_str().unwrap().contains("rabbitmq"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("rabbitmq"), "{body}");
     assert_eq!(body["details"]["postgres"], "ok");
     assert_ne!(body["details"]["rabbitmq"], "ok");
 
     redis.cut();
     let body = app.get("/readyz", None).await.body;
-    assert!(
-        body["message"].as_str().unwrap().contains("redis"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("redis"), "{body}");
 
     rabbit.restore();
     redis.restore();
@@ -71,10 +65,7 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains(r#"route="/healthz""#), "{text}");
     assert!(text.contains(r#"status="401""#), "{text}");
-    assert!(
-        text.contains("http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("db_pool_connections"), "{text}");
 }
 
@@ -83,19 +74,10 @@ async fn swagger_ui_and_the_spec_are_served_with_a_bearer_scheme() {
     let app = spawn_app().await;
     let docs = app.get("/docs", None).await;
     assert_eq!(docs.status, 200);
-    assert!(
-        docs.body
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("swagger")
-    );
+    assert!(docs.body.as_str().unwrap().to_lowercase().contains("swagger"));
     let spec = app.get("/openapi.json", None).await;
     assert_eq!(spec.status, 200);
-    assert_eq!(
-        spec.body["components"]["securitySchemes"]["BearerAuth"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(spec.body["components"]["securitySchemes"]["BearerAuth"]["scheme"], "bearer");
     assert!(spec.body["paths"]["/users/me"]["get"]["security"].is_array());
     assert_eq!(spec.body["servers"][0]["url"], "/api/v1");
 }
@@ -107,10 +89,7 @@ async fn shutdown_stops_serving_and_returns() {
     assert_eq!(app.get("/healthz", None).await.status, 200);
     let client = app.client.clone();
     app.shutdown().await.expect("clean shutdown");
-    assert!(
-        client.get(url).send().await.is_err(),
-        "the port is closed after shutdown"
-    );
+    assert!(client.get(url).send().await.is_err(), "the port is closed after shutdown");
 }
 
 #[tokio::test]
@@ -119,17 +98,19 @@ async fn an_unreachable_dependency_fails_start_up_with_its_name() {
     settings.database.url = SecretString::from("postgres://postgres@127.0.0.1:1/spike".to_owned());
     settings.database.connect_timeout_secs = 1;
     settings.database.acquire_timeout_secs = 1;
-    let err = api::connect(
-        std::sync::Arc::new(settings),
-        std::time::Duration::ZERO,
-        "t",
-    )
-    .await
-    .err()
-    .expect("postgres on port 1 is unreachable");
+    let err = api::connect(std::sync::Arc::new(settings), std::time::Duration::ZERO, "t")
+        .await
+        .err()
+        .expect("postgres on port 1 is unreachable");
     let message = err.to_string();
-    assert!(
-        message.starts_with("cannot reach postgres at 127.0.0.1:1"),
-        "{message}"
-    );
+    assert!(message.starts_with("cannot reach postgres at 127.0.0.1:1"), "{message}");
+}
+
+#[tokio::test]
+async fn a_worker_serves_its_probes_and_metrics_only() {
+    let app = spawn_app().await;
+    let worker = crate::helpers::spawn_sibling(&app, api::Mode::Worker, |_| {}).await;
+    assert_eq!(worker.get("/readyz", None).await.data(200)["rabbitmq"], "ok");
+    assert_eq!(worker.get("/metrics", None).await.status, 200);
+    assert_eq!(worker.get("/api/v1/products", None).await.status, 404);
 }

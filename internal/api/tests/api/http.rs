@@ -16,13 +16,7 @@ use crate::helpers::{spawn_app, spawn_app_with};
 #[tokio::test]
 async fn a_given_request_id_is_echoed_and_a_missing_one_is_made() {
     let app = spawn_app().await;
-    let reply = app
-        .send(
-            app.client
-                .get(app.url("/healthz"))
-                .header("x-request-id", "trace-me-42"),
-        )
-        .await;
+    let reply = app.send(app.client.get(app.url("/healthz")).header("x-request-id", "trace-me-42")).await;
     assert_eq!(reply.headers["x-request-id"], "trace-me-42");
     let reply = app.get("/healthz", None).await;
     assert_eq!(reply.headers["x-request-id"].to_str().unwrap().len(), 36);
@@ -31,29 +25,17 @@ async fn a_given_request_id_is_echoed_and_a_missing_one_is_made() {
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_get_the_envelope() {
     let app = spawn_app().await;
-    app.get("/api/v1/nothing-here", None)
-        .await
-        .error(404, "NOT_FOUND", None);
-    app.get("/api/v1/auth/login", None)
-        .await
-        .error(405, "METHOD_NOT_ALLOWED", None);
+    app.get("/api/v1/nothing-here", None).await.error(404, "NOT_FOUND", None);
+    app.get("/api/v1/auth/login", None).await.error(405, "METHOD_NOT_ALLOWED", None);
 }
 
 #[tokio::test]
 async fn a_bad_query_parameter_names_itself() {
     let app = spawn_app().await;
     let admin = app.admin().await;
-    let reply = app
-        .get("/api/v1/admin/users?page_size=lots", admin.token())
-        .await;
+    let reply = app.get("/api/v1/admin/users?page_size=lots", admin.token()).await;
     let body = reply.error(400, "INVALID_REQUEST", Some("page_size"));
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("expected integer"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("expected integer"), "{body}");
 }
 
 #[tokio::test]
@@ -64,16 +46,10 @@ async fn cors_preflight_allows_the_configured_origin() {
         .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/login"))
         .header("origin", "https://shop.example")
         .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "content-type,authorization",
-        );
+        .header("access-control-request-headers", "content-type,authorization");
     let reply = app.send(request).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.headers["access-control-allow-origin"],
-        "https://shop.example"
-    );
+    assert_eq!(reply.headers["access-control-allow-origin"], "https://shop.example");
 
     let other = app
         .client
@@ -104,11 +80,7 @@ async fn login_is_rate_limited_per_ip_with_retry_after() {
     assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
     let limited = limited.expect("a request beyond the burst is refused");
     limited.error(429, "RATE_LIMITED", None);
-    let retry_after: u64 = limited.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
 }
 
@@ -120,26 +92,15 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
     reply.error(413, "PAYLOAD_TOO_LARGE", None);
 
     // Without a Content-Length (chunked), the limit cuts the body off while reading it.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(b"{\"email\":\"".to_vec()),
-        Ok(vec![b'a'; 4000]),
-        Ok(b"\"}".to_vec()),
-    ];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(b"{\"email\":\"".to_vec()), Ok(vec![b'a'; 4000]), Ok(b"\"}".to_vec())];
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-    app.post_raw("/api/v1/auth/register", body)
-        .await
-        .error(413, "PAYLOAD_TOO_LARGE", None);
+    app.post_raw("/api/v1/auth/register", body).await.error(413, "PAYLOAD_TOO_LARGE", None);
 }
 
 fn policy(timeout: Duration) -> HttpPolicy {
-    let limits = RateLimitSettings {
-        enabled: false,
-        ip_per_sec: 1,
-        ip_burst: 1,
-        user_per_sec: 1,
-        user_burst: 1,
-        idle_secs: 60,
-    };
+    let limits =
+        RateLimitSettings { enabled: false, ip_per_sec: 1, ip_burst: 1, user_per_sec: 1, user_burst: 1, idle_secs: 60 };
     HttpPolicy {
         limits: Arc::new(Limits::new(&limits)),
         timeout,
@@ -162,18 +123,10 @@ async fn slow() -> &'static str {
 
 #[tokio::test]
 async fn a_panic_becomes_a_500_envelope_without_details() {
-    let client = TestClient::new(wrap(
-        Route::new().at("/boom", get(boom)),
-        policy(Duration::from_secs(5)),
-    ));
-    let response = client
-        .get("/boom")
-        .header("x-request-id", "panic-1")
-        .send()
-        .await;
+    let client = TestClient::new(wrap(Route::new().at("/boom", get(boom)), policy(Duration::from_secs(5))));
+    let response = client.get("/boom").header("x-request-id", "panic-1").send().await;
     response.assert_status(poem::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let body: serde_json::Value =
-        serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
     assert_eq!(body["error"], "INTERNAL");
     assert_eq!(body["message"], "internal error");
     assert_eq!(body["request_id"], "panic-1");
@@ -182,13 +135,9 @@ async fn a_panic_becomes_a_500_envelope_without_details() {
 
 #[tokio::test]
 async fn a_request_that_takes_too_long_is_cut_off_with_503() {
-    let client = TestClient::new(wrap(
-        Route::new().at("/slow", get(slow)),
-        policy(Duration::from_millis(100)),
-    ));
+    let client = TestClient::new(wrap(Route::new().at("/slow", get(slow)), policy(Duration::from_millis(100))));
     let response = client.get("/slow").send().await;
     response.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
-    let body: serde_json::Value =
-        serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&response.0.into_body().into_string().await.unwrap()).unwrap();
     assert_eq!(body["error"], "REQUEST_TIMEOUT");
 }

@@ -6,5 +6,8 @@ mod helpers;
 mod proxy;
 
 mod auth;
+mod catalog;
 mod health;
 mod http;
+mod orders;
+mod pipeline;

@@ -5,6 +5,10 @@
 //! so the service decides where a transaction begins and ends.
 
 pub mod entity;
+pub mod idempotency;
+pub mod orders;
+pub mod outbox;
+pub mod products;
 pub mod refresh_tokens;
 pub mod users;
 
@@ -20,7 +24,6 @@ pub fn violates_check(err: &DbErr, constraint: &str) -> bool {
     err.to_string().contains(constraint)
 }
 
-#[allow(dead_code)]
 pub(crate) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }

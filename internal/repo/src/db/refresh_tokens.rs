@@ -26,20 +26,11 @@ pub async fn insert(
         revoked_at: Set(None),
         created_at: Set(Utc::now()),
     };
-    Entity::insert(row)
-        .exec_without_returning(db)
-        .await
-        .map(|_| ())
+    Entity::insert(row).exec_without_returning(db).await.map(|_| ())
 }
 
-pub async fn find_by_hash(
-    db: &impl ConnectionTrait,
-    token_hash: &str,
-) -> Result<Option<RefreshTokenRow>, DbErr> {
-    Entity::find()
-        .filter(Column::TokenHash.eq(token_hash))
-        .one(db)
-        .await
+pub async fn find_by_hash(db: &impl ConnectionTrait, token_hash: &str) -> Result<Option<RefreshTokenRow>, DbErr> {
+    Entity::find().filter(Column::TokenHash.eq(token_hash)).one(db).await
 }
 
 /// Spends a token. Conditional, so of two concurrent refreshes with the same token exactly

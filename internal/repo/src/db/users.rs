@@ -3,8 +3,8 @@
 use chrono::Utc;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Order, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -28,10 +28,7 @@ pub struct NewUser<'a> {
     pub role: &'a str,
 }
 
-pub async fn insert(
-    db: &impl ConnectionTrait,
-    new: NewUser<'_>,
-) -> Result<UserRow, InsertUserError> {
+pub async fn insert(db: &impl ConnectionTrait, new: NewUser<'_>) -> Result<UserRow, InsertUserError> {
     let now = Utc::now();
     let row = user::ActiveModel {
         id: Set(new.id),
@@ -44,13 +41,7 @@ pub async fn insert(
     Entity::insert(row)
         .exec_with_returning(db)
         .await
-        .map_err(|err| {
-            if is_unique_violation(&err) {
-                InsertUserError::EmailTaken
-            } else {
-                InsertUserError::Db(err)
-            }
-        })
+        .map_err(|err| if is_unique_violation(&err) { InsertUserError::EmailTaken } else { InsertUserError::Db(err) })
 }
 
 /// Inserts many users in one statement; existing emails are skipped. Returns how many
@@ -79,21 +70,12 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<UserRow>
     Entity::find_by_id(id).one(db).await
 }
 
-pub async fn find_by_email(
-    db: &impl ConnectionTrait,
-    email: &str,
-) -> Result<Option<UserRow>, DbErr> {
+pub async fn find_by_email(db: &impl ConnectionTrait, email: &str) -> Result<Option<UserRow>, DbErr> {
     Entity::find().filter(Column::Email.eq(email)).one(db).await
 }
 
-pub async fn find_many_by_email(
-    db: &impl ConnectionTrait,
-    emails: Vec<String>,
-) -> Result<Vec<UserRow>, DbErr> {
-    Entity::find()
-        .filter(Column::Email.is_in(emails))
-        .all(db)
-        .await
+pub async fn find_many_by_email(db: &impl ConnectionTrait, emails: Vec<String>) -> Result<Vec<UserRow>, DbErr> {
+    Entity::find().filter(Column::Email.is_in(emails)).all(db).await
 }
 
 /// Makes an existing user an admin; returns false when there is no such user.

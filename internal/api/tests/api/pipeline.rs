@@ -1,0 +1,264 @@
+//! The message pipeline: outbox -> relay -> delay queue -> close consumer, the sweeper,
+//! races between pay, cancel and close, redelivery, relay restarts, dead letters.
+
+use std::time::Duration;
+
+use api::Mode;
+use repo::mq::consumer::Delivery;
+use repo::mq::topology::ORDER_CLOSE;
+use repo::mq::{ConfirmPublisher, Message};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app_with, spawn_sibling};
+use crate::proxy::TcpProxy;
+
+/// Short payment windows; the sweeper effectively off, so a close proves the delay queue.
+async fn quick_app(timeout_secs: u32) -> TestApp {
+    spawn_app_with(|s| {
+        s.orders.payment_timeout_secs = timeout_secs;
+        s.orders.sweep_interval_secs = 600;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_unpaid_order_closes_through_the_delay_queue_and_its_stock_returns() {
+    let app = quick_app(1).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "9.99", 4).await;
+    let unpaid = app.order(&shopper, &[(&product, 3)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.stock_of(&product).await, 1);
+
+    app.eventually(10, "the unpaid order closes", || async { app.order_status(&shopper, &unpaid).await == "closed" })
+        .await;
+    assert_eq!(app.stock_of(&product).await, 4, "the units are back, and the cache shows it");
+    app.post(&format!("/api/v1/orders/{unpaid}/pay"), json!(null), shopper.token()).await.error(
+        409,
+        "ORDER_NOT_PENDING",
+        None,
+    );
+    let delay_queue = format!("{}.delay.order.close.1000", app.settings.amqp.prefix);
+    assert!(app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0);
+    assert!(!delay_queue.is_empty());
+}
+
+#[tokio::test]
+async fn an_order_paid_in_time_stays_paid() {
+    let app = quick_app(2).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 2).await;
+    let id = app.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/api/v1/orders/{id}/pay"), json!(null), shopper.token()).await.data(200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(app.order_status(&shopper, &id).await, "paid");
+    assert_eq!(app.stock_of(&product).await, 1);
+}
+
+#[tokio::test]
+async fn a_short_timeout_is_not_held_back_by_a_long_one() {
+    let long = quick_app(60).await;
+    let short = spawn_sibling(&long, Mode::Serve, |s| s.orders.payment_timeout_secs = 1).await;
+    let admin = long.admin().await;
+    let shopper = long.shopper().await;
+    let product = long.product(&admin, "1.00", 10).await;
+    let slow = long.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    let fast = short.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    long.eventually(10, "the 1 s order closes", || async { long.order_status(&shopper, &fast).await == "closed" })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(long.order_status(&shopper, &slow).await, "pending_payment");
+}
+
+#[tokio::test]
+async fn pay_racing_close_has_exactly_one_winner() {
+    let app = quick_app(1).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 30).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(app.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned());
+    }
+    // Pay them one after another around the deadline: some before, some after the close.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut paid = 0;
+    let mut refused = 0;
+    for id in &ids {
+        let reply = app.post(&format!("/api/v1/orders/{id}/pay"), json!(null), shopper.token()).await;
+        match reply.status.as_u16() {
+            200 => paid += 1,
+            409 => refused += 1,
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(paid + refused, 30);
+    app.eventually(10, "every unpaid order closes", || async {
+        app.scalar("SELECT count(*) FROM orders WHERE status = 'pending_payment'").await == 0
+    })
+    .await;
+    let paid_rows = app.scalar("SELECT count(*) FROM orders WHERE status = 'paid'").await;
+    let closed_rows = app.scalar("SELECT count(*) FROM orders WHERE status = 'closed'").await;
+    assert_eq!(paid_rows, paid, "every 200 is a paid order");
+    assert_eq!(closed_rows, refused, "every refused payment lost to the close");
+    assert_eq!(app.stock_of(&product).await, 30 - paid, "only closed orders returned stock");
+}
+
+#[tokio::test]
+async fn pay_racing_cancel_has_exactly_one_winner() {
+    let app = quick_app(300).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 40).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(app.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned());
+    }
+    let races = ids.iter().map(|id| {
+        let (app, shopper) = (&app, &shopper);
+        async move {
+            let (pay_path, cancel_path) = (format!("/api/v1/orders/{id}/pay"), format!("/api/v1/orders/{id}/cancel"));
+            let (pay, cancel) = tokio::join!(
+                app.post(&pay_path, json!(null), shopper.token()),
+                app.post(&cancel_path, json!(null), shopper.token())
+            );
+            (pay.status.as_u16(), cancel.status.as_u16())
+        }
+    });
+    let outcomes = futures::future::join_all(races).await;
+    let mut paid = 0;
+    for (pay, cancel) in outcomes {
+        assert!(matches!((pay, cancel), (200, 409) | (409, 200)), "exactly one wins: pay {pay}, cancel {cancel}");
+        if pay == 200 {
+            paid += 1;
+        }
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE status = 'paid'").await, paid);
+    assert_eq!(app.stock_of(&product).await, 40 - paid);
+}
+
+#[tokio::test]
+async fn a_redelivered_close_message_returns_nothing_twice() {
+    let app = quick_app(1).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 5).await;
+    let id = app.order(&shopper, &[(&product, 2)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    app.eventually(10, "closed", || async { app.order_status(&shopper, &id).await == "closed" }).await;
+    assert_eq!(app.stock_of(&product).await, 5);
+
+    // The broker delivers the same close message again (e.g. a consumer crashed between
+    // its commit and its ack).
+    let body = serde_json::to_vec(&json!({"order_ids": [id]})).unwrap();
+    let publisher = ConfirmPublisher::new(app.services.deps.broker.clone(), Duration::from_secs(2));
+    let topology = app.services.deps.topology();
+    let copies: Vec<Message> = (0..3)
+        .map(|_| Message {
+            exchange: topology.exchange(),
+            routing_key: ORDER_CLOSE.key.into(),
+            body: body.clone(),
+            mandatory: true,
+            ..Default::default()
+        })
+        .collect();
+    publisher.publish_all(&copies).await.unwrap();
+    // And the handler itself, run again as a redelivery would.
+    let delivery = Delivery { body, headers: Default::default(), attempt: 2, last_attempt: false };
+    let outcome = service::closer::handle_close(&app.services.orders, delivery).await;
+    assert!(matches!(outcome, repo::mq::Outcome::Ack));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.stock_of(&product).await, 5, "still exactly the original stock");
+}
+
+#[tokio::test]
+async fn pending_outbox_rows_are_sent_when_a_relay_comes_back() {
+    // An API-only node writes orders; no relay runs yet.
+    let api = quick_app(1).await;
+    let api_only = spawn_sibling(&api, Mode::Api, |_| {}).await;
+    let admin = api_only.admin().await;
+    let shopper = api_only.shopper().await;
+    api.shutdown().await.unwrap(); // the only relay stops
+    let product = api_only.product(&admin, "1.00", 100).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(api_only.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api_only.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await, 10);
+    assert_eq!(api_only.scalar("SELECT count(*) FROM orders WHERE status = 'pending_payment'").await, 5);
+
+    // Two relays start together: every row is published once.
+    let worker_a = spawn_sibling(&api_only, Mode::Worker, |_| {}).await;
+    let worker_b = spawn_sibling(&api_only, Mode::Worker, |_| {}).await;
+    api_only
+        .eventually(15, "all orders close", || async {
+            api_only.scalar("SELECT count(*) FROM orders WHERE status = 'closed'").await == 5
+        })
+        .await;
+    assert_eq!(api_only.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(api_only.scalar("SELECT count(*) FROM outbox WHERE attempts <> 1").await, 0, "no row sent twice");
+    assert_eq!(api_only.stock_of(&product).await, 100);
+    drop((worker_a, worker_b));
+}
+
+#[tokio::test]
+async fn the_sweeper_closes_orders_whose_message_never_left() {
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let app = spawn_app_with(|s| {
+        s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
+        s.orders.payment_timeout_secs = 1;
+        s.orders.sweep_interval_secs = 1;
+    })
+    .await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 3).await;
+    rabbit.cut(); // the relay can no longer publish
+    let id = app.order(&shopper, &[(&product, 2)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    app.eventually(15, "the sweeper closes it", || async { app.order_status(&shopper, &id).await == "closed" }).await;
+    assert_eq!(app.stock_of(&product).await, 3);
+    assert!(
+        app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await >= 1,
+        "the message is still waiting"
+    );
+    rabbit.restore();
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_can_be_redriven() {
+    let app = quick_app(60).await;
+    let deps = &app.services.deps;
+    let topology = deps.topology();
+    let publisher = ConfirmPublisher::new(deps.broker.clone(), Duration::from_secs(2));
+    let poison = Message {
+        exchange: topology.exchange(),
+        routing_key: ORDER_CLOSE.key.into(),
+        body: b"{not json".to_vec(),
+        mandatory: true,
+        ..Default::default()
+    };
+    publisher.publish_all(&[poison]).await.unwrap();
+    let broker = deps.broker.clone();
+    app.eventually(10, "the poison message reaches the DLQ", || {
+        let (broker, topology) = (broker.clone(), topology.clone());
+        async move { service::dead_letters::list(&broker, &topology, ORDER_CLOSE, 10).await.unwrap().len() == 1 }
+    })
+    .await;
+    let letters = service::dead_letters::list(&broker, &topology, ORDER_CLOSE, 10).await.unwrap();
+    assert!(letters[0].error.contains("unreadable close message"), "{:?}", letters[0]);
+    assert_eq!(letters[0].body, "{not json");
+
+    let moved =
+        service::dead_letters::redrive(broker.clone(), &topology, ORDER_CLOSE, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(moved, 1);
+    // Still poison: it comes back to the DLQ, once.
+    app.eventually(10, "back in the DLQ", || {
+        let (broker, topology) = (broker.clone(), topology.clone());
+        async move { service::dead_letters::list(&broker, &topology, ORDER_CLOSE, 10).await.unwrap().len() == 1 }
+    })
+    .await;
+}

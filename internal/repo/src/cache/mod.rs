@@ -1,0 +1,11 @@
+//! Redis: key names, the product cache, and the Lua scripts that hold the hot state of
+//! flash sales and auctions.
+//!
+//! Every key starts with the configured prefix, so tenants and parallel tests never
+//! collide. Keys of one sale or auction share a hash tag (`{sale:<id>}`), so a script that
+//! touches several of them runs unchanged on Redis Cluster: they live in one slot.
+
+pub mod keys;
+pub mod products;
+
+pub use keys::Keys;

@@ -1,0 +1,112 @@
+//! The transactional outbox: messages written in the same transaction as the state change
+//! they announce, and published afterwards by the relay.
+//!
+//! Why: publishing to RabbitMQ inside a database transaction can't be atomic with the
+//! commit. Writing the message as a row makes "the order exists" and "its close message
+//! will be sent" one fact; the relay turns rows into messages at least once.
+
+use std::collections::HashMap;
+
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::stmt;
+
+/// A message to write: where it goes, what it says, and whether it waits first.
+pub struct Outgoing<'a, T: Serialize> {
+    pub routing_key: &'a str,
+    pub payload: &'a T,
+    /// Delivered after this many milliseconds, through a TTL queue (see `mq::topology`).
+    pub delay_ms: Option<i64>,
+}
+
+/// Writes one message, carrying the current trace context so the consumer's span joins
+/// the trace that caused it.
+pub async fn enqueue<T: Serialize>(db: &impl ConnectionTrait, message: Outgoing<'_, T>) -> Result<(), DbErr> {
+    let payload = serde_json::to_value(message.payload).map_err(|e| DbErr::Custom(format!("outbox payload: {e}")))?;
+    let headers = serde_json::to_value(platform::telemetry::current_trace_headers())
+        .map_err(|e| DbErr::Custom(format!("outbox headers: {e}")))?;
+    db.execute_raw(stmt(
+        "INSERT INTO outbox (routing_key, payload, headers, delay_ms) VALUES ($1, $2, $3, $4)",
+        [message.routing_key.into(), payload.into(), headers.into(), message.delay_ms.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct PendingRow {
+    pub id: i64,
+    pub routing_key: String,
+    pub payload: Value,
+    pub headers: Value,
+    pub delay_ms: Option<i64>,
+    pub attempts: i32,
+}
+
+impl PendingRow {
+    pub fn trace_headers(&self) -> HashMap<String, String> {
+        serde_json::from_value(self.headers.clone()).unwrap_or_default()
+    }
+}
+
+/// Locks up to `limit` unpublished rows that are due. `SKIP LOCKED` lets several relays
+/// run at once: each takes rows the others are not holding, so nothing is sent twice by
+/// two relays (a relay that dies before marking its rows sends them again later).
+pub async fn claim(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<PendingRow>, DbErr> {
+    PendingRow::find_by_statement(stmt(
+        "SELECT id, routing_key, payload, headers, delay_ms, attempts FROM outbox \
+         WHERE published_at IS NULL AND next_attempt_at <= now() \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        [(limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+pub async fn mark_published(db: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    db.execute_raw(stmt(
+        "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+        [ids.to_vec().into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Leaves the rows for a later round, `retry_in_ms` from now.
+pub async fn mark_failed(db: &impl ConnectionTrait, ids: &[i64], error: &str, retry_in_ms: i64) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    db.execute_raw(stmt(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+         next_attempt_at = now() + $3 * interval '1 millisecond' WHERE id = ANY($1)",
+        [ids.to_vec().into(), error.into(), retry_in_ms.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Deletes published rows older than `hours`; returns how many.
+pub async fn delete_published_before(db: &impl ConnectionTrait, hours: i64) -> Result<u64, DbErr> {
+    let result = db
+        .execute_raw(stmt("DELETE FROM outbox WHERE published_at < now() - $1 * interval '1 hour'", [hours.into()]))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Rows not yet published (the relay's backlog).
+pub async fn backlog(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        count: i64,
+    }
+    let row = Count::find_by_statement(stmt("SELECT count(*) AS count FROM outbox WHERE published_at IS NULL", []))
+        .one(db)
+        .await?;
+    Ok(row.map_or(0, |r| r.count))
+}

@@ -1,0 +1,11 @@
+//! RabbitMQ: the names of exchanges and queues, their idempotent declaration, publishing
+//! with confirms, and the consume loop with retries and dead-lettering.
+
+pub mod consumer;
+pub mod messages;
+pub mod publisher;
+pub mod topology;
+
+pub use consumer::{Delivery, Outcome};
+pub use publisher::{ConfirmPublisher, Message, PublishError};
+pub use topology::{Route, Topology};

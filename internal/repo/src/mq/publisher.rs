@@ -1,0 +1,146 @@
+//! Publishing with publisher confirms: a message counts as sent only when the broker said
+//! it has stored it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use platform::Broker;
+use tokio::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error("no queue is bound for routing key {0}")]
+    Unroutable(String),
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A message to publish. Headers are AMQP headers (trace context, attempt counters).
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub headers: HashMap<String, String>,
+    pub message_id: Option<String>,
+    /// Refuse to count an unroutable message as sent (it would be dropped silently).
+    pub mandatory: bool,
+}
+
+/// One confirm-mode channel, reopened after a failure. Each publisher task owns one, so
+/// the confirms of different tasks never wait on each other.
+pub struct ConfirmPublisher {
+    broker: Arc<Broker>,
+    channel: Mutex<Option<Channel>>,
+    timeout: Duration,
+}
+
+impl ConfirmPublisher {
+    pub fn new(broker: Arc<Broker>, timeout: Duration) -> Self {
+        Self { broker, channel: Mutex::new(None), timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A channel to use for declarations next to this publisher's publishes.
+    pub async fn channel(&self) -> Result<Channel, lapin::Error> {
+        let mut slot = self.channel.lock().await;
+        Self::ensure(&self.broker, &mut slot).await
+    }
+
+    async fn ensure(broker: &Broker, slot: &mut Option<Channel>) -> Result<Channel, lapin::Error> {
+        if let Some(channel) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = broker.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes every message, then waits for all their confirms (one round trip for the
+    /// lot). Ok only if every one was confirmed; on any failure the channel is dropped, and
+    /// the caller must assume that none, some or all of them were stored.
+    pub async fn publish_all(&self, messages: &[Message]) -> Result<(), PublishError> {
+        let mut slot = self.channel.lock().await;
+        let result = self.publish_on(&mut slot, messages).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn publish_on(&self, slot: &mut Option<Channel>, messages: &[Message]) -> Result<(), PublishError> {
+        let channel = Self::ensure(&self.broker, slot).await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
+                    &message.body,
+                    properties(message),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let answers = tokio::time::timeout(self.timeout, join_all(confirms))
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?;
+        for (answer, message) in answers.into_iter().zip(messages) {
+            match answer? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(message.routing_key.clone())),
+                Confirmation::Nack(_) => return Err(PublishError::Nacked),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (key, value) in &message.headers {
+        headers.insert(key.as_str().into(), AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())));
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2) // persistent
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    if let Some(id) = &message.message_id {
+        properties = properties.with_message_id(id.as_str().into());
+    }
+    properties
+}
+
+/// Reads string headers back (trace context, attempt counters).
+pub fn header_map(properties: &BasicProperties) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::LongInt(n) => n.to_string(),
+                _ => continue,
+            };
+            map.insert(key.as_str().to_owned(), text);
+        }
+    }
+    map
+}

@@ -1,0 +1,173 @@
+//! Exchanges and queues, declared idempotently at start-up under a name prefix.
+//!
+//! ```text
+//! <p>.events (topic) --order.close--> <p>.order.close ---------> close consumer
+//!                    --sale.reserve-> <p>.sale.reservations ---> order consumer
+//!                    --sale.restock-> <p>.sale.restock --------> Redis restock
+//!                    --auction.bids-> <p>.auction.bids --------> bid persister
+//!                    --auction.close> <p>.auction.close -------> auction closer
+//! each consumer queue Q has   Q.retry.<ms>  (TTL, dead-letters back into Q)
+//!                             Q.dlq         (poison messages, inspected and re-driven by CLI)
+//! delayed delivery:           <p>.delay.<key>.<ms>  (TTL, dead-letters into <p>.events with <key>)
+//! ```
+//!
+//! Delayed delivery uses one classic queue per (routing key, delay). Per-message TTL would
+//! let a 15-minute message at the head of a shared queue hold back a 1-second one behind
+//! it (RabbitMQ only expires messages at the head); with one delay per queue, arrival
+//! order is expiry order. The queues are classic, not quorum: on the RabbitMQ 3.10 this
+//! project is built against, messages in a quorum queue with a TTL do not expire.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+/// A consumer queue and the routing key that feeds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub queue: &'static str,
+    pub key: &'static str,
+}
+
+pub const ORDER_CLOSE: Route = Route { queue: "order.close", key: "order.close" };
+pub const SALE_RESERVE: Route = Route { queue: "sale.reservations", key: "sale.reserve" };
+pub const SALE_RESTOCK: Route = Route { queue: "sale.restock", key: "sale.restock" };
+pub const AUCTION_BIDS: Route = Route { queue: "auction.bids", key: "auction.bids" };
+pub const AUCTION_CLOSE: Route = Route { queue: "auction.close", key: "auction.close" };
+
+/// Every consumer queue.
+pub const ROUTES: &[Route] = &[ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK, AUCTION_BIDS, AUCTION_CLOSE];
+
+/// Published for integrations (bind your own queue to `<p>.events` with `order.*`).
+pub const ORDER_CREATED: &str = "order.created";
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    queue_expires_ms: u64,
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, queue_expires_ms: u64, retry_delays_ms: Vec<u64>) -> Self {
+        Self { prefix: prefix.to_owned(), queue_expires_ms, retry_delays_ms }
+    }
+
+    pub fn exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    pub fn queue(&self, route: Route) -> String {
+        format!("{}.{}", self.prefix, route.queue)
+    }
+
+    pub fn dead_letters(&self, route: Route) -> String {
+        format!("{}.{}.dlq", self.prefix, route.queue)
+    }
+
+    pub fn retry_queue(&self, route: Route, delay_ms: u64) -> String {
+        format!("{}.{}.retry.{delay_ms}", self.prefix, route.queue)
+    }
+
+    pub fn delay_queue(&self, key: &str, delay_ms: u64) -> String {
+        format!("{}.delay.{key}.{delay_ms}", self.prefix)
+    }
+
+    /// The route whose queue (or dead-letter queue) has this short name, e.g. `order.close`.
+    pub fn route_named(name: &str) -> Option<Route> {
+        ROUTES.iter().copied().find(|r| r.queue == name)
+    }
+
+    /// Declares the exchange, every consumer queue with its retry queues and its
+    /// dead-letter queue, and the bindings. Declaring what exists is a no-op.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let exchange = self.exchange();
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, auto_delete: self.queue_expires_ms > 0, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        for &route in ROUTES {
+            let queue = self.queue(route);
+            self.declare_queue(channel, &queue, self.base_arguments()).await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    route.key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            self.declare_queue(channel, &self.dead_letters(route), self.base_arguments()).await?;
+            for &delay in &self.retry_delays_ms {
+                let mut arguments = self.base_arguments();
+                arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
+                arguments.insert("x-dead-letter-exchange".into(), text(""));
+                arguments.insert("x-dead-letter-routing-key".into(), text(&queue));
+                self.declare_queue(channel, &self.retry_queue(route, delay), arguments).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The TTL queue that delivers messages for `key` after `delay_ms`. Created on demand
+    /// by the outbox relay the first time it needs that delay.
+    pub async fn declare_delay_queue(
+        &self,
+        channel: &Channel,
+        key: &str,
+        delay_ms: u64,
+    ) -> Result<String, lapin::Error> {
+        let name = self.delay_queue(key, delay_ms);
+        let mut arguments = self.base_arguments();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
+        arguments.insert("x-dead-letter-exchange".into(), text(&self.exchange()));
+        arguments.insert("x-dead-letter-routing-key".into(), text(key));
+        if self.queue_expires_ms > 0 {
+            // An idle test queue may only vanish once its last message has expired.
+            let expires = self.queue_expires_ms.max(delay_ms + 60_000);
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires as i64));
+        }
+        self.declare_queue(channel, &name, arguments).await?;
+        Ok(name)
+    }
+
+    fn base_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.queue_expires_ms > 0 {
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(self.queue_expires_ms as i64));
+        }
+        arguments
+    }
+
+    async fn declare_queue(&self, channel: &Channel, name: &str, arguments: FieldTable) -> Result<(), lapin::Error> {
+        channel
+            .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let topology = Topology::new("spike", 0, vec![1000]);
+        assert_eq!(topology.exchange(), "spike.events");
+        assert_eq!(topology.queue(ORDER_CLOSE), "spike.order.close");
+        assert_eq!(topology.dead_letters(SALE_RESERVE), "spike.sale.reservations.dlq");
+        assert_eq!(topology.retry_queue(ORDER_CLOSE, 1000), "spike.order.close.retry.1000");
+        assert_eq!(topology.delay_queue("order.close", 900_000), "spike.delay.order.close.900000");
+        assert_eq!(Topology::route_named("sale.restock"), Some(SALE_RESTOCK));
+        assert_eq!(Topology::route_named("nope"), None);
+    }
+}

@@ -1,0 +1,89 @@
+//! Inspecting and re-driving dead letters (`spike-server dlq list|redrive`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use platform::Broker;
+use repo::mq::consumer::{ATTEMPT_HEADER, ERROR_HEADER};
+use repo::mq::publisher::header_map;
+use repo::mq::{ConfirmPublisher, Message, Route, Topology};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// Up to `limit` dead letters of `route`, left in the queue: they are read without
+/// acknowledgement and return to the queue when the channel closes.
+pub async fn list(broker: &Broker, topology: &Topology, route: Route, limit: usize) -> Result<Vec<DeadLetter>> {
+    let channel = broker.channel().await?;
+    let queue = topology.dead_letters(route);
+    let mut letters = Vec::new();
+    while letters.len() < limit {
+        let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            break;
+        };
+        let headers = header_map(&message.delivery.properties);
+        letters.push(DeadLetter {
+            body: String::from_utf8_lossy(&message.delivery.data).into_owned(),
+            attempts: headers.get(ATTEMPT_HEADER).and_then(|a| a.parse::<u32>().ok()).unwrap_or(1).saturating_sub(1),
+            error: headers.get(ERROR_HEADER).cloned().unwrap_or_default(),
+        });
+    }
+    channel.close(200, "listed".into()).await?;
+    Ok(letters)
+}
+
+/// Moves the dead letters of `route` back to its consumer with a fresh attempt count: as
+/// many as the queue held when it started, so a message that dies again is not re-driven
+/// in a loop. Each one is acknowledged only after its copy was confirmed, so none is lost.
+pub async fn redrive(
+    broker: Arc<Broker>,
+    topology: &Topology,
+    route: Route,
+    confirm_timeout: Duration,
+) -> Result<usize> {
+    let channel = broker.channel().await?;
+    let publisher = ConfirmPublisher::new(broker, confirm_timeout);
+    let queue = topology.dead_letters(route);
+    let waiting = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count() as usize;
+    let mut moved = 0;
+    while moved < waiting {
+        let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            break;
+        };
+        let mut headers: HashMap<String, String> = header_map(&message.delivery.properties);
+        headers.remove(ATTEMPT_HEADER);
+        headers.remove(ERROR_HEADER);
+        let copy = Message {
+            exchange: topology.exchange(),
+            routing_key: route.key.to_owned(),
+            body: message.delivery.data.clone(),
+            headers,
+            message_id: message.delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+            mandatory: true,
+        };
+        publisher
+            .publish_all(std::slice::from_ref(&copy))
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("re-driving: {e}")))?;
+        message.delivery.ack(BasicAckOptions::default()).await?;
+        moved += 1;
+    }
+    channel.close(200, "re-driven".into()).await?;
+    Ok(moved)
+}
