@@ -84,7 +84,7 @@ impl MigrationTrait for Migration {
             CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
 
             -- Wake the relay when rows commit (NOTIFY is delivered at commit).
-            CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 PERFORM pg_notify('outbox', '');
                 RETURN NULL;

@@ -51,6 +51,9 @@ impl MigrationTrait for Migration {
                 status      TEXT NOT NULL CHECK (status IN ('confirmed', 'failed')),
                 order_id    UUID UNIQUE REFERENCES orders (id),
                 reason      TEXT,
+                -- the sale's version after the commit that recorded this outcome
+                sale_version BIGINT NOT NULL,
+                generation  TEXT NOT NULL,       -- of the Redis hot state that reserved it
                 reserved_at TIMESTAMPTZ NOT NULL,
                 created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
                 CHECK ((status = 'confirmed') = (order_id IS NOT NULL))

@@ -27,6 +27,27 @@ pub enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Create demo data: a product, an active flash sale (and a live auction); prints their ids.
+    Seed {
+        /// Required: says you mean demo data.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Create N shopper accounts and write one access token per line (for k6 and wrk).
+    Tokens {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Lifetime of the tokens; long enough for a load test.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
+    /// Check the invariants of a flash sale; non-zero exit on a violation.
+    Verify {
+        #[arg(long)]
+        sale: uuid::Uuid,
+    },
     /// Inspect and re-drive dead-lettered messages.
     Dlq {
         #[command(subcommand)]

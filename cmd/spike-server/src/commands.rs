@@ -10,6 +10,7 @@ use migrations::{Migrator, MigratorTrait};
 use platform::{Broker, Settings, connect};
 use repo::mq::Topology;
 use repo::mq::topology::ROUTES;
+use service::Services;
 use service::auth::AuthService;
 use service::jwt::JwtKeys;
 use service::password::PasswordHasher;
@@ -32,8 +33,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             create_admin(&settings, &email, &password).await?
         }
         Command::Dlq { action } => dead_letters(&settings, action).await?,
+        Command::Seed { demo } => seed(settings, demo).await?,
+        Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
+        Command::Verify { sale } => return verify(settings, sale).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The full set of services, for commands that use several of them.
+async fn services(settings: Arc<Settings>) -> anyhow::Result<Services> {
+    let deps = api::connect(settings, Duration::ZERO, "spike-cli").await?;
+    Services::new(deps)
+}
+
+async fn seed(settings: Arc<Settings>, demo: bool) -> anyhow::Result<()> {
+    if !demo {
+        anyhow::bail!("nothing to seed: pass --demo");
+    }
+    let services = services(settings).await?;
+    services.declare_topology().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let seeded = service::seed::demo(&services).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("product {}", seeded.product_id);
+    println!("sale    {}", seeded.sale_id);
+    Ok(())
+}
+
+async fn tokens(settings: &Settings, count: usize, out: &std::path::Path, ttl_secs: u64) -> anyhow::Result<()> {
+    if count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let db = connect::postgres(&settings.database).await?;
+    let auth = AuthService::new(
+        db,
+        PasswordHasher::new(&settings.argon2)?,
+        JwtKeys::new(&settings.jwt),
+        Duration::from_secs(settings.jwt.refresh_ttl_secs),
+    );
+    let started = std::time::Instant::now();
+    let tokens =
+        auth.create_shoppers(count, Duration::from_secs(ttl_secs)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut text = tokens.join("\n");
+    text.push('\n');
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{count} shoppers created in {:.1}s; tokens in {}", started.elapsed().as_secs_f32(), out.display());
+    Ok(())
+}
+
+async fn verify(settings: Arc<Settings>, sale: uuid::Uuid) -> anyhow::Result<ExitCode> {
+    let services = services(settings).await?;
+    let deps = &services.deps;
+    let report =
+        service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{report}");
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn serve(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
-use crate::routes::{auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, users::UsersApi};
+use crate::routes::{auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, sales::SalesApi, users::UsersApi};
 
 /// Which parts of Spike a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,9 @@ impl Application {
         let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
         self.limits.spawn_sweeper(Duration::from_secs(settings.rate_limit.idle_secs.max(1)), stop.clone());
 
+        if self.mode.api() {
+            self.services.spawn_listeners(stop.clone());
+        }
         let workers =
             if self.mode.workers() { Some(service::worker::spawn(&self.services, stop.clone())) } else { None };
 
@@ -137,6 +140,7 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
             UsersApi { auth: services.auth.clone() },
             CatalogApi { catalog: services.catalog.clone() },
             OrdersApi { orders: services.orders.clone() },
+            SalesApi { sales: services.sales.clone() },
         ),
         "Spike",
         env!("CARGO_PKG_VERSION"),

@@ -43,10 +43,17 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .map_err(|e| anyhow::anyhow!("invalid configuration: telemetry.log_level: {e}"))?;
+    // Logs go to stderr, so a command's own output on stdout (ids, tokens, reports) can be
+    // piped; containers collect both streams.
     let fmt = if settings.log_format == "json" {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
     };
 
     let provider = if settings.otlp_endpoint.is_empty() {

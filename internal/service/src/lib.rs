@@ -8,6 +8,9 @@
 //! - [`catalog`]: products and the cache-aside product cache ([`singleflight`]);
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
 //! - [`relay`]: the outbox relay; [`closer`]: the close consumer and the sweeper;
+//! - [`sales`]: flash sales and the purchase path; [`reservations`]: the batching
+//!   publisher and the order consumer; [`pubsub`]: the instance's Redis subscription;
+//! - [`verify`]: the invariant checks; [`seed`]: demo data;
 //! - [`dead_letters`]: inspect and re-drive dead-lettered messages;
 //! - [`health`], [`metrics`]: readiness of the three services and scraped gauges;
 //! - [`worker`]: the background tasks of `serve` and `worker`.
@@ -22,8 +25,13 @@ pub mod jwt;
 pub mod metrics;
 pub mod orders;
 pub mod password;
+pub mod pubsub;
 pub mod relay;
+pub mod reservations;
+pub mod sales;
+pub mod seed;
 pub mod singleflight;
+pub mod verify;
 pub mod worker;
 
 use std::sync::Arc;
@@ -71,6 +79,8 @@ pub struct Services {
     pub auth: auth::AuthService,
     pub catalog: catalog::CatalogService,
     pub orders: orders::OrderService,
+    pub sales: sales::SaleService,
+    pub order_consumer: reservations::OrderConsumer,
 }
 
 impl Services {
@@ -84,7 +94,39 @@ impl Services {
             catalog::CatalogService::new(deps.db.clone(), deps.redis.clone(), deps.keys(), settings.cache.clone());
         let orders =
             orders::OrderService::new(deps.db.clone(), catalog.cache().clone(), settings.orders.payment_timeout_secs);
-        Ok(Self { deps, auth, catalog, orders })
+        let publisher = reservations::ReservationPublisher::start(
+            deps.broker.clone(),
+            deps.topology(),
+            deps.redis.clone(),
+            deps.keys(),
+            reservations::PublisherConfig {
+                tasks: settings.amqp.publishers,
+                max_batch: settings.amqp.max_batch,
+                confirm_timeout: deps.confirm_timeout(),
+                status_ttl_secs: settings.sales.reservation_status_ttl_secs,
+            },
+        );
+        let sales = sales::SaleService::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            catalog.cache().clone(),
+            publisher,
+            settings.sales.clone(),
+        );
+        let order_consumer = reservations::OrderConsumer::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            settings.sales.reservation_status_ttl_secs,
+        );
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer })
+    }
+
+    /// The instance's Redis subscription (restock notices, live auction prices).
+    pub fn spawn_listeners(&self, stop: tokio_util::sync::CancellationToken) {
+        let listeners = pubsub::Listeners { sold_out: self.sales.flags().clone() };
+        tokio::spawn(pubsub::listen(self.deps.redis_client.clone(), self.deps.keys(), listeners, stop));
     }
 
     /// Declares the RabbitMQ exchanges and queues (idempotent; every process does it at

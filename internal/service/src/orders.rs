@@ -1,16 +1,16 @@
 //! Orders: create (stock taken in the same transaction), pay, cancel, list, and the one
 //! path by which an unpaid order leaves `pending_payment` (cancel, close, sweeper).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use domain::order::{NewOrderItem, OrderKind, OrderStatus, parse_order_items};
 use domain::{Money, PageRequest, Sort, SortDir};
 use repo::db::orders::{self, Finish, Finished, NewLine, NewOrder, OrderItemRow, OrderRow};
 use repo::db::outbox::{self, Outgoing};
-use repo::db::{Page, idempotency, products};
-use repo::mq::messages::{CloseOrders, OrdersCreated};
-use repo::mq::topology::{ORDER_CLOSE, ORDER_CREATED};
+use repo::db::{Page, idempotency, products, sales};
+use repo::mq::messages::{CloseOrders, OrdersCreated, ReturnedUnits, SaleRestock};
+use repo::mq::topology::{ORDER_CLOSE, ORDER_CREATED, SALE_RESTOCK};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -288,9 +288,10 @@ impl OrderService {
     pub async fn finish(&self, ids: &[Uuid], how: Finish) -> Result<Vec<Finished>> {
         let txn = self.db.begin().await?;
         let moved = orders::finish(&txn, ids, how).await?;
-        let standard: Vec<Uuid> =
-            moved.iter().filter(|o| o.kind == OrderKind::Standard.as_str()).map(|o| o.id).collect();
-        let touched = products::return_stock_of_orders(&txn, &standard).await?;
+        let of_kind =
+            |kind: OrderKind| -> Vec<Uuid> { moved.iter().filter(|o| o.kind == kind.as_str()).map(|o| o.id).collect() };
+        let touched = products::return_stock_of_orders(&txn, &of_kind(OrderKind::Standard)).await?;
+        return_sale_units(&txn, &of_kind(OrderKind::Sale)).await?;
         txn.commit().await?;
         self.products.forget(&touched).await;
         let reason = match how {
@@ -338,6 +339,39 @@ async fn take_lines(txn: &DatabaseTransaction, items: &[NewOrderItem]) -> Result
     }
     taken.sort_by_key(|(index, _)| *index);
     Ok(Ok(taken.into_iter().map(|(_, line)| line).collect()))
+}
+
+/// Gives closed or cancelled sale orders' units back to their sales in Postgres (stock and
+/// the buyer's holding, so they may buy again) and queues the same return for Redis through
+/// the outbox: Redis hears of it only if this transaction commits.
+async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Result<()> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    let mut by_sale: BTreeMap<Uuid, Vec<sales::OrderUnits>> = BTreeMap::new();
+    for units in sales::units_of_orders(txn, order_ids).await? {
+        by_sale.entry(units.sale_id).or_default().push(units);
+    }
+    for (sale_id, units) in by_sale {
+        let total: i32 = units.iter().map(|u| u.quantity).sum();
+        let version = sales::change_stock(txn, sale_id, total).await?;
+        let mut released: BTreeMap<Uuid, i32> = BTreeMap::new();
+        for u in &units {
+            *released.entry(u.user_id).or_default() += u.quantity;
+        }
+        let released: Vec<(Uuid, i32)> = released.into_iter().collect();
+        sales::release_buyers(txn, sale_id, &released).await?;
+        let payload = SaleRestock {
+            sale_id,
+            version,
+            returns: units
+                .iter()
+                .map(|u| ReturnedUnits { order_id: u.order_id, user_id: u.user_id, quantity: u.quantity })
+                .collect(),
+        };
+        outbox::enqueue(txn, Outgoing { routing_key: SALE_RESTOCK.key, payload: &payload, delay_ms: None }).await?;
+    }
+    Ok(())
 }
 
 /// The close message for orders created together, delivered when their payment window

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use repo::mq::consumer;
-use repo::mq::topology::ORDER_CLOSE;
+use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,38 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         move |delivery| {
             let orders = orders.clone();
             async move { closer::handle_close(&orders, delivery).await }
+        },
+    ));
+
+    // Two order consumers: while one commits a batch, the other reads the next message.
+    // They serialize on the sale's row lock when they hold the same sale, which is right.
+    for _ in 0..2 {
+        let consumer = services.order_consumer.clone();
+        tasks.spawn(consumer::run(
+            deps.broker.clone(),
+            deps.topology(),
+            SALE_RESERVE,
+            settings.amqp.prefetch,
+            deps.confirm_timeout(),
+            stop.clone(),
+            move |delivery| {
+                let consumer = consumer.clone();
+                async move { consumer.handle(delivery).await }
+            },
+        ));
+    }
+
+    let (redis, keys) = (deps.redis.clone(), deps.keys());
+    tasks.spawn(consumer::run(
+        deps.broker.clone(),
+        deps.topology(),
+        SALE_RESTOCK,
+        settings.amqp.prefetch,
+        deps.confirm_timeout(),
+        stop.clone(),
+        move |delivery| {
+            let (redis, keys) = (redis.clone(), keys.clone());
+            async move { crate::reservations::handle_restock(&redis, &keys, delivery).await }
         },
     ));
 

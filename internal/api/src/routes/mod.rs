@@ -4,6 +4,7 @@ pub mod auth;
 pub mod catalog;
 pub mod health;
 pub mod orders;
+pub mod sales;
 pub mod users;
 
 use poem_openapi::Tags;
@@ -18,4 +19,6 @@ pub enum ApiTags {
     Catalog,
     /// Your orders: place, pay, cancel
     Orders,
+    /// Flash sales: buy, then poll your reservation
+    Sales,
 }

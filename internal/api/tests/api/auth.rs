@@ -42,7 +42,8 @@ async fn bad_registration_input_names_the_field() {
         Some("email"),
     );
     app.post_raw("/api/v1/auth/register", "{\"email\": \"carol@").await.error(400, "INVALID_REQUEST", Some("body"));
-    app.post_raw("/api/v1/auth/register", "").await.error(400, "INVALID_REQUEST", Some("body"));
+    app.post_raw("/api/v1/auth/register", "").await.error(400, "INVALID_REQUEST", Some("email"));
+    app.post_raw("/api/v1/auth/register", "[1, 2]").await.error(400, "INVALID_REQUEST", Some("body"));
     let form = app.client.post(app.url("/api/v1/auth/register")).header("content-type", "text/plain").body("hi");
     app.send(form).await.error(400, "INVALID_REQUEST", Some("Content-Type"));
 }

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod proxy;
+mod redis_server;
 
 mod auth;
 mod catalog;
@@ -11,3 +12,4 @@ mod health;
 mod http;
 mod orders;
 mod pipeline;
+mod sales;

@@ -7,5 +7,6 @@
 
 pub mod keys;
 pub mod products;
+pub mod sales;
 
 pub use keys::Keys;

@@ -10,6 +10,7 @@ pub mod orders;
 pub mod outbox;
 pub mod products;
 pub mod refresh_tokens;
+pub mod sales;
 pub mod users;
 
 use sea_orm::{DbBackend, DbErr, SqlErr, Statement, Value};

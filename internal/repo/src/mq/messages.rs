@@ -16,3 +16,39 @@ pub struct OrdersCreated {
     pub kind: String,
     pub order_ids: Vec<Uuid>,
 }
+
+/// One accepted flash-sale reservation, as the order consumer receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    /// The Redis hot-state generation that reserved it (see `cache::sales`).
+    pub generation: String,
+    pub reserved_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `sale.reserve`: many reservations in one message, so one broker confirm and one
+/// consumer transaction serve hundreds of buyers. Each keeps its own outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReservationBatch {
+    pub reservations: Vec<Reservation>,
+}
+
+/// One order's units returning to a sale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReturnedUnits {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+}
+
+/// `sale.restock`: closed or cancelled sale orders gave units back in Postgres (at
+/// `version`); put them back in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaleRestock {
+    pub sale_id: Uuid,
+    pub version: i64,
+    pub returns: Vec<ReturnedUnits>,
+}

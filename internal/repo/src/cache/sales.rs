@@ -1,0 +1,306 @@
+//! A flash sale's hot state in Redis, and the scripts that change it.
+//!
+//! All keys of one sale share the hash tag `{sale:<id>}`, so each script touches a single
+//! Redis Cluster slot. The scripts are `redis::Script`s: called by SHA, and re-sent
+//! automatically after a `NOSCRIPT` (a restarted or flushed Redis forgets them).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+use super::Keys;
+
+static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
+static UNDO: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/undo_reservation.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_reservations.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle_reservations.lua")));
+static FAIL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/fail_reservations.lua")));
+static RESTOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/restock_sale.lua")));
+static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/load_sale.lua")));
+
+/// The key names of one sale.
+pub struct SaleKeys {
+    pub state: String,
+    pub buyers: String,
+    pub inflight: String,
+    pub claimed: String,
+    pub undone: String,
+    pub settled: String,
+    pub returned: String,
+    tag: String,
+}
+
+impl Keys {
+    pub fn sale(&self, sale_id: Uuid) -> SaleKeys {
+        let tag = format!("{}:{{sale:{sale_id}}}", self.prefix());
+        SaleKeys {
+            state: format!("{tag}:state"),
+            buyers: format!("{tag}:buyers"),
+            inflight: format!("{tag}:inflight"),
+            claimed: format!("{tag}:claimed"),
+            undone: format!("{tag}:undone"),
+            settled: format!("{tag}:settled"),
+            returned: format!("{tag}:returned"),
+            tag,
+        }
+    }
+
+    /// The pub/sub channel of "units came back" notices (payload: the sale id).
+    pub fn sale_restock_channel(&self) -> String {
+        format!("{}:sales:restock", self.prefix())
+    }
+
+    /// Where a reservation's status waits for its owner to poll it.
+    pub fn reservation(&self, reservation_id: Uuid) -> String {
+        format!("{}:reservation:{reservation_id}", self.prefix())
+    }
+}
+
+impl SaleKeys {
+    fn idempotency(&self, user_id: Uuid, key: &str) -> String {
+        format!("{}:idem:{user_id}:{key}", self.tag)
+    }
+}
+
+/// What `reserve_stock.lua` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserve {
+    /// Reserved. `reservation_id` differs from the one asked for when an
+    /// `Idempotency-Key` replayed an earlier reservation.
+    Reserved {
+        reservation_id: String,
+        left: i64,
+        generation: String,
+    },
+    SoldOut {
+        left: i64,
+    },
+    LimitReached {
+        held: i64,
+        limit: i64,
+    },
+    NotStarted,
+    Ended,
+    /// The hot state is not in Redis: rebuild it from Postgres and try again.
+    Missing,
+}
+
+pub async fn reserve(
+    redis: &mut ConnectionManager,
+    keys: &SaleKeys,
+    user_id: Uuid,
+    quantity: u32,
+    reservation_id: Uuid,
+    idempotency_key: Option<&str>,
+    idempotency_ttl_ms: u64,
+) -> redis::RedisResult<Reserve> {
+    let idem = keys.idempotency(user_id, idempotency_key.unwrap_or("-"));
+    let reply: Vec<redis::Value> = RESERVE
+        .key(&keys.state)
+        .key(&keys.buyers)
+        .key(&keys.inflight)
+        .key(idem)
+        .arg(user_id.to_string())
+        .arg(quantity)
+        .arg(reservation_id.to_string())
+        .arg(u8::from(idempotency_key.is_some()))
+        .arg(idempotency_ttl_ms)
+        .invoke_async(redis)
+        .await?;
+    let int = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
+    let text = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
+    Ok(match int(0) {
+        1 => Reserve::Reserved { reservation_id: text(1), left: int(2), generation: text(3) },
+        2 => Reserve::SoldOut { left: int(1) },
+        3 => Reserve::LimitReached { held: int(1), limit: int(2) },
+        4 if int(1) == 0 => Reserve::NotStarted,
+        4 => Reserve::Ended,
+        _ => Reserve::Missing,
+    })
+}
+
+/// Undoes a reservation whose message was not confirmed. `false`: the order consumer had
+/// already claimed it, so the message did arrive and the reservation stands.
+pub async fn undo(
+    redis: &mut ConnectionManager,
+    keys: &SaleKeys,
+    user_id: Uuid,
+    reservation_id: Uuid,
+    idempotency_key: Option<&str>,
+) -> redis::RedisResult<bool> {
+    let idem = keys.idempotency(user_id, idempotency_key.unwrap_or("-"));
+    let undone: i64 = UNDO
+        .key(&keys.state)
+        .key(&keys.buyers)
+        .key(&keys.inflight)
+        .key(&keys.claimed)
+        .key(&keys.undone)
+        .key(idem)
+        .arg(reservation_id.to_string())
+        .arg(u8::from(idempotency_key.is_some()))
+        .invoke_async(redis)
+        .await?;
+    Ok(undone == 1)
+}
+
+/// Claims reservations for the order consumer; returns, per id, whether it may proceed
+/// (`false`: the API undid it after a failed publish).
+pub async fn claim(redis: &mut ConnectionManager, keys: &SaleKeys, ids: &[Uuid]) -> redis::RedisResult<Vec<bool>> {
+    let mut invocation = CLAIM.key(&keys.state);
+    invocation.key(&keys.claimed).key(&keys.undone);
+    for id in ids {
+        invocation.arg(id.to_string());
+    }
+    let flags: Vec<i64> = invocation.invoke_async(redis).await?;
+    Ok(flags.into_iter().map(|f| f == 1).collect())
+}
+
+/// A reservation committed in Postgres, for [`settle`].
+pub struct Settled {
+    pub reservation_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub generation: String,
+}
+
+pub async fn settle(
+    redis: &mut ConnectionManager,
+    keys: &SaleKeys,
+    version: i64,
+    settled: &[Settled],
+) -> redis::RedisResult<()> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = SETTLE.key(&keys.state);
+    invocation.key(&keys.buyers).key(&keys.inflight).key(&keys.claimed).key(&keys.settled).arg(version);
+    for s in settled {
+        invocation.arg(s.reservation_id.to_string()).arg(s.user_id.to_string()).arg(s.quantity).arg(&s.generation);
+    }
+    invocation.invoke_async::<i64>(redis).await.map(|_| ())
+}
+
+/// Releases refused reservations; returns the units put back on sale.
+pub async fn fail(
+    redis: &mut ConnectionManager,
+    keys: &SaleKeys,
+    channel: &str,
+    sale_id: Uuid,
+    ids: &[Uuid],
+    return_units: bool,
+    forget: bool,
+) -> redis::RedisResult<i64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut invocation = FAIL.key(&keys.state);
+    invocation
+        .key(&keys.buyers)
+        .key(&keys.inflight)
+        .key(&keys.claimed)
+        .key(&keys.undone)
+        .arg(u8::from(return_units))
+        .arg(u8::from(forget))
+        .arg(channel)
+        .arg(sale_id.to_string());
+    for id in ids {
+        invocation.arg(id.to_string());
+    }
+    invocation.invoke_async(redis).await
+}
+
+/// One order's units coming back, for [`restock`].
+pub struct Returned {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+}
+
+pub async fn restock(
+    redis: &mut ConnectionManager,
+    keys: &SaleKeys,
+    channel: &str,
+    sale_id: Uuid,
+    version: i64,
+    returned: &[Returned],
+) -> redis::RedisResult<i64> {
+    let mut invocation = RESTOCK.key(&keys.state);
+    invocation.key(&keys.buyers).key(&keys.returned).arg(version).arg(channel).arg(sale_id.to_string());
+    for r in returned {
+        invocation.arg(r.order_id.to_string()).arg(r.user_id.to_string()).arg(r.quantity);
+    }
+    invocation.invoke_async(redis).await
+}
+
+/// A Postgres snapshot of a sale, for [`load`].
+pub struct Snapshot {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub per_user_limit: i32,
+    pub stock_left: i32,
+    pub version: i64,
+    pub generation: String,
+    pub expire_at_ms: i64,
+    pub buyers: Vec<(Uuid, i32)>,
+}
+
+/// Loads the hot state unless one is there already; returns whether it loaded.
+pub async fn load(redis: &mut ConnectionManager, keys: &SaleKeys, snapshot: &Snapshot) -> redis::RedisResult<bool> {
+    let mut invocation = LOAD.key(&keys.state);
+    invocation
+        .key(&keys.buyers)
+        .key(&keys.inflight)
+        .key(&keys.claimed)
+        .key(&keys.undone)
+        .key(&keys.settled)
+        .key(&keys.returned)
+        .arg(snapshot.start_ms)
+        .arg(snapshot.end_ms)
+        .arg(snapshot.per_user_limit)
+        .arg(snapshot.stock_left)
+        .arg(snapshot.version)
+        .arg(&snapshot.generation)
+        .arg(snapshot.expire_at_ms);
+    for (user, held) in &snapshot.buyers {
+        invocation.arg(user.to_string()).arg(*held);
+    }
+    let loaded: i64 = invocation.invoke_async(redis).await?;
+    Ok(loaded == 1)
+}
+
+/// Units left for sale right now, if the hot state is loaded.
+pub async fn remaining(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<i64>> {
+    redis.hget(&keys.state, "stock").await
+}
+
+/// Everything `verify` compares with Postgres.
+#[derive(Debug, Clone, Default)]
+pub struct HotState {
+    pub stock: i64,
+    /// Units held per buyer.
+    pub buyers: HashMap<Uuid, i64>,
+    /// Units of reservations not yet settled, per buyer.
+    pub inflight: HashMap<Uuid, i64>,
+}
+
+pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<HotState>> {
+    let Some(stock) = remaining(redis, keys).await? else { return Ok(None) };
+    let buyers: HashMap<String, i64> = redis.hgetall(&keys.buyers).await?;
+    let inflight: HashMap<String, String> = redis.hgetall(&keys.inflight).await?;
+    let mut state = HotState { stock, ..Default::default() };
+    for (user, held) in buyers {
+        if let Ok(user) = user.parse() {
+            state.buyers.insert(user, held);
+        }
+    }
+    for held in inflight.values() {
+        let mut parts = held.split(' ');
+        if let (Some(Ok(user)), Some(Ok(qty))) = (parts.next().map(str::parse), parts.next().map(str::parse::<i64>)) {
+            *state.inflight.entry(user).or_default() += qty;
+        }
+    }
+    Ok(Some(state))
+}

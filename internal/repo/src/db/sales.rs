@@ -1,0 +1,343 @@
+//! The `sales`, `sale_buyers` and `reservations` tables.
+//!
+//! The order consumer works on one sale at a time with the sale's row locked
+//! (`FOR UPDATE`): every change of `stock_left` bumps `version`, and the Redis hot state
+//! remembers the version it was built from (see `cache::sales`).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+use uuid::Uuid;
+
+use super::{Page, stmt};
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct SaleRow {
+    pub id: Uuid,
+    pub product_id: Uuid,
+    pub title: String,
+    pub price: Decimal,
+    pub stock: i32,
+    pub stock_left: i32,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub per_user_limit: i32,
+    pub payment_timeout_secs: i32,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+const SALE_COLUMNS: &str = "s.id, s.product_id, p.title, s.price, s.stock, s.stock_left, s.start_at, s.end_at, \
+     s.per_user_limit, s.payment_timeout_secs, s.version, s.created_at";
+
+pub struct NewSale {
+    pub id: Uuid,
+    pub product_id: Uuid,
+    pub price: Decimal,
+    pub stock: i32,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub per_user_limit: i32,
+    pub payment_timeout_secs: i32,
+}
+
+pub enum Created {
+    Sale(SaleRow),
+    NoProduct,
+    ShortOfStock { available: i32 },
+}
+
+/// Moves the sale's units out of the product's stock and creates the sale, in the caller's
+/// transaction. The conditional UPDATE makes "enough stock" and "take it" one step.
+pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created, DbErr> {
+    let taken = db
+        .execute_raw(stmt(
+            "UPDATE products SET stock = stock - $2, updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL AND stock >= $2",
+            [new.product_id.into(), new.stock.into()],
+        ))
+        .await?;
+    if taken.rows_affected() == 0 {
+        return Ok(match super::products::stock_of(db, new.product_id).await? {
+            None => Created::NoProduct,
+            Some(available) => Created::ShortOfStock { available },
+        });
+    }
+    db.execute_raw(stmt(
+        "INSERT INTO sales (id, product_id, price, stock, stock_left, start_at, end_at, per_user_limit, payment_timeout_secs) \
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+        [
+            new.id.into(),
+            new.product_id.into(),
+            new.price.into(),
+            new.stock.into(),
+            new.start_at.into(),
+            new.end_at.into(),
+            new.per_user_limit.into(),
+            new.payment_timeout_secs.into(),
+        ],
+    ))
+    .await?;
+    Ok(find(db, new.id).await?.map_or(Created::NoProduct, Created::Sale))
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<SaleRow>, DbErr> {
+    SaleRow::find_by_statement(stmt(
+        &format!("SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id WHERE s.id = $1"),
+        [id.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// Locks the sale row against concurrent stock changes for the rest of the transaction.
+/// `exclusive`: the order consumer and the close (they change it); otherwise a shared lock
+/// for a rebuild (it only needs a snapshot no commit can slip into).
+pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Result<Option<SaleRow>, DbErr> {
+    let mode = if exclusive { "UPDATE" } else { "SHARE" };
+    SaleRow::find_by_statement(stmt(
+        &format!(
+            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id WHERE s.id = $1 FOR {mode} OF s"
+        ),
+        [id.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// Newest first.
+pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64) -> Result<Page<SaleRow>, DbErr> {
+    let items = SaleRow::find_by_statement(stmt(
+        &format!(
+            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id \
+             ORDER BY s.start_at DESC, s.id LIMIT $1 OFFSET $2"
+        ),
+        [(limit as i64).into(), (offset as i64).into()],
+    ))
+    .all(db)
+    .await?;
+    let total = count(db, "SELECT count(*) AS count FROM sales", []).await?;
+    Ok(Page { items, total: total as u64 })
+}
+
+/// Sales whose window is open or ahead, for the demo page and `seed`.
+pub async fn current(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<SaleRow>, DbErr> {
+    SaleRow::find_by_statement(stmt(
+        &format!(
+            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id \
+             WHERE s.end_at > now() ORDER BY s.start_at LIMIT $1"
+        ),
+        [(limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// Units each buyer holds (pending or paid orders).
+pub async fn buyers(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<(Uuid, i32)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Buyer {
+        user_id: Uuid,
+        quantity: i32,
+    }
+    let rows = Buyer::find_by_statement(stmt(
+        "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity > 0",
+        [sale_id.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
+}
+
+/// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
+/// CHECK constraint on the column is the last wall: Postgres never oversells.
+pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
+    count(
+        db,
+        "UPDATE sales SET stock_left = stock_left + $2, version = version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING version",
+        [sale_id.into(), delta.into()],
+    )
+    .await
+}
+
+/// Adds `quantity` to each buyer's holding. The holding has a CHECK against the sale's
+/// per-user limit: the database's own wall behind the Lua check.
+pub async fn add_to_buyers(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    per_user_limit: i32,
+    changes: &[(Uuid, i32)],
+) -> Result<(), DbErr> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = changes.iter().map(|c| c.0).collect();
+    let quantities: Vec<i32> = changes.iter().map(|c| c.1).collect();
+    db.execute_raw(stmt(
+        "INSERT INTO sale_buyers (sale_id, user_id, quantity, per_user_limit) \
+         SELECT $1, user_id, quantity, $4 FROM unnest($2::uuid[], $3::int[]) AS b(user_id, quantity) \
+         ON CONFLICT (sale_id, user_id) DO UPDATE SET quantity = sale_buyers.quantity + excluded.quantity",
+        [sale_id.into(), users.into(), quantities.into(), per_user_limit.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Takes `quantity` off each buyer's holding (their order was closed or cancelled).
+pub async fn release_buyers(db: &impl ConnectionTrait, sale_id: Uuid, changes: &[(Uuid, i32)]) -> Result<(), DbErr> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = changes.iter().map(|c| c.0).collect();
+    let quantities: Vec<i32> = changes.iter().map(|c| c.1).collect();
+    db.execute_raw(stmt(
+        "UPDATE sale_buyers b SET quantity = b.quantity - r.quantity \
+         FROM unnest($2::uuid[], $3::int[]) AS r(user_id, quantity) \
+         WHERE b.sale_id = $1 AND b.user_id = r.user_id",
+        [sale_id.into(), users.into(), quantities.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ReservationRow {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub status: String,
+    pub order_id: Option<Uuid>,
+    pub reason: Option<String>,
+    pub sale_version: i64,
+    pub generation: String,
+}
+
+/// The outcome the order consumer recorded for each of these reservations, if any.
+pub async fn reservations(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<ReservationRow>, DbErr> {
+    ReservationRow::find_by_statement(stmt(
+        "SELECT id, sale_id, user_id, quantity, status, order_id, reason, sale_version, generation \
+         FROM reservations WHERE id = ANY($1)",
+        [ids.to_vec().into()],
+    ))
+    .all(db)
+    .await
+}
+
+pub struct NewReservation {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub order_id: Option<Uuid>,
+    pub reason: Option<&'static str>,
+    pub reserved_at: DateTime<Utc>,
+    pub generation: String,
+}
+
+/// Records outcomes; the primary key makes a second recording of a reservation fail, which
+/// the consumer prevents by reading [`reservations`] first under the sale lock.
+pub async fn insert_reservations(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    version: i64,
+    rows: &[NewReservation],
+) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let quantities: Vec<i32> = rows.iter().map(|r| r.quantity).collect();
+    // Failed reservations have no order; the nil UUID stands for NULL in the array.
+    let orders: Vec<Uuid> = rows.iter().map(|r| r.order_id.unwrap_or(Uuid::nil())).collect();
+    let reasons: Vec<String> = rows.iter().map(|r| r.reason.unwrap_or("").to_owned()).collect();
+    let reserved: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reserved_at).collect();
+    let generations: Vec<String> = rows.iter().map(|r| r.generation.clone()).collect();
+    db.execute_raw(stmt(
+        "INSERT INTO reservations (id, sale_id, user_id, quantity, status, order_id, reason, reserved_at, sale_version, generation) \
+         SELECT id, $2, user_id, quantity, \
+                CASE WHEN order_id = '00000000-0000-0000-0000-000000000000' THEN 'failed' ELSE 'confirmed' END, \
+                NULLIF(order_id, '00000000-0000-0000-0000-000000000000'), NULLIF(reason, ''), reserved_at, $3, generation \
+         FROM unnest($1::uuid[], $4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::timestamptz[], $9::text[]) \
+              AS r(id, user_id, quantity, order_id, reason, reserved_at, generation)",
+        [
+            ids.into(),
+            sale_id.into(),
+            version.into(),
+            users.into(),
+            quantities.into(),
+            orders.into(),
+            reasons.into(),
+            reserved.into(),
+            generations.into(),
+        ],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// A closed or cancelled sale order's units, found through its reservation.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OrderUnits {
+    pub order_id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+}
+
+pub async fn units_of_orders(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<Vec<OrderUnits>, DbErr> {
+    OrderUnits::find_by_statement(stmt(
+        "SELECT order_id, sale_id, user_id, quantity FROM reservations \
+         WHERE order_id = ANY($1) ORDER BY sale_id",
+        [order_ids.to_vec().into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// Everything `verify` compares, computed by Postgres.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Ledger {
+    /// Units of confirmed reservations whose order still holds stock (pending or paid).
+    pub holding_units: i64,
+    /// Units of confirmed reservations whose order was closed or cancelled.
+    pub returned_units: i64,
+    pub orders: i64,
+    /// Buyers whose `sale_buyers.quantity` differs from their holding orders.
+    pub buyer_mismatches: i64,
+    /// Buyers above the per-user limit by their holding orders.
+    pub over_limit: i64,
+}
+
+pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, DbErr> {
+    let row = Ledger::find_by_statement(stmt(
+        "WITH held AS ( \
+             SELECT r.user_id, r.quantity, o.status FROM reservations r JOIN orders o ON o.id = r.order_id \
+             WHERE r.sale_id = $1 AND r.status = 'confirmed'), \
+         per_user AS ( \
+             SELECT user_id, SUM(quantity) FILTER (WHERE status IN ('pending_payment', 'paid')) AS units \
+             FROM held GROUP BY user_id) \
+         SELECT \
+             COALESCE((SELECT SUM(quantity) FROM held WHERE status IN ('pending_payment', 'paid')), 0)::bigint AS holding_units, \
+             COALESCE((SELECT SUM(quantity) FROM held WHERE status IN ('closed', 'cancelled')), 0)::bigint AS returned_units, \
+             (SELECT count(*) FROM held)::bigint AS orders, \
+             (SELECT count(*) FROM (SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity <> 0) b \
+              FULL JOIN (SELECT user_id, units FROM per_user WHERE units > 0) u USING (user_id) \
+              WHERE COALESCE(b.quantity, 0) <> COALESCE(u.units, 0))::bigint AS buyer_mismatches, \
+             (SELECT count(*) FROM per_user u JOIN sales s ON s.id = $1 WHERE u.units > s.per_user_limit)::bigint AS over_limit",
+        [sale_id.into()],
+    ))
+    .one(db)
+    .await?;
+    row.ok_or_else(|| DbErr::RecordNotFound("sale ledger".into()))
+}
+
+async fn count(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Result<i64, DbErr> {
+    let row = db.query_one_raw(stmt(sql, values)).await?.ok_or_else(|| DbErr::RecordNotFound(sql.into()))?;
+    row.try_get_by_index::<i64>(0)
+}

@@ -1,0 +1,66 @@
+//! The one Redis pub/sub subscription of an instance, fanning notices out locally.
+//!
+//! Every instance subscribes once (not once per WebSocket or per request) and hands each
+//! notice to whoever in this process cares: a restock notice clears the local sold-out
+//! flag of that sale.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use repo::cache::Keys;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::sales::SoldOutFlags;
+
+pub struct Listeners {
+    pub sold_out: Arc<SoldOutFlags>,
+}
+
+/// Subscribes until `stop`, reconnecting with a backoff. After every (re)connect all local
+/// flags are dropped, since notices sent while disconnected are lost.
+pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, stop: CancellationToken) {
+    let restock = keys.sale_restock_channel();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&restock).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = stop.cancelled() => return,
+            pubsub = subscribed => pubsub,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                backoff = Duration::from_millis(250);
+                listeners.sold_out.clear_all();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    if message.get_channel_name() == restock
+                        && let Ok(sale_id) = message.get_payload::<String>().map(|p| p.parse::<Uuid>())
+                        && let Ok(sale_id) = sale_id
+                    {
+                        listeners.sold_out.clear(sale_id);
+                    }
+                }
+                tracing::warn!("redis pub/sub connection lost; resubscribing");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot subscribe to redis; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

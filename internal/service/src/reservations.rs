@@ -1,0 +1,551 @@
+//! Reservations between Redis and Postgres: the batching publisher on the purchase path,
+//! and the order consumer that turns them into orders.
+//!
+//! One broker message per reservation would cap a sale near the broker's confirm rate
+//! (about 20k/s here). So reservations queue up in process and each publisher task sends
+//! whatever has gathered while its previous publish was being confirmed, as one message:
+//! under light load a batch of one (no added latency), under a burst hundreds per confirm.
+//! Every reservation keeps its own outcome: the consumer confirms or fails each one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::Money;
+use domain::order::OrderKind;
+use platform::Broker;
+use redis::aio::ConnectionManager;
+use repo::cache::Keys;
+use repo::cache::sales::{self as hot, Settled};
+use repo::db::orders::{self, NewLine, NewOrder};
+use repo::db::sales::{self, NewReservation, ReservationRow, SaleRow};
+use repo::mq::consumer::Delivery;
+use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
+use repo::mq::topology::SALE_RESERVE;
+use repo::mq::{ConfirmPublisher, Message, Outcome, Topology};
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::orders::{announce, schedule_close};
+use crate::sales::{ReservationStatus, write_status};
+
+struct Pending {
+    reservation: Reservation,
+    trace: HashMap<String, String>,
+    done: oneshot::Sender<bool>,
+}
+
+/// Hands reservations to the publisher tasks and waits for their confirm.
+#[derive(Clone)]
+pub struct ReservationPublisher {
+    queue: mpsc::Sender<Pending>,
+    wait: Duration,
+}
+
+pub struct PublisherConfig {
+    pub tasks: usize,
+    pub max_batch: usize,
+    pub confirm_timeout: Duration,
+    pub status_ttl_secs: u64,
+}
+
+impl ReservationPublisher {
+    pub fn start(
+        broker: Arc<Broker>,
+        topology: Topology,
+        redis: ConnectionManager,
+        keys: Keys,
+        config: PublisherConfig,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel::<Pending>(config.max_batch * config.tasks * 8);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..config.tasks {
+            let task = PublisherTask {
+                receiver: receiver.clone(),
+                publisher: ConfirmPublisher::new(broker.clone(), config.confirm_timeout),
+                exchange: topology.exchange(),
+                redis: redis.clone(),
+                keys: keys.clone(),
+                max_batch: config.max_batch,
+                status_ttl_secs: config.status_ttl_secs,
+            };
+            tokio::spawn(task.run());
+        }
+        Self { queue, wait: config.confirm_timeout * 2 + Duration::from_secs(1) }
+    }
+
+    /// True once the broker confirmed the message carrying this reservation.
+    pub async fn publish(&self, reservation: Reservation) -> bool {
+        let (done, confirmed) = oneshot::channel();
+        let pending = Pending { reservation, trace: platform::telemetry::current_trace_headers(), done };
+        if self.queue.send(pending).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(self.wait, confirmed).await, Ok(Ok(true)))
+    }
+}
+
+struct PublisherTask {
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    publisher: ConfirmPublisher,
+    exchange: String,
+    redis: ConnectionManager,
+    keys: Keys,
+    max_batch: usize,
+    status_ttl_secs: u64,
+}
+
+impl PublisherTask {
+    async fn run(self) {
+        loop {
+            let batch = {
+                let mut receiver = self.receiver.lock().await;
+                let Some(first) = receiver.recv().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < self.max_batch {
+                    match receiver.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            let confirmed = self.send(&batch).await;
+            metrics::histogram!("reservation_batch_size").record(batch.len() as f64);
+            for pending in batch {
+                let _ = pending.done.send(confirmed);
+            }
+        }
+    }
+
+    async fn send(&self, batch: &[Pending]) -> bool {
+        let reservations: Vec<Reservation> = batch.iter().map(|p| p.reservation.clone()).collect();
+        let message = Message {
+            exchange: self.exchange.clone(),
+            routing_key: SALE_RESERVE.key.to_owned(),
+            body: serde_json::to_vec(&ReservationBatch { reservations }).unwrap_or_default(),
+            headers: batch[0].trace.clone(),
+            message_id: Some(batch[0].reservation.id.to_string()),
+            mandatory: true,
+        };
+        if let Err(err) = self.publisher.publish_all(&[message]).await {
+            tracing::warn!(error = %err, reservations = batch.len(), "reservation publish not confirmed");
+            return false;
+        }
+        // Tell pollers "queued". NX: the consumer may have answered "confirmed" already.
+        let mut pipe = redis::pipe();
+        for pending in batch {
+            let r = &pending.reservation;
+            let status = ReservationStatus {
+                id: r.id,
+                sale_id: r.sale_id,
+                user_id: r.user_id,
+                status: "queued".into(),
+                order_id: None,
+                reason: None,
+            };
+            let json = serde_json::to_string(&status).unwrap_or_default();
+            pipe.cmd("SET")
+                .arg(self.keys.reservation(r.id))
+                .arg(json)
+                .arg("EX")
+                .arg(self.status_ttl_secs)
+                .arg("NX")
+                .ignore();
+        }
+        if let Err(err) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+            tracing::warn!(error = %err, "could not write queued reservation statuses");
+        }
+        true
+    }
+}
+
+/// Why the consumer refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Postgres had no units left: Redis had drifted ahead. The unit does not exist, so it
+    /// is not put back in Redis.
+    SoldOut,
+    /// The database's per-user limit said no (Redis had forgotten a holding): the unit is
+    /// real and goes back on sale.
+    LimitReached,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::SoldOut => "sold_out",
+            Refusal::LimitReached => "limit_reached",
+        }
+    }
+
+    fn parse(reason: Option<&str>) -> Self {
+        if reason == Some("limit_reached") { Refusal::LimitReached } else { Refusal::SoldOut }
+    }
+}
+
+/// Writes the orders of reserved units.
+#[derive(Clone)]
+pub struct OrderConsumer {
+    db: DatabaseConnection,
+    redis: ConnectionManager,
+    keys: Keys,
+    status_ttl_secs: u64,
+}
+
+impl OrderConsumer {
+    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, status_ttl_secs: u64) -> Self {
+        Self { db, redis, keys, status_ttl_secs }
+    }
+
+    /// One message: its reservations, sale by sale. Acked only when every sale's
+    /// transaction committed and Redis was told; a failure retries the whole message,
+    /// which is safe because outcomes already recorded are re-applied, not redone.
+    pub async fn handle(&self, delivery: Delivery) -> Outcome {
+        let batch: ReservationBatch = match serde_json::from_slice(&delivery.body) {
+            Ok(batch) => batch,
+            Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable reservation batch: {err}")),
+        };
+        let mut by_sale: BTreeMap<Uuid, Vec<Reservation>> = BTreeMap::new();
+        for reservation in batch.reservations {
+            by_sale.entry(reservation.sale_id).or_default().push(reservation);
+        }
+        for (sale_id, group) in by_sale {
+            if let Err(err) = self.process(sale_id, &group).await {
+                if delivery.last_attempt {
+                    self.give_up(sale_id, &group).await;
+                }
+                return Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}"));
+            }
+        }
+        Outcome::Ack
+    }
+
+    #[tracing::instrument(skip_all, fields(%sale_id, reservations = group.len()))]
+    async fn process(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
+        let keys = self.keys.sale(sale_id);
+        let mut redis = self.redis.clone();
+        let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
+        let claimed = hot::claim(&mut redis, &keys, &ids).await?;
+        let group: Vec<&Reservation> = group.iter().zip(claimed).filter_map(|(r, ok)| ok.then_some(r)).collect();
+        if group.is_empty() {
+            return Ok(());
+        }
+
+        let txn = self.db.begin().await?;
+        let Some(sale) = sales::lock(&txn, sale_id, true).await? else {
+            txn.rollback().await?;
+            tracing::error!(%sale_id, "reservations for a sale that does not exist; releasing them");
+            let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
+            hot::fail(&mut redis, &keys, &self.keys.sale_restock_channel(), sale_id, &ids, true, true).await?;
+            return Ok(());
+        };
+        let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
+        let recorded: HashMap<Uuid, ReservationRow> =
+            sales::reservations(&txn, &ids).await?.into_iter().map(|row| (row.id, row)).collect();
+        let fresh: Vec<&Reservation> = group.iter().copied().filter(|r| !recorded.contains_key(&r.id)).collect();
+        let decisions = decide(&sale, &sales::buyers(&txn, sale_id).await?, &fresh);
+
+        let confirmed_units: i32 =
+            decisions.iter().filter(|d| d.order_id.is_some()).map(|d| d.reservation.quantity).sum();
+        let version = if confirmed_units > 0 {
+            sales::change_stock(&txn, sale_id, -confirmed_units).await?
+        } else {
+            sale.version
+        };
+        let new_orders: Vec<NewOrder> = decisions.iter().filter_map(|d| d.order(&sale)).collect();
+        orders::insert(&txn, &new_orders).await?;
+        sales::add_to_buyers(&txn, sale_id, sale.per_user_limit, &holdings(&decisions)).await?;
+        let rows: Vec<NewReservation> = decisions.iter().map(Decision::record).collect();
+        sales::insert_reservations(&txn, sale_id, version, &rows).await?;
+        let order_ids: Vec<Uuid> = new_orders.iter().map(|o| o.id).collect();
+        if !order_ids.is_empty() {
+            schedule_close(&txn, &order_ids, i64::from(sale.payment_timeout_secs) * 1000).await?;
+            announce(&txn, OrderKind::Sale, order_ids).await?;
+        }
+        txn.commit().await?;
+
+        // Postgres has the outcomes; now Redis. Outcomes recorded by an earlier delivery
+        // are applied again (the scripts are idempotent) in case that delivery died here.
+        let mut outcomes: Vec<Recorded> = decisions.iter().map(|d| d.outcome(version)).collect();
+        outcomes.extend(recorded.values().map(Recorded::from_row));
+        self.apply(&mut redis, sale_id, &outcomes).await?;
+        let confirmed = outcomes.iter().filter(|o| o.order_id.is_some()).count() as u64;
+        metrics::counter!("reservations_total", "outcome" => "confirmed").increment(confirmed);
+        metrics::counter!("reservations_total", "outcome" => "failed").increment(outcomes.len() as u64 - confirmed);
+        Ok(())
+    }
+
+    async fn apply(&self, redis: &mut ConnectionManager, sale_id: Uuid, outcomes: &[Recorded]) -> Result<()> {
+        let keys = self.keys.sale(sale_id);
+        let channel = self.keys.sale_restock_channel();
+        let mut by_version: BTreeMap<i64, Vec<Settled>> = BTreeMap::new();
+        for o in outcomes.iter().filter(|o| o.order_id.is_some()) {
+            by_version.entry(o.version).or_default().push(Settled {
+                reservation_id: o.id,
+                user_id: o.user_id,
+                quantity: o.quantity,
+                generation: o.generation.clone(),
+            });
+        }
+        for (version, settled) in by_version {
+            hot::settle(redis, &keys, version, &settled).await?;
+        }
+        for refusal in [Refusal::SoldOut, Refusal::LimitReached] {
+            let ids: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal == Some(refusal)).map(|o| o.id).collect();
+            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal == Refusal::LimitReached, false).await?;
+        }
+        let mut pipe = redis::pipe();
+        for o in outcomes {
+            let status = ReservationStatus {
+                id: o.id,
+                sale_id,
+                user_id: o.user_id,
+                status: if o.order_id.is_some() { "confirmed" } else { "failed" }.into(),
+                order_id: o.order_id,
+                reason: o.refusal.map(|r| r.reason().to_owned()),
+            };
+            let json = serde_json::to_string(&status).unwrap_or_default();
+            pipe.cmd("SET").arg(self.keys.reservation(o.id)).arg(json).arg("EX").arg(self.status_ttl_secs).ignore();
+        }
+        pipe.query_async::<()>(redis).await?;
+        Ok(())
+    }
+
+    /// The last attempt failed too: release what Postgres has not recorded, and mark it so
+    /// a re-driven copy of this message cannot resurrect it. If Postgres cannot even say
+    /// what it recorded, release nothing: holding a unit too long is safe, selling it twice
+    /// is not.
+    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) {
+        let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
+        let recorded = match sales::reservations(&self.db, &ids).await {
+            Ok(rows) => rows.into_iter().map(|r| r.id).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::error!(%sale_id, error = %err, "giving up on reservations without knowing their outcome");
+                return;
+            }
+        };
+        let release: Vec<Uuid> = ids.into_iter().filter(|id| !recorded.contains(id)).collect();
+        let mut redis = self.redis.clone();
+        let channel = self.keys.sale_restock_channel();
+        if let Err(err) = hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &release, true, true).await
+        {
+            tracing::error!(%sale_id, error = %err, "could not release reservations after the last attempt");
+        }
+        for reservation in group.iter().filter(|r| release.contains(&r.id)) {
+            let status = ReservationStatus {
+                id: reservation.id,
+                sale_id,
+                user_id: reservation.user_id,
+                status: "failed".into(),
+                order_id: None,
+                reason: Some("not_processed".into()),
+            };
+            let _ = write_status(&mut redis, &self.keys, &status, self.status_ttl_secs).await;
+        }
+    }
+}
+
+/// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
+/// sale in Redis (once per order).
+pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: Delivery) -> Outcome {
+    let message: SaleRestock = match serde_json::from_slice(&delivery.body) {
+        Ok(message) => message,
+        Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable restock message: {err}")),
+    };
+    let returned: Vec<hot::Returned> = message
+        .returns
+        .iter()
+        .map(|r| hot::Returned { order_id: r.order_id, user_id: r.user_id, quantity: r.quantity })
+        .collect();
+    let channel = keys.sale_restock_channel();
+    let sale_keys = keys.sale(message.sale_id);
+    match hot::restock(&mut redis.clone(), &sale_keys, &channel, message.sale_id, message.version, &returned).await {
+        Ok(units) => {
+            if units > 0 {
+                tracing::info!(sale_id = %message.sale_id, units, "units back on sale");
+            }
+            Outcome::Ack
+        }
+        Err(err) => Outcome::Retry(anyhow::anyhow!("restocking Redis: {err}")),
+    }
+}
+
+/// What the consumer decided for one new reservation.
+struct Decision<'a> {
+    reservation: &'a Reservation,
+    order_id: Option<Uuid>,
+    refusal: Option<Refusal>,
+}
+
+/// Decides each reservation in arrival order against the sale's Postgres stock and the
+/// buyers' Postgres holdings (the sale row is locked, so these numbers are final).
+fn decide<'a>(sale: &SaleRow, buyers: &[(Uuid, i32)], fresh: &[&'a Reservation]) -> Vec<Decision<'a>> {
+    let mut left = sale.stock_left;
+    let mut held: HashMap<Uuid, i32> = buyers.iter().copied().collect();
+    fresh
+        .iter()
+        .map(|reservation| {
+            let holding = held.entry(reservation.user_id).or_default();
+            let refusal = if left < reservation.quantity {
+                Some(Refusal::SoldOut)
+            } else if *holding + reservation.quantity > sale.per_user_limit {
+                Some(Refusal::LimitReached)
+            } else {
+                left -= reservation.quantity;
+                *holding += reservation.quantity;
+                None
+            };
+            Decision { reservation, order_id: refusal.is_none().then(Uuid::now_v7), refusal }
+        })
+        .collect()
+}
+
+/// Units each buyer gains in this transaction, one row per buyer (one upsert may not touch
+/// a row twice).
+fn holdings(decisions: &[Decision]) -> Vec<(Uuid, i32)> {
+    let mut per_user: BTreeMap<Uuid, i32> = BTreeMap::new();
+    for d in decisions.iter().filter(|d| d.order_id.is_some()) {
+        *per_user.entry(d.reservation.user_id).or_default() += d.reservation.quantity;
+    }
+    per_user.into_iter().collect()
+}
+
+impl Decision<'_> {
+    fn order(&self, sale: &SaleRow) -> Option<NewOrder> {
+        let price = Money::from_decimal(sale.price);
+        Some(NewOrder {
+            id: self.order_id?,
+            user_id: self.reservation.user_id,
+            kind: OrderKind::Sale.as_str(),
+            total: price.times(self.reservation.quantity as u32).decimal(),
+            payment_timeout_ms: i64::from(sale.payment_timeout_secs) * 1000,
+            lines: vec![NewLine {
+                product_id: Some(sale.product_id),
+                title: sale.title.clone(),
+                quantity: self.reservation.quantity,
+                unit_price: sale.price,
+            }],
+        })
+    }
+
+    fn record(&self) -> NewReservation {
+        NewReservation {
+            id: self.reservation.id,
+            user_id: self.reservation.user_id,
+            quantity: self.reservation.quantity,
+            order_id: self.order_id,
+            reason: self.refusal.map(Refusal::reason),
+            reserved_at: self.reservation.reserved_at,
+            generation: self.reservation.generation.clone(),
+        }
+    }
+
+    fn outcome(&self, version: i64) -> Recorded {
+        Recorded {
+            id: self.reservation.id,
+            user_id: self.reservation.user_id,
+            quantity: self.reservation.quantity,
+            generation: self.reservation.generation.clone(),
+            version,
+            order_id: self.order_id,
+            refusal: self.refusal,
+        }
+    }
+}
+
+/// A recorded outcome, as Redis needs it.
+struct Recorded {
+    id: Uuid,
+    user_id: Uuid,
+    quantity: i32,
+    generation: String,
+    version: i64,
+    order_id: Option<Uuid>,
+    refusal: Option<Refusal>,
+}
+
+impl Recorded {
+    fn from_row(row: &ReservationRow) -> Self {
+        Self {
+            id: row.id,
+            user_id: row.user_id,
+            quantity: row.quantity,
+            generation: row.generation.clone(),
+            version: row.sale_version,
+            order_id: row.order_id,
+            refusal: (row.status == "failed").then(|| Refusal::parse(row.reason.as_deref())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn sale(stock_left: i32, per_user_limit: i32) -> SaleRow {
+        SaleRow {
+            id: Uuid::now_v7(),
+            product_id: Uuid::now_v7(),
+            title: "Phone".into(),
+            price: Decimal::new(999, 2),
+            stock: 100,
+            stock_left,
+            start_at: Utc::now(),
+            end_at: Utc::now(),
+            per_user_limit,
+            payment_timeout_secs: 60,
+            version: 0,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn reservation(user: Uuid, quantity: i32) -> Reservation {
+        Reservation {
+            id: Uuid::now_v7(),
+            sale_id: Uuid::nil(),
+            user_id: user,
+            quantity,
+            generation: "g".into(),
+            reserved_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn postgres_stock_caps_the_confirmed_units() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let reservations = [reservation(a, 1), reservation(b, 2), reservation(c, 1)];
+        let refs: Vec<&Reservation> = reservations.iter().collect();
+        let decisions = decide(&sale(2, 5), &[], &refs);
+        let refusals: Vec<Option<Refusal>> = decisions.iter().map(|d| d.refusal).collect();
+        assert_eq!(refusals, [None, Some(Refusal::SoldOut), None]);
+    }
+
+    #[test]
+    fn the_database_per_user_limit_counts_existing_holdings() {
+        let a = Uuid::now_v7();
+        let reservations = [reservation(a, 1), reservation(a, 1)];
+        let refs: Vec<&Reservation> = reservations.iter().collect();
+        let decisions = decide(&sale(10, 2), &[(a, 1)], &refs);
+        assert_eq!(decisions[0].refusal, None);
+        assert_eq!(decisions[1].refusal, Some(Refusal::LimitReached));
+        assert_eq!(holdings(&decisions), vec![(a, 1)]);
+    }
+
+    #[test]
+    fn a_sale_order_costs_the_sale_price_times_quantity() {
+        let a = Uuid::now_v7();
+        let reservations = [reservation(a, 3)];
+        let refs: Vec<&Reservation> = reservations.iter().collect();
+        let sale = sale(10, 5);
+        let decisions = decide(&sale, &[], &refs);
+        let order = decisions[0].order(&sale).unwrap();
+        assert_eq!(order.total, Decimal::new(2997, 2));
+        assert_eq!(order.kind, "sale");
+    }
+}

@@ -1,0 +1,403 @@
+//! Flash sales: creation, the live view, the purchase path, reservation status, and the
+//! rebuild of a sale's hot state.
+//!
+//! The purchase path never touches Postgres: a local sold-out flag, one Lua script in
+//! Redis, one (batched) publish to RabbitMQ with a confirm. The order is written later by
+//! the order consumer (`reservations`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::sale::{NewSale, SaleStatus};
+use domain::{Money, PageRequest};
+use platform::config::SaleSettings;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use repo::cache::Keys;
+use repo::cache::sales::{self as hot, Reserve, Snapshot};
+use repo::db::Page;
+use repo::db::sales::{self, Created, SaleRow};
+use repo::mq::messages::Reservation;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::catalog::ProductCache;
+use crate::error::{Error, Result};
+use crate::jwt::Caller;
+use crate::reservations::ReservationPublisher;
+use crate::singleflight::SingleFlight;
+
+#[derive(Debug, Clone)]
+pub struct SaleView {
+    pub id: Uuid,
+    pub product_id: Uuid,
+    pub title: String,
+    pub price: Money,
+    pub stock: i32,
+    pub remaining: i64,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub per_user_limit: i32,
+    pub payment_timeout_secs: i32,
+    pub status: SaleStatus,
+}
+
+impl SaleView {
+    fn new(row: SaleRow, remaining: Option<i64>) -> Self {
+        let remaining = remaining.unwrap_or(i64::from(row.stock_left)).max(0);
+        Self {
+            status: SaleStatus::at(Utc::now(), row.start_at, row.end_at, remaining),
+            id: row.id,
+            product_id: row.product_id,
+            title: row.title,
+            price: Money::from_decimal(row.price),
+            stock: row.stock,
+            remaining,
+            start_at: row.start_at,
+            end_at: row.end_at,
+            per_user_limit: row.per_user_limit,
+            payment_timeout_secs: row.payment_timeout_secs,
+        }
+    }
+}
+
+/// A reservation's progress, as its owner polls it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationStatus {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: Uuid,
+    /// `queued`, `confirmed` or `failed`.
+    pub status: String,
+    pub order_id: Option<Uuid>,
+    pub reason: Option<String>,
+}
+
+/// Per-instance "this sale is sold out" flags, so that once a sale sells out the flood of
+/// late buyers is answered without a Redis round trip. A flag is trusted for
+/// `sales.sold_out_flag_ms` at most, and cleared at once when a restock notice arrives over
+/// Redis pub/sub. The epoch closes a race: a notice that arrives while a request is between
+/// "Redis said sold out" and "set the flag" makes that request skip setting it.
+pub struct SoldOutFlags {
+    flags: RwLock<HashMap<Uuid, Instant>>,
+    epoch: AtomicU64,
+    ttl: Duration,
+}
+
+impl SoldOutFlags {
+    pub fn new(ttl: Duration) -> Self {
+        Self { flags: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), ttl }
+    }
+
+    pub fn is_sold_out(&self, sale_id: Uuid) -> bool {
+        let flags = self.flags.read().expect("sold-out flags poisoned");
+        flags.get(&sale_id).is_some_and(|set| set.elapsed() < self.ttl)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Sets the flag, unless a restock notice arrived since `epoch` was read.
+    pub fn mark(&self, sale_id: Uuid, epoch: u64) {
+        let mut flags = self.flags.write().expect("sold-out flags poisoned");
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            flags.insert(sale_id, Instant::now());
+        }
+    }
+
+    pub fn clear(&self, sale_id: Uuid) {
+        let mut flags = self.flags.write().expect("sold-out flags poisoned");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        flags.remove(&sale_id);
+    }
+
+    /// After a pub/sub reconnect: notices may have been missed.
+    pub fn clear_all(&self) {
+        let mut flags = self.flags.write().expect("sold-out flags poisoned");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        flags.clear();
+    }
+}
+
+#[derive(Clone)]
+pub struct SaleService {
+    db: DatabaseConnection,
+    redis: ConnectionManager,
+    keys: Keys,
+    products: ProductCache,
+    publisher: ReservationPublisher,
+    flags: Arc<SoldOutFlags>,
+    rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
+    settings: SaleSettings,
+}
+
+impl SaleService {
+    pub fn new(
+        db: DatabaseConnection,
+        redis: ConnectionManager,
+        keys: Keys,
+        products: ProductCache,
+        publisher: ReservationPublisher,
+        settings: SaleSettings,
+    ) -> Self {
+        let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
+        Self { db, redis, keys, products, publisher, flags, rebuilds: Arc::default(), settings }
+    }
+
+    pub fn flags(&self) -> &Arc<SoldOutFlags> {
+        &self.flags
+    }
+
+    /// Creates a sale: its units leave the product's stock in the same transaction (409 when
+    /// the product has too few), then its hot state is loaded into Redis.
+    pub async fn create(&self, caller: &Caller, new: NewSale) -> Result<SaleView> {
+        caller.require_admin()?;
+        let txn = self.db.begin().await?;
+        let created = sales::insert(
+            &txn,
+            &sales::NewSale {
+                id: Uuid::now_v7(),
+                product_id: new.product_id,
+                price: new.price.decimal(),
+                stock: new.stock as i32,
+                start_at: new.start_at,
+                end_at: new.end_at,
+                per_user_limit: new.per_user_limit as i32,
+                payment_timeout_secs: new.payment_timeout_secs as i32,
+            },
+        )
+        .await?;
+        let row = match created {
+            Created::Sale(row) => row,
+            Created::NoProduct => {
+                return Err(domain::Invalid::new("product_id", "no such product").into());
+            }
+            Created::ShortOfStock { available } => {
+                return Err(Error::InsufficientStock {
+                    product_id: new.product_id,
+                    available: i64::from(available),
+                    requested: i64::from(new.stock),
+                });
+            }
+        };
+        txn.commit().await?;
+        self.products.forget(&[new.product_id]).await;
+        self.rebuild(row.id).await?;
+        Ok(SaleView::new(row, None))
+    }
+
+    pub async fn list(&self, page: PageRequest) -> Result<Page<SaleView>> {
+        let rows = sales::list(&self.db, page.offset(), page.page_size).await?;
+        let mut items = Vec::with_capacity(rows.items.len());
+        for row in rows.items {
+            let remaining = self.live_remaining(row.id).await;
+            items.push(SaleView::new(row, remaining));
+        }
+        Ok(Page { items, total: rows.total })
+    }
+
+    /// Sales whose window is open or ahead (for the demo page).
+    pub async fn current(&self) -> Result<Vec<SaleView>> {
+        let mut views = Vec::new();
+        for row in sales::current(&self.db, 20).await? {
+            let remaining = self.live_remaining(row.id).await;
+            views.push(SaleView::new(row, remaining));
+        }
+        Ok(views)
+    }
+
+    /// The sale with its live `remaining` from Redis (or Postgres when Redis has no state).
+    pub async fn get(&self, id: Uuid) -> Result<SaleView> {
+        let row = sales::find(&self.db, id).await?.ok_or(Error::NotFound("sale"))?;
+        let remaining = self.live_remaining(id).await;
+        Ok(SaleView::new(row, remaining))
+    }
+
+    async fn live_remaining(&self, id: Uuid) -> Option<i64> {
+        hot::remaining(&mut self.redis.clone(), &self.keys.sale(id)).await.ok().flatten()
+    }
+
+    /// The hot path: flag, Lua reservation, confirmed publish. Returns the reservation id
+    /// (202); the order is created by the consumer.
+    pub async fn purchase(&self, caller: &Caller, sale_id: Uuid, quantity: i64, key: Option<&str>) -> Result<Uuid> {
+        let quantity = domain::order::parse_quantity(quantity)?;
+        let key = key.map(crate::orders::parse_key).transpose()?;
+        if self.flags.is_sold_out(sale_id) {
+            metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
+            return Err(Error::SoldOut("sold out".into()));
+        }
+        let epoch = self.flags.epoch();
+        let reservation_id = Uuid::now_v7();
+        let keys = self.keys.sale(sale_id);
+        let ttl_ms = self.settings.reservation_status_ttl_secs * 1000;
+        let mut redis = self.redis.clone();
+        let mut answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
+        if answer == Reserve::Missing {
+            self.rebuild(sale_id).await?;
+            answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
+        }
+        let outcome = match answer {
+            Reserve::Reserved { reservation_id: id, generation, .. } => {
+                if id != reservation_id.to_string() {
+                    metrics::counter!("purchases_total", "outcome" => "replayed").increment(1);
+                    return id.parse().map_err(|_| Error::Internal(anyhow::anyhow!("stored reservation id {id}")));
+                }
+                let reservation = Reservation {
+                    id: reservation_id,
+                    sale_id,
+                    user_id: caller.user_id,
+                    quantity: quantity as i32,
+                    generation,
+                    reserved_at: Utc::now(),
+                };
+                return self.publish(reservation, key).await;
+            }
+            Reserve::SoldOut { left } => {
+                if left == 0 {
+                    self.flags.mark(sale_id, epoch);
+                }
+                let message = if left == 0 { "sold out".to_owned() } else { format!("only {left} left") };
+                ("sold_out", Error::SoldOut(message))
+            }
+            Reserve::LimitReached { held, limit } => ("limit_reached", Error::LimitReached { held, limit }),
+            Reserve::NotStarted => ("not_active", Error::NotActive("the sale has not started")),
+            Reserve::Ended => ("not_active", Error::NotActive("the sale has ended")),
+            Reserve::Missing => ("unavailable", Error::Unavailable("redis")),
+        };
+        metrics::counter!("purchases_total", "outcome" => outcome.0).increment(1);
+        Err(outcome.1)
+    }
+
+    /// "No reservation exists without a message": if the broker does not confirm, the
+    /// reservation is undone and the buyer gets 503 — unless the order consumer already
+    /// claimed it, which proves the message arrived.
+    async fn publish(&self, reservation: Reservation, key: Option<&str>) -> Result<Uuid> {
+        let id = reservation.id;
+        let (sale_id, user_id) = (reservation.sale_id, reservation.user_id);
+        if self.publisher.publish(reservation).await {
+            metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
+            return Ok(id);
+        }
+        let mut redis = self.redis.clone();
+        let undone = hot::undo(&mut redis, &self.keys.sale(sale_id), user_id, id, key).await?;
+        if !undone {
+            metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
+            return Ok(id);
+        }
+        let status = ReservationStatus {
+            id,
+            sale_id,
+            user_id,
+            status: "failed".into(),
+            order_id: None,
+            reason: Some("broker_unavailable".into()),
+        };
+        let _ = write_status(&mut redis, &self.keys, &status, self.settings.reservation_status_ttl_secs).await;
+        metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
+        Err(Error::Unavailable("rabbitmq"))
+    }
+
+    /// Rebuilds the hot state from Postgres if Redis has none (one rebuild per sale per
+    /// instance at a time; the load script makes concurrent rebuilds across instances
+    /// harmless). The sale row is share-locked while it is read and loaded, so no commit
+    /// of the order consumer or of a close can fall between the snapshot and the load.
+    pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
+        let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| {
+            tracing::error!(%sale_id, error = %e, "rebuilding the sale's hot state failed");
+            Error::Unavailable("redis")
+        })?;
+        if found { Ok(()) } else { Err(Error::NotFound("sale")) }
+    }
+
+    async fn load(&self, sale_id: Uuid) -> Result<bool, String> {
+        let txn = self.db.begin().await.map_err(|e| e.to_string())?;
+        let Some(row) = sales::lock(&txn, sale_id, false).await.map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let buyers = sales::buyers(&txn, sale_id).await.map_err(|e| e.to_string())?;
+        let expire_at = (row.end_at + chrono::Duration::days(1)).max(Utc::now() + chrono::Duration::hours(1));
+        let snapshot = Snapshot {
+            start_ms: row.start_at.timestamp_millis(),
+            end_ms: row.end_at.timestamp_millis(),
+            per_user_limit: row.per_user_limit,
+            stock_left: row.stock_left,
+            version: row.version,
+            generation: Uuid::new_v4().simple().to_string(),
+            expire_at_ms: expire_at.timestamp_millis(),
+            buyers,
+        };
+        let loaded =
+            hot::load(&mut self.redis.clone(), &self.keys.sale(sale_id), &snapshot).await.map_err(|e| e.to_string())?;
+        txn.commit().await.map_err(|e| e.to_string())?;
+        if loaded {
+            tracing::info!(%sale_id, version = row.version, stock_left = row.stock_left, "sale hot state loaded from Postgres");
+            self.flags.clear(sale_id);
+        }
+        Ok(true)
+    }
+
+    /// The owner's view of a reservation: Redis while it is fresh, then Postgres.
+    pub async fn reservation(&self, caller: &Caller, id: Uuid) -> Result<ReservationStatus> {
+        let cached: Option<String> = self.redis.clone().get(self.keys.reservation(id)).await?;
+        if let Some(status) = cached.and_then(|json| serde_json::from_str::<ReservationStatus>(&json).ok()) {
+            return if status.user_id == caller.user_id { Ok(status) } else { Err(Error::NotFound("reservation")) };
+        }
+        let row = sales::reservations(&self.db, &[id]).await?.into_iter().next();
+        match row {
+            Some(row) if row.user_id == caller.user_id => Ok(ReservationStatus {
+                id,
+                sale_id: row.sale_id,
+                user_id: row.user_id,
+                status: row.status,
+                order_id: row.order_id,
+                reason: row.reason,
+            }),
+            _ => Err(Error::NotFound("reservation")),
+        }
+    }
+}
+
+pub(crate) async fn write_status(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    status: &ReservationStatus,
+    ttl_secs: u64,
+) -> redis::RedisResult<()> {
+    let json = serde_json::to_string(status).unwrap_or_default();
+    redis.set_ex(keys.reservation(status.id), json, ttl_secs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sold_out_flag_expires() {
+        let flags = SoldOutFlags::new(Duration::from_millis(30));
+        let sale = Uuid::now_v7();
+        flags.mark(sale, flags.epoch());
+        assert!(flags.is_sold_out(sale));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!flags.is_sold_out(sale));
+    }
+
+    #[test]
+    fn a_restock_notice_clears_the_flag_and_beats_a_late_mark() {
+        let flags = SoldOutFlags::new(Duration::from_secs(60));
+        let sale = Uuid::now_v7();
+        flags.mark(sale, flags.epoch());
+        flags.clear(sale);
+        assert!(!flags.is_sold_out(sale));
+
+        // A request read the epoch, then a notice arrived, then the request tries to mark.
+        let seen = flags.epoch();
+        flags.clear(sale);
+        flags.mark(sale, seen);
+        assert!(!flags.is_sold_out(sale), "the stale mark is dropped");
+    }
+}

@@ -1,0 +1,113 @@
+//! `spike-server verify`: the invariants of SPEC §6, checked against Postgres and Redis.
+
+use std::fmt;
+
+use redis::aio::ConnectionManager;
+use repo::cache::Keys;
+use repo::cache::sales as hot;
+use repo::db::sales;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub ok: bool,
+    pub what: String,
+}
+
+/// A list of checks; it passes when every check does.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub subject: String,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        self.checks.push(Check { ok, what: what.into() });
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.subject)?;
+        for check in &self.checks {
+            writeln!(f, "  [{}] {}", if check.ok { " ok " } else { "FAIL" }, check.what)?;
+        }
+        write!(f, "{}", if self.passed() { "all invariants hold" } else { "INVARIANTS VIOLATED" })
+    }
+}
+
+/// A flash sale: no oversell, stock accounted for in Postgres and in Redis, per-user limit
+/// kept, closed orders returned their units exactly once.
+pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Keys, sale_id: Uuid) -> Result<Report> {
+    let sale = sales::find(db, sale_id).await?.ok_or(Error::NotFound("sale"))?;
+    let ledger = sales::ledger(db, sale_id).await?;
+    let (stock, left) = (i64::from(sale.stock), i64::from(sale.stock_left));
+    let mut report =
+        Report { subject: format!("flash sale {sale_id} ({}: {stock} units)", sale.title), checks: vec![] };
+
+    report.check(
+        ledger.holding_units <= stock,
+        format!("no oversell: pending and paid orders hold {} of {stock} units", ledger.holding_units),
+    );
+    report.check(
+        stock - left == ledger.holding_units,
+        format!(
+            "postgres: allocated {stock} - left {left} = {} units held by orders (closed and cancelled orders returned {} units, each once)",
+            ledger.holding_units, ledger.returned_units
+        ),
+    );
+    report.check(
+        ledger.over_limit == 0,
+        format!("per-user limit {}: {} buyer(s) above it", sale.per_user_limit, ledger.over_limit),
+    );
+    report.check(
+        ledger.buyer_mismatches == 0,
+        format!("buyer holdings match their orders ({} mismatch(es))", ledger.buyer_mismatches),
+    );
+
+    match hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
+        None => report.check(true, "redis: no hot state (it is rebuilt from Postgres on the next purchase)"),
+        Some(state) => {
+            let queued: i64 = state.inflight.values().sum();
+            report.check(
+                ledger.holding_units + queued == stock - state.stock,
+                format!(
+                    "redis: orders {} + queued reservations {queued} = allocated {stock} - remaining {}",
+                    ledger.holding_units, state.stock
+                ),
+            );
+            if queued == 0 {
+                report.check(
+                    state.stock == left,
+                    format!("drained: redis remaining {} = postgres left {left}", state.stock),
+                );
+            } else {
+                report.check(true, format!("{queued} unit(s) still queued; compare again once drained"));
+            }
+            let pg_buyers: std::collections::HashMap<Uuid, i64> =
+                sales::buyers(db, sale_id).await?.into_iter().map(|(u, q)| (u, i64::from(q))).collect();
+            let mut mismatched = 0;
+            let users: std::collections::HashSet<&Uuid> = pg_buyers.keys().chain(state.buyers.keys()).collect();
+            for user in users {
+                let expected =
+                    pg_buyers.get(user).copied().unwrap_or(0) + state.inflight.get(user).copied().unwrap_or(0);
+                if state.buyers.get(user).copied().unwrap_or(0) != expected {
+                    mismatched += 1;
+                }
+            }
+            report.check(
+                mismatched == 0,
+                format!("redis per-user counts = postgres holdings + queued ({mismatched} mismatch(es))"),
+            );
+        }
+    }
+    Ok(report)
+}
