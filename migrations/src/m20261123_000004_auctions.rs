@@ -50,12 +50,15 @@ impl MigrationTrait for Migration {
                 placed_at  TIMESTAMPTZ NOT NULL,   -- Redis server time of acceptance
                 PRIMARY KEY (auction_id, seq)
             );
+
+            -- An auction has at most one order: the database says so.
+            ALTER TABLE orders ADD COLUMN auction_id UUID UNIQUE REFERENCES auctions (id);
             "#,
         )
         .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run(manager, "DROP TABLE bids; DROP TABLE auctions;").await
+        crate::run(manager, "ALTER TABLE orders DROP COLUMN auction_id; DROP TABLE bids; DROP TABLE auctions;").await
     }
 }

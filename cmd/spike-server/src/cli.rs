@@ -43,10 +43,25 @@ pub enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
-    /// Check the invariants of a flash sale; non-zero exit on a violation.
+    /// Check the invariants of a sale and/or an auction; non-zero exit on a violation.
     Verify {
         #[arg(long)]
-        sale: uuid::Uuid,
+        sale: Option<uuid::Uuid>,
+        #[arg(long)]
+        auction: Option<uuid::Uuid>,
+    },
+    /// FlashBid's bidding robots: N bidders outbid each other over HTTP, with live progress,
+    /// then a summary and the invariant check.
+    Bots {
+        #[arg(long)]
+        auction: uuid::Uuid,
+        #[arg(long, default_value_t = 50)]
+        bidders: usize,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// The server to bid against.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
     },
     /// Inspect and re-drive dead-lettered messages.
     Dlq {

@@ -35,13 +35,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { action } => dead_letters(&settings, action).await?,
         Command::Seed { demo } => seed(settings, demo).await?,
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
-        Command::Verify { sale } => return verify(settings, sale).await,
+        Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
+        Command::Bots { auction, bidders, secs, url } => return crate::bots::run(settings, auction, bidders, secs, &url).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The full set of services, for commands that use several of them.
-async fn services(settings: Arc<Settings>) -> anyhow::Result<Services> {
+pub(crate) async fn services(settings: Arc<Settings>) -> anyhow::Result<Services> {
     let deps = api::connect(settings, Duration::ZERO, "spike-cli").await?;
     Services::new(deps)
 }
@@ -55,6 +56,7 @@ async fn seed(settings: Arc<Settings>, demo: bool) -> anyhow::Result<()> {
     let seeded = service::seed::demo(&services).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("product {}", seeded.product_id);
     println!("sale    {}", seeded.sale_id);
+    println!("auction {}", seeded.auction_id);
     Ok(())
 }
 
@@ -79,13 +81,27 @@ async fn tokens(settings: &Settings, count: usize, out: &std::path::Path, ttl_se
     Ok(())
 }
 
-async fn verify(settings: Arc<Settings>, sale: uuid::Uuid) -> anyhow::Result<ExitCode> {
+async fn verify(settings: Arc<Settings>, sale: Option<uuid::Uuid>, auction: Option<uuid::Uuid>) -> anyhow::Result<ExitCode> {
+    if sale.is_none() && auction.is_none() {
+        anyhow::bail!("say what to verify: --sale ID and/or --auction ID");
+    }
     let services = services(settings).await?;
     let deps = &services.deps;
-    let report =
-        service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{report}");
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let mut passed = true;
+    if let Some(sale) = sale {
+        let report =
+            service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{report}");
+        passed &= report.passed();
+    }
+    if let Some(auction) = auction {
+        let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{report}");
+        passed &= report.passed();
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn serve(settings: Arc<Settings>, mode: Mode) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! `spike-server`: the one binary. Parses the command line, loads the settings, starts
 //! telemetry and hands over to the `internal` crates; everything else lives there.
 
+mod bots;
 mod cli;
 mod commands;
 

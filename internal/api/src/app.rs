@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
-use crate::routes::{auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, sales::SalesApi, users::UsersApi};
+use crate::routes::{
+    auctions::AuctionsApi, auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, page, sales::SalesApi, users::UsersApi,
+};
 
 /// Which parts of Spike a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +143,7 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
             CatalogApi { catalog: services.catalog.clone() },
             OrdersApi { orders: services.orders.clone() },
             SalesApi { sales: services.sales.clone() },
+            AuctionsApi { auctions: services.auctions.clone(), live: services.live.clone() },
         ),
         "Spike",
         env!("CARGO_PKG_VERSION"),
@@ -164,6 +167,9 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
         .at("/healthz", get(health::healthz))
         .at("/readyz", get(health::readyz))
         .at("/metrics", get(health::metrics))
+        .at("/", get(page::index))
+        .at("/static/app.js", get(page::script))
+        .at("/static/style.css", get(page::style))
         .data(auth_context)
         .data(services.clone());
     middleware::wrap(routes, policy)

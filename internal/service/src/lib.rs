@@ -10,11 +10,14 @@
 //! - [`relay`]: the outbox relay; [`closer`]: the close consumer and the sweeper;
 //! - [`sales`]: flash sales and the purchase path; [`reservations`]: the batching
 //!   publisher and the order consumer; [`pubsub`]: the instance's Redis subscription;
+//! - [`auctions`]: auctions, bids, the close, the bid relay; [`live`]: the local fan-out
+//!   to WebSocket watchers;
 //! - [`verify`]: the invariant checks; [`seed`]: demo data;
 //! - [`dead_letters`]: inspect and re-drive dead-lettered messages;
 //! - [`health`], [`metrics`]: readiness of the three services and scraped gauges;
 //! - [`worker`]: the background tasks of `serve` and `worker`.
 
+pub mod auctions;
 pub mod auth;
 pub mod catalog;
 pub mod closer;
@@ -22,6 +25,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod health;
 pub mod jwt;
+pub mod live;
 pub mod metrics;
 pub mod orders;
 pub mod password;
@@ -81,6 +85,8 @@ pub struct Services {
     pub orders: orders::OrderService,
     pub sales: sales::SaleService,
     pub order_consumer: reservations::OrderConsumer,
+    pub auctions: auctions::AuctionService,
+    pub live: Arc<live::LiveHub>,
 }
 
 impl Services {
@@ -120,12 +126,19 @@ impl Services {
             deps.keys(),
             settings.sales.reservation_status_ttl_secs,
         );
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer })
+        let auctions = auctions::AuctionService::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            settings.sales.reservation_status_ttl_secs * 1000,
+        );
+        let live = Arc::default();
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).
     pub fn spawn_listeners(&self, stop: tokio_util::sync::CancellationToken) {
-        let listeners = pubsub::Listeners { sold_out: self.sales.flags().clone() };
+        let listeners = pubsub::Listeners { sold_out: self.sales.flags().clone(), live: self.live.clone() };
         tokio::spawn(pubsub::listen(self.deps.redis_client.clone(), self.deps.keys(), listeners, stop));
     }
 

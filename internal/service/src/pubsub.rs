@@ -2,7 +2,7 @@
 //!
 //! Every instance subscribes once (not once per WebSocket or per request) and hands each
 //! notice to whoever in this process cares: a restock notice clears the local sold-out
-//! flag of that sale.
+//! flag of that sale; an auction event goes to the watchers of that auction here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,21 +12,25 @@ use repo::cache::Keys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::live::{Event, LiveHub};
 use crate::sales::SoldOutFlags;
 
 pub struct Listeners {
     pub sold_out: Arc<SoldOutFlags>,
+    pub live: Arc<LiveHub>,
 }
 
 /// Subscribes until `stop`, reconnecting with a backoff. After every (re)connect all local
 /// flags are dropped, since notices sent while disconnected are lost.
 pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, stop: CancellationToken) {
     let restock = keys.sale_restock_channel();
+    let auctions = keys.auction_channel();
     let mut backoff = Duration::from_millis(250);
     loop {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&restock).await?;
+            pubsub.subscribe(&auctions).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = tokio::select! {
@@ -44,11 +48,13 @@ pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, sto
                         message = messages.next() => message,
                     };
                     let Some(message) = message else { break };
-                    if message.get_channel_name() == restock
-                        && let Ok(sale_id) = message.get_payload::<String>().map(|p| p.parse::<Uuid>())
-                        && let Ok(sale_id) = sale_id
-                    {
-                        listeners.sold_out.clear(sale_id);
+                    let Ok(payload) = message.get_payload::<String>() else { continue };
+                    if message.get_channel_name() == restock {
+                        if let Ok(sale_id) = payload.parse::<Uuid>() {
+                            listeners.sold_out.clear(sale_id);
+                        }
+                    } else if let Some(event) = serde_json::from_str(&payload).ok().and_then(Event::decode) {
+                        listeners.live.publish(event);
                     }
                 }
                 tracing::warn!("redis pub/sub connection lost; resubscribing");

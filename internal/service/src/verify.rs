@@ -4,8 +4,9 @@ use std::fmt;
 
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
+use repo::cache::auctions as live_state;
 use repo::cache::sales as hot;
-use repo::db::sales;
+use repo::db::{auctions, sales};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
@@ -108,6 +109,42 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
                 format!("redis per-user counts = postgres holdings + queued ({mismatched} mismatch(es))"),
             );
         }
+    }
+    Ok(report)
+}
+
+/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
+/// the winner holding the highest bid, at most one order.
+pub async fn auction(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Keys, auction_id: Uuid) -> Result<Report> {
+    let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
+    let ledger = auctions::ledger(db, auction_id).await?;
+    let mut report = Report { subject: format!("auction {auction_id} ({}, {})", row.title, row.status), checks: vec![] };
+
+    match live_state::live(&mut redis.clone(), keys, auction_id).await? {
+        Some(live) => {
+            let queued: usize = redis::cmd("XLEN").arg(keys.auction(auction_id).bids).query_async(&mut redis.clone()).await?;
+            report.check(
+                live.seq == ledger.bids || queued > 0,
+                format!("every accepted bid is in postgres: redis accepted {}, postgres has {} ({queued} still in the stream)", live.seq, ledger.bids),
+            );
+        }
+        None => report.check(true, "redis: no live state (rebuilt from Postgres when needed)"),
+    }
+    report.check(ledger.bids == ledger.max_seq, format!("seq has no gaps: {} bids, highest seq {}", ledger.bids, ledger.max_seq));
+    report.check(ledger.not_rising == 0, format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising));
+    match row.status.as_str() {
+        "sold" => {
+            let holds_top = row.winner_id.is_some() && row.winner_id == ledger.top_user && row.final_price == ledger.top_amount;
+            report.check(
+                holds_top,
+                format!(
+                    "the winner holds the highest bid (winner {:?} at {:?}, top bid {:?} at {:?})",
+                    row.winner_id, row.final_price, ledger.top_user, ledger.top_amount
+                ),
+            );
+            report.check(ledger.orders == 1, format!("sold: exactly one order ({})", ledger.orders));
+        }
+        _ => report.check(ledger.orders == 0, format!("not sold: no order ({})", ledger.orders)),
     }
     Ok(report)
 }

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use repo::mq::consumer;
-use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
+use repo::mq::topology::{AUCTION_BIDS, AUCTION_CLOSE, ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
-use crate::closer;
+use crate::{auctions, closer};
 use crate::relay::OutboxRelay;
 
 pub struct Workers {
@@ -75,6 +75,51 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
             let (redis, keys) = (redis.clone(), keys.clone());
             async move { crate::reservations::handle_restock(&redis, &keys, delivery).await }
         },
+    ));
+
+    let relay = auctions::BidRelay {
+        db: deps.db.clone(),
+        client: deps.redis_client.clone(),
+        keys: deps.keys(),
+        broker: deps.broker.clone(),
+        topology: deps.topology(),
+        confirm_timeout: deps.confirm_timeout(),
+        batch: settings.auctions.relay_batch,
+    };
+    tasks.spawn(relay.run(stop.clone()));
+
+    let db = deps.db.clone();
+    tasks.spawn(consumer::run(
+        deps.broker.clone(),
+        deps.topology(),
+        AUCTION_BIDS,
+        settings.amqp.prefetch,
+        deps.confirm_timeout(),
+        stop.clone(),
+        move |delivery| {
+            let db = db.clone();
+            async move { auctions::handle_bids(&db, delivery).await }
+        },
+    ));
+
+    let auction_service = services.auctions.clone();
+    tasks.spawn(consumer::run(
+        deps.broker.clone(),
+        deps.topology(),
+        AUCTION_CLOSE,
+        settings.amqp.prefetch,
+        deps.confirm_timeout(),
+        stop.clone(),
+        move |delivery| {
+            let auctions = auction_service.clone();
+            async move { auctions::handle_close(&auctions, delivery).await }
+        },
+    ));
+    tasks.spawn(auctions::sweep(
+        deps.db.clone(),
+        services.auctions.clone(),
+        Duration::from_secs(settings.orders.sweep_interval_secs),
+        stop.clone(),
     ));
 
     tasks.spawn(closer::sweep(

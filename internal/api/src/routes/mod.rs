@@ -1,9 +1,11 @@
 //! One poem-openapi API struct per tag, combined in [`crate::app::routes`].
 
+pub mod auctions;
 pub mod auth;
 pub mod catalog;
 pub mod health;
 pub mod orders;
+pub mod page;
 pub mod sales;
 pub mod users;
 
@@ -21,4 +23,6 @@ pub enum ApiTags {
     Orders,
     /// Flash sales: buy, then poll your reservation
     Sales,
+    /// Live auctions: bid, watch, win
+    Auctions,
 }

@@ -5,6 +5,7 @@
 //! collide. Keys of one sale or auction share a hash tag (`{sale:<id>}`), so a script that
 //! touches several of them runs unchanged on Redis Cluster: they live in one slot.
 
+pub mod auctions;
 pub mod keys;
 pub mod products;
 pub mod sales;

@@ -84,6 +84,7 @@ pub mod order {
         pub updated_at: DateTimeUtc,
         pub paid_at: Option<DateTimeUtc>,
         pub finished_at: Option<DateTimeUtc>,
+        pub auction_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,7 @@
 //! Every function takes its executor (`&impl ConnectionTrait`: the pool or a transaction),
 //! so the service decides where a transaction begins and ends.
 
+pub mod auctions;
 pub mod entity;
 pub mod idempotency;
 pub mod orders;

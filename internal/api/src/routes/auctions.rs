@@ -1,0 +1,333 @@
+//! `/auctions`: live auctions, their bids, and the live WebSocket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::PageRequest;
+use domain::auction::{AuctionFields, NewAuction};
+use futures::{SinkExt, StreamExt};
+use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketStream};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service::auctions::{AuctionService, AuctionView, BidView, Placed};
+use service::live::{Event, LiveHub};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::auth::BearerAuth;
+use crate::envelope::{Envelope, JsonBody, PageOf, ok};
+use crate::error::ApiResult;
+
+pub struct AuctionsApi {
+    pub auctions: AuctionService,
+    pub live: Arc<LiveHub>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+pub struct CreateAuctionRequest {
+    pub title: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The lowest first bid: decimal string.
+    pub start_price: String,
+    /// Every later bid must beat the current price by at least this much.
+    pub min_increment: String,
+    /// Below this final price the lot stays unsold.
+    pub reserve_price: Option<String>,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    /// A bid in the last `extend_window_secs` pushes the end out by `extend_by_secs` (0: off).
+    #[serde(default)]
+    pub extend_window_secs: i64,
+    #[serde(default)]
+    pub extend_by_secs: i64,
+    /// How long the winner has to pay.
+    pub payment_timeout_secs: i64,
+}
+
+#[derive(Debug, Object, Deserialize)]
+pub struct BidRequest {
+    /// Decimal string, e.g. "13.00".
+    pub amount: String,
+}
+
+#[derive(Debug, Object)]
+pub struct AuctionResponse {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub start_price: String,
+    pub min_increment: String,
+    pub reserve_price: Option<String>,
+    /// Absent until the first bid.
+    pub current_price: Option<String>,
+    pub leader_id: Option<String>,
+    pub bid_count: i64,
+    /// The lowest bid that would be accepted now.
+    pub min_next_bid: String,
+    pub start_at: DateTime<Utc>,
+    /// The end, after any anti-sniping extensions.
+    pub end_at: DateTime<Utc>,
+    pub extend_window_secs: i32,
+    pub extend_by_secs: i32,
+    pub payment_timeout_secs: i32,
+    /// `scheduled`, `live`, `sold` or `unsold`.
+    pub status: String,
+    pub winner_id: Option<String>,
+    pub order_id: Option<String>,
+}
+
+impl From<AuctionView> for AuctionResponse {
+    fn from(a: AuctionView) -> Self {
+        Self {
+            id: a.id.to_string(),
+            title: a.title,
+            description: a.description,
+            start_price: a.start_price.to_string(),
+            min_increment: a.min_increment.to_string(),
+            reserve_price: a.reserve_price.map(|m| m.to_string()),
+            current_price: a.current_price.map(|m| m.to_string()),
+            leader_id: a.leader_id.map(|id| id.to_string()),
+            bid_count: a.bid_count,
+            min_next_bid: a.min_next_bid.to_string(),
+            start_at: a.start_at,
+            end_at: a.end_at,
+            extend_window_secs: a.extend_window_secs,
+            extend_by_secs: a.extend_by_secs,
+            payment_timeout_secs: a.payment_timeout_secs,
+            status: a.status.as_str().to_owned(),
+            winner_id: a.winner_id.map(|id| id.to_string()),
+            order_id: a.order_id.map(|id| id.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct BidPlacedResponse {
+    /// The new current price (your bid).
+    pub price: String,
+    pub seq: i64,
+    /// The end, possibly extended by your bid.
+    pub end_at: DateTime<Utc>,
+}
+
+impl From<Placed> for BidPlacedResponse {
+    fn from(p: Placed) -> Self {
+        Self { price: p.price.to_string(), seq: p.seq, end_at: p.end_at }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct BidResponse {
+    pub seq: i64,
+    pub user_id: String,
+    pub amount: String,
+    pub placed_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+}
+
+impl From<BidView> for BidResponse {
+    fn from(b: BidView) -> Self {
+        Self {
+            seq: b.seq,
+            user_id: b.user_id.to_string(),
+            amount: b.amount.to_string(),
+            placed_at: b.placed_at,
+            end_at: b.end_at,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum AuctionCreated {
+    /// The auction exists; it closes itself at `end_at`.
+    #[oai(status = 201)]
+    Created(Json<Envelope<AuctionResponse>>),
+}
+
+#[derive(ApiResponse)]
+pub enum AuctionFound {
+    /// The auction, with its live price.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<AuctionResponse>>),
+}
+
+#[derive(ApiResponse)]
+pub enum AuctionList {
+    /// A page of auctions, newest start first.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<PageOf<AuctionResponse>>>),
+}
+
+#[derive(ApiResponse)]
+pub enum BidPlaced {
+    /// Accepted: you lead.
+    #[oai(status = 201)]
+    Created(Json<Envelope<BidPlacedResponse>>),
+}
+
+#[derive(ApiResponse)]
+pub enum BidList {
+    /// Persisted bids, newest first.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<PageOf<BidResponse>>>),
+}
+
+#[OpenApi(prefix_path = "/auctions", tag = "ApiTags::Auctions")]
+impl AuctionsApi {
+    /// Create an auction (admin)
+    #[oai(path = "/", method = "post")]
+    async fn create(&self, auth: BearerAuth, body: JsonBody<CreateAuctionRequest>) -> ApiResult<AuctionCreated> {
+        let b = body.0;
+        let new = NewAuction::parse(AuctionFields {
+            title: &b.title,
+            description: b.description.as_deref().unwrap_or(""),
+            start_price: &b.start_price,
+            min_increment: &b.min_increment,
+            reserve_price: b.reserve_price.as_deref(),
+            start_at: b.start_at,
+            end_at: b.end_at,
+            extend_window_secs: b.extend_window_secs,
+            extend_by_secs: b.extend_by_secs,
+            payment_timeout_secs: b.payment_timeout_secs,
+        })?;
+        let auction = self.auctions.create(auth.caller(), new).await?;
+        Ok(AuctionCreated::Created(ok(auction.into())))
+    }
+
+    /// List auctions
+    #[oai(path = "/", method = "get")]
+    async fn list(&self, page: Query<Option<u64>>, page_size: Query<Option<u64>>) -> ApiResult<AuctionList> {
+        let request = PageRequest::parse(page.0, page_size.0)?;
+        let auctions = self.auctions.list(request).await?;
+        Ok(AuctionList::Ok(ok(PageOf::new(auctions, request, AuctionResponse::from))))
+    }
+
+    /// Get an auction
+    #[oai(path = "/:id", method = "get")]
+    async fn get(&self, id: Path<Uuid>) -> ApiResult<AuctionFound> {
+        Ok(AuctionFound::Ok(ok(self.auctions.get(id.0).await?.into())))
+    }
+
+    /// Place a bid
+    ///
+    /// Accepted when it is at least the current price plus the minimum increment (the start
+    /// price for the first bid): 409 `BID_TOO_LOW` otherwise, with `details.current_price`
+    /// and `details.min_bid`. 409 `AUCTION_CLOSED` before the start and from the (possibly
+    /// extended) end. A bid in the anti-sniping window moves the end out.
+    #[oai(path = "/:id/bids", method = "post")]
+    async fn bid(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: JsonBody<BidRequest>,
+    ) -> ApiResult<BidPlaced> {
+        let placed = self.auctions.bid(auth.caller(), id.0, &body.0.amount, idempotency_key.0.as_deref()).await?;
+        Ok(BidPlaced::Created(ok(placed.into())))
+    }
+
+    /// The persisted bid history
+    #[oai(path = "/:id/bids", method = "get")]
+    async fn bids(&self, id: Path<Uuid>, page: Query<Option<u64>>, page_size: Query<Option<u64>>) -> ApiResult<BidList> {
+        let request = PageRequest::parse(page.0, page_size.0)?;
+        let bids = self.auctions.bids(id.0, request).await?;
+        Ok(BidList::Ok(ok(PageOf::new(bids, request, BidResponse::from))))
+    }
+
+    /// Watch an auction live (WebSocket)
+    ///
+    /// On connect: `{"type":"state", ...}`. Then `{"type":"bid","price","leader_id","seq","end_at"}`
+    /// for every accepted bid (a slow client may skip to the latest) and
+    /// `{"type":"closed","status","winner_id","price"}` at the end. The server pings every
+    /// 20 s and drops a client that has not answered for 60 s.
+    #[oai(path = "/:id/live", method = "get")]
+    async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
+        let auction = self.auctions.get(id.0).await?;
+        let events = self.live.subscribe(id.0);
+        let auctions = self.auctions.clone();
+        Ok(ws.on_upgrade(move |socket| watch_auction(socket, auctions, auction, events)).boxed())
+    }
+}
+
+const PING_EVERY: Duration = Duration::from_secs(20);
+const DEAD_AFTER: Duration = Duration::from_secs(60);
+
+/// Serves one watcher: the state first, then every newer event, with keep-alive pings.
+async fn watch_auction(
+    socket: WebSocketStream,
+    auctions: AuctionService,
+    subscribed_at: AuctionView,
+    mut events: watch::Receiver<Option<Event>>,
+) {
+    metrics::gauge!("websocket_connections").increment(1.0);
+    let (mut sink, mut incoming) = socket.split();
+    // Subscribed before reading the state: nothing can fall between the two.
+    let state = auctions.get(subscribed_at.id).await.unwrap_or(subscribed_at);
+    let mut last_seq = state.bid_count;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    if sink.send(Message::Text(state_message(&state).to_string())).await.is_ok() {
+        loop {
+            tokio::select! {
+                changed = events.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let event = events.borrow_and_update().clone();
+                    let Some(message) = event.and_then(|e| event_message(&e, &mut last_seq)) else { continue };
+                    if sink.send(Message::Text(message.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = incoming.next() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => last_heard = Instant::now(),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > DEAD_AFTER || sink.send(Message::Ping(Vec::new())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+    metrics::gauge!("websocket_connections").decrement(1.0);
+}
+
+fn state_message(a: &AuctionView) -> Value {
+    json!({
+        "type": "state",
+        "auction_id": a.id,
+        "status": a.status.as_str(),
+        "current_price": a.current_price.map(|m| m.to_string()),
+        "leader_id": a.leader_id,
+        "seq": a.bid_count,
+        "end_at": a.end_at,
+        "min_next_bid": a.min_next_bid.to_string(),
+        "winner_id": a.winner_id,
+    })
+}
+
+/// The SPEC's messages; a bid the watcher has seen already (in the state) is skipped.
+fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
+    match event {
+        Event::Bid { price, leader, seq, end_at, .. } => {
+            if *seq <= *last_seq {
+                return None;
+            }
+            *last_seq = *seq;
+            Some(json!({"type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq, "end_at": end_at}))
+        }
+        Event::Closed { status, winner, price, .. } => Some(json!({
+            "type": "closed", "status": status, "winner_id": winner, "price": price.map(|p| p.to_string())
+        })),
+    }
+}

@@ -1,0 +1,1 @@
+// The live page is being built.

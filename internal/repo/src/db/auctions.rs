@@ -1,0 +1,259 @@
+//! The `auctions` and `bids` tables: the definition of each auction and the write-behind
+//! copy of its live state and bid history.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+use uuid::Uuid;
+
+use super::{Page, stmt};
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct AuctionRow {
+    pub id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub start_price: Decimal,
+    pub min_increment: Decimal,
+    pub reserve_price: Option<Decimal>,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub extend_window_secs: i32,
+    pub extend_by_secs: i32,
+    pub payment_timeout_secs: i32,
+    /// `open`, `sold` or `unsold`.
+    pub status: String,
+    pub current_price: Option<Decimal>,
+    pub leader_id: Option<Uuid>,
+    pub bid_count: i32,
+    pub winner_id: Option<Uuid>,
+    pub final_price: Option<Decimal>,
+    pub order_id: Option<Uuid>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, title, description, start_price, min_increment, reserve_price, start_at, end_at, \
+     extend_window_secs, extend_by_secs, payment_timeout_secs, status, current_price, leader_id, bid_count, \
+     winner_id, final_price, order_id, closed_at";
+
+pub struct NewAuction<'a> {
+    pub id: Uuid,
+    pub title: &'a str,
+    pub description: &'a str,
+    pub start_price: Decimal,
+    pub min_increment: Decimal,
+    pub reserve_price: Option<Decimal>,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub extend_window_secs: i32,
+    pub extend_by_secs: i32,
+    pub payment_timeout_secs: i32,
+}
+
+pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<AuctionRow, DbErr> {
+    let row = AuctionRow::find_by_statement(stmt(
+        &format!(
+            "INSERT INTO auctions (id, title, description, start_price, min_increment, reserve_price, start_at, end_at, \
+             extend_window_secs, extend_by_secs, payment_timeout_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
+        ),
+        [
+            new.id.into(),
+            new.title.into(),
+            new.description.into(),
+            new.start_price.into(),
+            new.min_increment.into(),
+            new.reserve_price.into(),
+            new.start_at.into(),
+            new.end_at.into(),
+            new.extend_window_secs.into(),
+            new.extend_by_secs.into(),
+            new.payment_timeout_secs.into(),
+        ],
+    ))
+    .one(db)
+    .await?;
+    row.ok_or_else(|| DbErr::RecordNotInserted)
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
+    AuctionRow::find_by_statement(stmt(&format!("SELECT {COLUMNS} FROM auctions WHERE id = $1"), [id.into()]))
+        .one(db)
+        .await
+}
+
+/// Newest start first.
+pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64) -> Result<Page<AuctionRow>, DbErr> {
+    let items = AuctionRow::find_by_statement(stmt(
+        &format!("SELECT {COLUMNS} FROM auctions ORDER BY start_at DESC, id LIMIT $1 OFFSET $2"),
+        [(limit as i64).into(), (offset as i64).into()],
+    ))
+    .all(db)
+    .await?;
+    let total = count(db, "SELECT count(*) FROM auctions", []).await?;
+    Ok(Page { items, total: total as u64 })
+}
+
+/// Auctions still open, soonest end first.
+pub async fn open(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<AuctionRow>, DbErr> {
+    AuctionRow::find_by_statement(stmt(
+        &format!("SELECT {COLUMNS} FROM auctions WHERE status = 'open' ORDER BY end_at LIMIT $1"),
+        [(limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// Auctions whose bid streams the relay should read: open ones, and those closed in the
+/// last hour (their last bids may still be in the stream).
+pub async fn with_live_streams(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
+    ids(db, "SELECT id FROM auctions WHERE status = 'open' OR closed_at > now() - interval '1 hour'", []).await
+}
+
+/// Open auctions whose end passed more than `grace_ms` ago (the sweeper's backstop).
+pub async fn overdue(db: &impl ConnectionTrait, grace_ms: i64) -> Result<Vec<Uuid>, DbErr> {
+    ids(
+        db,
+        "SELECT id FROM auctions WHERE status = 'open' AND end_at < now() - $1 * interval '1 millisecond' LIMIT 100",
+        [grace_ms.into()],
+    )
+    .await
+}
+
+/// A bid moved from the stream, as persisted.
+#[derive(Debug, Clone)]
+pub struct NewBid {
+    pub seq: i64,
+    pub user_id: Uuid,
+    pub amount: Decimal,
+    pub end_at: DateTime<Utc>,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// Persists a batch of bids (a redelivered batch inserts nothing: `(auction_id, seq)` is
+/// the key) and moves the auction's copy of the live state forward, never backward.
+pub async fn record_bids(db: &impl ConnectionTrait, auction_id: Uuid, bids: &[NewBid]) -> Result<(), DbErr> {
+    let Some(top) = bids.iter().max_by_key(|b| b.seq) else { return Ok(()) };
+    let seqs: Vec<i64> = bids.iter().map(|b| b.seq).collect();
+    let users: Vec<Uuid> = bids.iter().map(|b| b.user_id).collect();
+    let amounts: Vec<Decimal> = bids.iter().map(|b| b.amount).collect();
+    let ends: Vec<DateTime<Utc>> = bids.iter().map(|b| b.end_at).collect();
+    let placed: Vec<DateTime<Utc>> = bids.iter().map(|b| b.placed_at).collect();
+    db.execute_raw(stmt(
+        "INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
+         SELECT $1, seq, user_id, amount, end_at, placed_at \
+         FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[]) \
+              AS b(seq, user_id, amount, end_at, placed_at) \
+         ON CONFLICT (auction_id, seq) DO NOTHING",
+        [auction_id.into(), seqs.into(), users.into(), amounts.into(), ends.into(), placed.into()],
+    ))
+    .await?;
+    db.execute_raw(stmt(
+        "UPDATE auctions SET current_price = $2, leader_id = $3, bid_count = $4, \
+         end_at = GREATEST(end_at, $5), updated_at = now() \
+         WHERE id = $1 AND bid_count < $4",
+        [auction_id.into(), top.amount.into(), top.user_id.into(), (top.seq as i32).into(), top.end_at.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.
+pub async fn finish(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    sold: bool,
+    winner: Option<Uuid>,
+    final_price: Option<Decimal>,
+    end_at: DateTime<Utc>,
+) -> Result<Option<AuctionRow>, DbErr> {
+    AuctionRow::find_by_statement(stmt(
+        &format!(
+            "UPDATE auctions SET status = $2, winner_id = $3, final_price = $4, end_at = GREATEST(end_at, $5), \
+             closed_at = now(), updated_at = now() WHERE id = $1 AND status = 'open' RETURNING {COLUMNS}"
+        ),
+        [id.into(), (if sold { "sold" } else { "unsold" }).into(), winner.into(), final_price.into(), end_at.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// Links the winner's order both ways; the unique `orders.auction_id` makes a second order
+/// for one auction impossible.
+pub async fn set_order(db: &impl ConnectionTrait, id: Uuid, order_id: Uuid) -> Result<(), DbErr> {
+    db.execute_raw(stmt("UPDATE orders SET auction_id = $1 WHERE id = $2", [id.into(), order_id.into()])).await?;
+    db.execute_raw(stmt("UPDATE auctions SET order_id = $2 WHERE id = $1", [id.into(), order_id.into()])).await.map(|_| ())
+}
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct BidRow {
+    pub seq: i64,
+    pub user_id: Uuid,
+    pub amount: Decimal,
+    pub end_at: DateTime<Utc>,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// Newest first.
+pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limit: u64) -> Result<Page<BidRow>, DbErr> {
+    let items = BidRow::find_by_statement(stmt(
+        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3",
+        [auction_id.into(), (limit as i64).into(), (offset as i64).into()],
+    ))
+    .all(db)
+    .await?;
+    let total = count(db, "SELECT count(*) FROM bids WHERE auction_id = $1", [auction_id.into()]).await?;
+    Ok(Page { items, total: total as u64 })
+}
+
+/// The highest persisted bid (for a rebuild after Redis lost the live state).
+pub async fn top_bid(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Option<BidRow>, DbErr> {
+    BidRow::find_by_statement(stmt(
+        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1",
+        [auction_id.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// What `verify --auction` checks, computed by Postgres.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct BidLedger {
+    pub bids: i64,
+    pub max_seq: i64,
+    /// Bids whose amount is not above the previous one's.
+    pub not_rising: i64,
+    pub top_amount: Option<Decimal>,
+    pub top_user: Option<Uuid>,
+    pub orders: i64,
+}
+
+pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLedger, DbErr> {
+    let row = BidLedger::find_by_statement(stmt(
+        "SELECT (SELECT count(*) FROM bids WHERE auction_id = $1) AS bids, \
+                COALESCE((SELECT max(seq) FROM bids WHERE auction_id = $1), 0) AS max_seq, \
+                (SELECT count(*) FROM (SELECT amount, lag(amount) OVER (ORDER BY seq) AS previous \
+                                       FROM bids WHERE auction_id = $1) b \
+                 WHERE previous IS NOT NULL AND amount <= previous) AS not_rising, \
+                (SELECT amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_amount, \
+                (SELECT user_id FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_user, \
+                (SELECT count(*) FROM orders WHERE auction_id = $1) AS orders",
+        [auction_id.into()],
+    ))
+    .one(db)
+    .await?;
+    row.ok_or_else(|| DbErr::RecordNotFound("auction ledger".into()))
+}
+
+async fn ids(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Result<Vec<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: Uuid,
+    }
+    Ok(Id::find_by_statement(stmt(sql, values)).all(db).await?.into_iter().map(|r| r.id).collect())
+}
+
+async fn count(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Result<i64, DbErr> {
+    let row = db.query_one_raw(stmt(sql, values)).await?.ok_or_else(|| DbErr::RecordNotFound(sql.into()))?;
+    row.try_get_by_index::<i64>(0)
+}

@@ -1,0 +1,129 @@
+//! The local fan-out of live auction events to WebSocket watchers.
+//!
+//! One `watch` channel per watched auction: a watcher always sees the latest event and a
+//! slow one simply skips the prices it was too slow for, so a connection holds one message
+//! at most and a slow client cannot make the server buffer without bound.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeZone, Utc};
+use domain::Money;
+use repo::cache::auctions::LiveEvent;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// A live auction event, decoded from what the Lua scripts publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc> },
+    Closed { auction_id: Uuid, status: String, winner: Option<Uuid>, price: Option<Money> },
+}
+
+impl Event {
+    pub fn auction_id(&self) -> Uuid {
+        match self {
+            Event::Bid { auction_id, .. } | Event::Closed { auction_id, .. } => *auction_id,
+        }
+    }
+
+    /// `None` for a message that does not parse (never from our own scripts).
+    pub fn decode(raw: LiveEvent) -> Option<Self> {
+        Some(match raw {
+            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms } => Event::Bid {
+                auction_id,
+                price: Money::from_cents(price_cents.parse().ok()?),
+                leader,
+                seq,
+                end_at: Utc.timestamp_millis_opt(end_ms.parse().ok()?).single()?,
+            },
+            LiveEvent::Closed { auction_id, outcome, leader, price_cents } => {
+                let sold = outcome == "sold";
+                let cents: i64 = price_cents.parse().ok()?;
+                Event::Closed {
+                    auction_id,
+                    winner: if sold { leader.parse().ok() } else { None },
+                    price: (cents > 0).then(|| Money::from_cents(cents)),
+                    status: outcome,
+                }
+            }
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct LiveHub {
+    channels: Mutex<HashMap<Uuid, watch::Sender<Option<Event>>>>,
+}
+
+impl LiveHub {
+    pub fn subscribe(&self, auction_id: Uuid) -> watch::Receiver<Option<Event>> {
+        let mut channels = self.channels.lock().expect("live hub poisoned");
+        channels.entry(auction_id).or_insert_with(|| watch::channel(None).0).subscribe()
+    }
+
+    /// Hands an event from Redis pub/sub to this instance's watchers of that auction, and
+    /// forgets auctions nobody watches any more.
+    pub fn publish(&self, event: Event) {
+        let mut channels = self.channels.lock().expect("live hub poisoned");
+        if let Some(sender) = channels.get(&event.auction_id()) {
+            sender.send_replace(Some(event));
+        }
+        channels.retain(|_, sender| sender.receiver_count() > 0);
+    }
+
+    pub fn watched(&self) -> usize {
+        self.channels.lock().expect("live hub poisoned").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bid(auction_id: Uuid, seq: i64) -> Event {
+        Event::Bid { auction_id, price: Money::from_cents(seq * 100), leader: Uuid::nil(), seq, end_at: Utc::now() }
+    }
+
+    #[test]
+    fn script_messages_decode_to_money_and_times() {
+        let auction = Uuid::now_v7();
+        let raw: LiveEvent = serde_json::from_str(&format!(
+            r#"{{"t":"bid","a":"{auction}","p":"1250","l":"{}","s":3,"e":"1700000000000"}}"#,
+            Uuid::nil()
+        ))
+        .unwrap();
+        let Some(Event::Bid { price, seq, end_at, .. }) = Event::decode(raw) else { panic!("a bid") };
+        assert_eq!((price.to_string(), seq, end_at.timestamp()), ("12.50".into(), 3, 1_700_000_000));
+
+        let closed: LiveEvent =
+            serde_json::from_str(&format!(r#"{{"t":"closed","a":"{auction}","o":"unsold","l":"","p":"0"}}"#)).unwrap();
+        assert_eq!(
+            Event::decode(closed),
+            Some(Event::Closed { auction_id: auction, status: "unsold".into(), winner: None, price: None })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_skips_to_the_latest_price() {
+        let hub = LiveHub::default();
+        let auction = Uuid::now_v7();
+        let mut watcher = hub.subscribe(auction);
+        for seq in 1..=100 {
+            hub.publish(bid(auction, seq));
+        }
+        watcher.changed().await.unwrap();
+        assert_eq!(*watcher.borrow_and_update(), Some(bid(auction, 100)));
+    }
+
+    #[test]
+    fn unwatched_auctions_are_forgotten() {
+        let hub = LiveHub::default();
+        let auction = Uuid::now_v7();
+        let watcher = hub.subscribe(auction);
+        assert_eq!(hub.watched(), 1);
+        drop(watcher);
+        hub.publish(bid(auction, 1));
+        assert_eq!(hub.watched(), 0);
+    }
+}
