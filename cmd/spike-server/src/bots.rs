@@ -25,7 +25,13 @@ struct Tally {
     backwards: AtomicU64,
 }
 
-pub async fn run(settings: Arc<Settings>, auction: Uuid, bidders: usize, secs: u64, url: &str) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    settings: Arc<Settings>,
+    auction: Uuid,
+    bidders: usize,
+    secs: u64,
+    url: &str,
+) -> anyhow::Result<ExitCode> {
     if bidders == 0 || secs == 0 {
         anyhow::bail!("--bidders and --secs must be at least 1");
     }
@@ -84,13 +90,17 @@ pub async fn run(settings: Arc<Settings>, auction: Uuid, bidders: usize, secs: u
 
     // Let the write-behind catch up before checking that every bid reached Postgres.
     let deps = &services.deps;
-    let mut report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for _ in 0..60 {
         if report.passed() && !report.to_string().contains("still in the stream") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     println!();
     println!("{report}");

@@ -36,7 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Seed { demo } => seed(settings, demo).await?,
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
         Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
-        Command::Bots { auction, bidders, secs, url } => return crate::bots::run(settings, auction, bidders, secs, &url).await,
+        Command::Bots { auction, bidders, secs, url } => {
+            return crate::bots::run(settings, auction, bidders, secs, &url).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -81,7 +83,11 @@ async fn tokens(settings: &Settings, count: usize, out: &std::path::Path, ttl_se
     Ok(())
 }
 
-async fn verify(settings: Arc<Settings>, sale: Option<uuid::Uuid>, auction: Option<uuid::Uuid>) -> anyhow::Result<ExitCode> {
+async fn verify(
+    settings: Arc<Settings>,
+    sale: Option<uuid::Uuid>,
+    auction: Option<uuid::Uuid>,
+) -> anyhow::Result<ExitCode> {
     if sale.is_none() && auction.is_none() {
         anyhow::bail!("say what to verify: --sale ID and/or --auction ID");
     }
@@ -89,8 +95,9 @@ async fn verify(settings: Arc<Settings>, sale: Option<uuid::Uuid>, auction: Opti
     let deps = &services.deps;
     let mut passed = true;
     if let Some(sale) = sale {
-        let report =
-            service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let report = service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("{report}");
         passed &= report.passed();
     }

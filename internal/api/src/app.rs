@@ -17,7 +17,8 @@ use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
 use crate::routes::{
-    auctions::AuctionsApi, auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, page, sales::SalesApi, users::UsersApi,
+    auctions::AuctionsApi, auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, page, sales::SalesApi,
+    users::UsersApi,
 };
 
 /// Which parts of Spike a process runs.

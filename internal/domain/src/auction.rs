@@ -4,7 +4,7 @@
 //! The live decisions are taken inside `place_bid.lua` (atomically, in integer cents); the
 //! functions here state the same rules in Rust for validation, messages and tests.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::{Invalid, Money};
 
@@ -46,7 +46,7 @@ impl NewAuction {
         let start_price = Money::parse_positive("start_price", fields.start_price)?;
         let min_increment = Money::parse_positive("min_increment", fields.min_increment)?;
         let reserve_price = fields.reserve_price.map(|raw| Money::parse_positive("reserve_price", raw)).transpose()?;
-        if fields.end_at <= fields.start_at {
+        if fields.end_at.trunc_subsecs(3) <= fields.start_at.trunc_subsecs(3) {
             return Err(Invalid::new("end_at", "must be after start_at"));
         }
         for (name, value) in
@@ -71,8 +71,9 @@ impl NewAuction {
             start_price,
             min_increment,
             reserve_price,
-            start_at: fields.start_at,
-            end_at: fields.end_at,
+            // Redis keeps times in milliseconds; so does everything else, so they compare equal.
+            start_at: fields.start_at.trunc_subsecs(3),
+            end_at: fields.end_at.trunc_subsecs(3),
             extend_window_secs: fields.extend_window_secs as u32,
             extend_by_secs: fields.extend_by_secs as u32,
             payment_timeout_secs: fields.payment_timeout_secs as u32,

@@ -1,6 +1,6 @@
 //! Flash sales: what an admin may create and the status a buyer sees.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
 use crate::{Invalid, Money};
@@ -37,7 +37,7 @@ impl NewSale {
         if !(1..=MAX_SALE_STOCK).contains(&fields.stock) {
             return Err(Invalid::new("stock", format!("must be between 1 and {MAX_SALE_STOCK}")));
         }
-        if fields.end_at <= fields.start_at {
+        if fields.end_at.trunc_subsecs(3) <= fields.start_at.trunc_subsecs(3) {
             return Err(Invalid::new("end_at", "must be after start_at"));
         }
         if !(1..=1000).contains(&fields.per_user_limit) {
@@ -53,8 +53,9 @@ impl NewSale {
             product_id: fields.product_id,
             price,
             stock: fields.stock as u32,
-            start_at: fields.start_at,
-            end_at: fields.end_at,
+            // Redis keeps times in milliseconds; so does everything else, so they compare equal.
+            start_at: fields.start_at.trunc_subsecs(3),
+            end_at: fields.end_at.trunc_subsecs(3),
             per_user_limit: fields.per_user_limit as u32,
             payment_timeout_secs: fields.payment_timeout_secs as u32,
         })

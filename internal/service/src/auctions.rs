@@ -134,7 +134,9 @@ impl From<BidRow> for BidView {
 pub enum Closing {
     /// The end moved (anti-sniping): try again then.
     NotYet(DateTime<Utc>),
-    Closed { sold: bool },
+    Closed {
+        sold: bool,
+    },
 }
 
 #[derive(Clone)]
@@ -310,8 +312,7 @@ impl AuctionService {
         let price = (price_cents > 0).then(|| Money::from_cents(price_cents));
         let txn = self.db.begin().await?;
         let winner = if sold { leader } else { None };
-        let finished =
-            auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
+        let finished = auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
         if let (Some(row), Some(winner), Some(price)) = (finished, winner, price) {
             let order_id = Uuid::now_v7();
             let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
@@ -321,7 +322,12 @@ impl AuctionService {
                 kind: OrderKind::Auction.as_str(),
                 total: price.decimal(),
                 payment_timeout_ms: timeout_ms,
-                lines: vec![NewLine { product_id: None, title: row.title.clone(), quantity: 1, unit_price: price.decimal() }],
+                lines: vec![NewLine {
+                    product_id: None,
+                    title: row.title.clone(),
+                    quantity: 1,
+                    unit_price: price.decimal(),
+                }],
             };
             orders::insert(&txn, &[order]).await?;
             auctions::set_order(&txn, id, order_id).await?;

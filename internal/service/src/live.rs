@@ -82,7 +82,8 @@ mod tests {
     use super::*;
 
     fn bid(auction_id: Uuid, seq: i64) -> Event {
-        Event::Bid { auction_id, price: Money::from_cents(seq * 100), leader: Uuid::nil(), seq, end_at: Utc::now() }
+        let end_at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+        Event::Bid { auction_id, price: Money::from_cents(seq * 100), leader: Uuid::nil(), seq, end_at }
     }
 
     #[test]

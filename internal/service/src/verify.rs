@@ -115,14 +115,21 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
 
 /// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
 /// the winner holding the highest bid, at most one order.
-pub async fn auction(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Keys, auction_id: Uuid) -> Result<Report> {
+pub async fn auction(
+    db: &DatabaseConnection,
+    redis: &ConnectionManager,
+    keys: &Keys,
+    auction_id: Uuid,
+) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let ledger = auctions::ledger(db, auction_id).await?;
-    let mut report = Report { subject: format!("auction {auction_id} ({}, {})", row.title, row.status), checks: vec![] };
+    let mut report =
+        Report { subject: format!("auction {auction_id} ({}, {})", row.title, row.status), checks: vec![] };
 
     match live_state::live(&mut redis.clone(), keys, auction_id).await? {
         Some(live) => {
-            let queued: usize = redis::cmd("XLEN").arg(keys.auction(auction_id).bids).query_async(&mut redis.clone()).await?;
+            let queued: usize =
+                redis::cmd("XLEN").arg(keys.auction(auction_id).bids).query_async(&mut redis.clone()).await?;
             report.check(
                 live.seq == ledger.bids || queued > 0,
                 format!("every accepted bid is in postgres: redis accepted {}, postgres has {} ({queued} still in the stream)", live.seq, ledger.bids),
@@ -130,11 +137,18 @@ pub async fn auction(db: &DatabaseConnection, redis: &ConnectionManager, keys: &
         }
         None => report.check(true, "redis: no live state (rebuilt from Postgres when needed)"),
     }
-    report.check(ledger.bids == ledger.max_seq, format!("seq has no gaps: {} bids, highest seq {}", ledger.bids, ledger.max_seq));
-    report.check(ledger.not_rising == 0, format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising));
+    report.check(
+        ledger.bids == ledger.max_seq,
+        format!("seq has no gaps: {} bids, highest seq {}", ledger.bids, ledger.max_seq),
+    );
+    report.check(
+        ledger.not_rising == 0,
+        format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising),
+    );
     match row.status.as_str() {
         "sold" => {
-            let holds_top = row.winner_id.is_some() && row.winner_id == ledger.top_user && row.final_price == ledger.top_amount;
+            let holds_top =
+                row.winner_id.is_some() && row.winner_id == ledger.top_user && row.final_price == ledger.top_amount;
             report.check(
                 holds_top,
                 format!(

@@ -9,8 +9,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
-use crate::{auctions, closer};
 use crate::relay::OutboxRelay;
+use crate::{auctions, closer};
 
 pub struct Workers {
     tasks: JoinSet<()>,

@@ -234,7 +234,12 @@ impl AuctionsApi {
 
     /// The persisted bid history
     #[oai(path = "/:id/bids", method = "get")]
-    async fn bids(&self, id: Path<Uuid>, page: Query<Option<u64>>, page_size: Query<Option<u64>>) -> ApiResult<BidList> {
+    async fn bids(
+        &self,
+        id: Path<Uuid>,
+        page: Query<Option<u64>>,
+        page_size: Query<Option<u64>>,
+    ) -> ApiResult<BidList> {
         let request = PageRequest::parse(page.0, page_size.0)?;
         let bids = self.auctions.bids(id.0, request).await?;
         Ok(BidList::Ok(ok(PageOf::new(bids, request, BidResponse::from))))
@@ -310,7 +315,7 @@ fn state_message(a: &AuctionView) -> Value {
         "current_price": a.current_price.map(|m| m.to_string()),
         "leader_id": a.leader_id,
         "seq": a.bid_count,
-        "end_at": a.end_at,
+        "end_at": a.end_at.to_rfc3339(),
         "min_next_bid": a.min_next_bid.to_string(),
         "winner_id": a.winner_id,
     })
@@ -324,6 +329,8 @@ fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
                 return None;
             }
             *last_seq = *seq;
+            // Times as the REST answers write them (RFC 3339, `+00:00`).
+            let end_at = end_at.to_rfc3339();
             Some(json!({"type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq, "end_at": end_at}))
         }
         Event::Closed { status, winner, price, .. } => Some(json!({

@@ -6,6 +6,7 @@ mod helpers;
 mod proxy;
 mod redis_server;
 
+mod auctions;
 mod auth;
 mod catalog;
 mod health;

@@ -129,7 +129,12 @@ pub struct Snapshot {
     pub closed: Option<bool>,
 }
 
-pub async fn load(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid, s: &Snapshot) -> redis::RedisResult<bool> {
+pub async fn load(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    auction_id: Uuid,
+    s: &Snapshot,
+) -> redis::RedisResult<bool> {
     let auction = keys.auction(auction_id);
     let loaded: i64 = LOAD
         .key(&auction.state)
@@ -276,13 +281,7 @@ pub async fn forget_bids(
     if entry_ids.is_empty() {
         return Ok(());
     }
-    redis::pipe()
-        .xack(key, RELAY_GROUP, entry_ids)
-        .ignore()
-        .xdel(key, entry_ids)
-        .ignore()
-        .query_async(conn)
-        .await
+    redis::pipe().xack(key, RELAY_GROUP, entry_ids).ignore().xdel(key, entry_ids).ignore().query_async(conn).await
 }
 
 /// Makes sure the consumer group exists (after a flush the stream and its group are gone).

@@ -182,7 +182,9 @@ pub async fn finish(
 /// for one auction impossible.
 pub async fn set_order(db: &impl ConnectionTrait, id: Uuid, order_id: Uuid) -> Result<(), DbErr> {
     db.execute_raw(stmt("UPDATE orders SET auction_id = $1 WHERE id = $2", [id.into(), order_id.into()])).await?;
-    db.execute_raw(stmt("UPDATE auctions SET order_id = $2 WHERE id = $1", [id.into(), order_id.into()])).await.map(|_| ())
+    db.execute_raw(stmt("UPDATE auctions SET order_id = $2 WHERE id = $1", [id.into(), order_id.into()]))
+        .await
+        .map(|_| ())
 }
 
 #[derive(Debug, Clone, FromQueryResult)]
@@ -245,7 +247,11 @@ pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLe
     row.ok_or_else(|| DbErr::RecordNotFound("auction ledger".into()))
 }
 
-async fn ids(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Result<Vec<Uuid>, DbErr> {
+async fn ids(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Result<Vec<Uuid>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {
         id: Uuid,
@@ -253,7 +259,11 @@ async fn ids(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Ite
     Ok(Id::find_by_statement(stmt(sql, values)).all(db).await?.into_iter().map(|r| r.id).collect())
 }
 
-async fn count(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Result<i64, DbErr> {
+async fn count(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Result<i64, DbErr> {
     let row = db.query_one_raw(stmt(sql, values)).await?.ok_or_else(|| DbErr::RecordNotFound(sql.into()))?;
     row.try_get_by_index::<i64>(0)
 }
