@@ -1,9 +1,9 @@
 //! The HTTP pipeline around every route, outermost first:
 //!
-//! 1. [`RequestContext`]: takes or makes the `X-Request-Id`, opens the request's tracing
+//! 1. CORS (from `http.cors_origins`);
+//! 2. the request context: takes or makes the `X-Request-Id`, opens the request's tracing
 //!    span, turns every error (ours, poem's, poem-openapi's, a caught panic) into the error
 //!    envelope, echoes the request id, and records the request metrics;
-//! 2. CORS (from `http.cors_origins`);
 //! 3. the per-IP rate limit;
 //! 4. the request timeout;
 //! 5. panic catching;
@@ -85,8 +85,10 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
                 ep.call(req).await.map(IntoResponse::into_response)
             }
         })
-        .with(cors(&policy.cors_origins))
         .around(request_context)
+        // Outermost: poem's CORS layer turns an error it sees into a plain-text response, so it
+        // must only ever see the envelope responses `request_context` already made.
+        .with(cors(&policy.cors_origins))
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -168,13 +168,13 @@ function parseErrorBody(text) {
 
 /** A sentence for a person; 429 and 503 get advice on what to do. */
 function errorText(err) {
-  if (err.status === 429) {
-    const wait = err.retryAfter ? ` Try again in ${err.retryAfter}s.` : '';
-    return `Too many requests: ${err.message}.${wait}`;
-  }
-  if (err.status === 503) return `The server is busy (${err.message}). Please try again.`;
   if (err.status === 0) return 'Network error: cannot reach the server.';
-  return err.message;
+  // "per-user limit reached: you hold 1 of 1" -> "Per-user limit reached: you hold 1 of 1."
+  let text = err.message.charAt(0).toUpperCase() + err.message.slice(1);
+  if (!/[.!?]$/.test(text)) text += '.';
+  if (err.status === 429) text += err.retryAfter ? ` Try again in ${err.retryAfter}s.` : ' Wait a moment and try again.';
+  if (err.status === 503) text += ' The server is busy: please try again.';
+  return text;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -415,7 +415,7 @@ async function pollReservation(reservationId) {
       if (err.status >= 400 && err.status < 500) throw err;
     }
   }
-  throw new ApiError(0, { message: 'still queued after a minute: check My orders later' });
+  throw new Error('still queued after a minute: check My orders later');
 }
 
 async function refreshSales() {
@@ -551,7 +551,10 @@ class AuctionCard {
     }
     this.status = message.status;
     this.winnerId = message.winner_id;
-    if (this.closed) this.disconnect();
+    if (this.closed) {
+      this.disconnect();
+      this.setConnection('closed', 'auction over');
+    }
     this.render();
   }
 
@@ -568,6 +571,7 @@ class AuctionCard {
     if (message.price !== null) this.priceCents = toCents(message.price);
     this.disconnect();
     this.setConnection('closed', 'auction over');
+    say(this.messageLine, '');
     this.render();
     if (isMe(this.winnerId)) {
       // The winner's order is written right after the close.
@@ -611,7 +615,7 @@ class AuctionCard {
       if (err.code === 'BID_TOO_LOW') {
         // details: {current_price, min_bid}. Offer the minimum in the amount box.
         const minimum = err.details && err.details.min_bid;
-        say(this.messageLine, minimum ? `Too low: the minimum bid is now ${minimum}.` : `Too low: ${err.message}.`, 'error');
+        say(this.messageLine, minimum ? `Too low: the minimum bid is now ${minimum}.` : errorText(err), 'error');
         if (minimum) this.amountInput.value = minimum;
       } else if (err.code === 'AUCTION_CLOSED') {
         say(this.messageLine, 'This auction is not accepting bids.', 'error');
@@ -644,11 +648,13 @@ class AuctionCard {
     badge.dataset.status = status;
 
     part(element, 'live-price').textContent = this.priceCents === null ? '—' : formatCents(this.priceCents);
+    element.querySelector('.price-label').textContent = this.closed ? 'final price' : 'current bid';
 
     const leader = part(element, 'auction-leader');
+    leader.hidden = this.closed; // the result line says who won
     leader.classList.toggle('me', isMe(this.leaderId));
     if (!this.leaderId) leader.textContent = `No bids yet: opening bid ${formatCents(this.startCents)}`;
-    else if (isMe(this.leaderId)) leader.textContent = this.closed ? 'You had the top bid' : 'You lead';
+    else if (isMe(this.leaderId)) leader.textContent = 'You lead';
     else leader.textContent = `Leader: bidder …${shortId(this.leaderId)}`;
 
     part(element, 'outbid-notice').hidden = !this.outbid || this.closed;
@@ -698,7 +704,7 @@ class AuctionCard {
       link.addEventListener('click', () => refreshOrders());
       result.append(link);
     } else {
-      result.textContent = `Sold for ${formatCents(this.priceCents)}.`;
+      result.textContent = `Sold to bidder …${shortId(this.winnerId)} for ${formatCents(this.priceCents)}.`;
     }
   }
 

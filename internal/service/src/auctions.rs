@@ -181,24 +181,15 @@ impl AuctionService {
         Ok(AuctionView::new(row, None))
     }
 
-    pub async fn list(&self, page: PageRequest) -> Result<Page<AuctionView>> {
-        let rows = auctions::list(&self.db, page.offset(), page.page_size).await?;
+    /// A page of auctions; `current` keeps the open ones (scheduled or live).
+    pub async fn list(&self, page: PageRequest, current: bool) -> Result<Page<AuctionView>> {
+        let rows = auctions::list(&self.db, page.offset(), page.page_size, current).await?;
         let mut items = Vec::with_capacity(rows.items.len());
         for row in rows.items {
             let live = self.live(row.id).await;
             items.push(AuctionView::new(row, live));
         }
         Ok(Page { items, total: rows.total })
-    }
-
-    /// Open auctions, soonest end first (for the demo page).
-    pub async fn open(&self) -> Result<Vec<AuctionView>> {
-        let mut views = Vec::new();
-        for row in auctions::open(&self.db, 20).await? {
-            let live = self.live(row.id).await;
-            views.push(AuctionView::new(row, live));
-        }
-        Ok(views)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<AuctionView> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// A live auction event, decoded from what the Lua scripts publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc> },
+    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
     Closed { auction_id: Uuid, status: String, winner: Option<Uuid>, price: Option<Money> },
 }
 
@@ -30,12 +30,13 @@ impl Event {
     /// `None` for a message that does not parse (never from our own scripts).
     pub fn decode(raw: LiveEvent) -> Option<Self> {
         Some(match raw {
-            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms } => Event::Bid {
+            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents } => Event::Bid {
                 auction_id,
                 price: Money::from_cents(price_cents.parse().ok()?),
                 leader,
                 seq,
                 end_at: Utc.timestamp_millis_opt(end_ms.parse().ok()?).single()?,
+                min_next_bid: Money::from_cents(min_next_cents.parse().ok()?),
             },
             LiveEvent::Closed { auction_id, outcome, leader, price_cents } => {
                 let sold = outcome == "sold";
@@ -83,19 +84,21 @@ mod tests {
 
     fn bid(auction_id: Uuid, seq: i64) -> Event {
         let end_at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
-        Event::Bid { auction_id, price: Money::from_cents(seq * 100), leader: Uuid::nil(), seq, end_at }
+        let (price, min_next_bid) = (Money::from_cents(seq * 100), Money::from_cents(seq * 100 + 100));
+        Event::Bid { auction_id, price, leader: Uuid::nil(), seq, end_at, min_next_bid }
     }
 
     #[test]
     fn script_messages_decode_to_money_and_times() {
         let auction = Uuid::now_v7();
         let raw: LiveEvent = serde_json::from_str(&format!(
-            r#"{{"t":"bid","a":"{auction}","p":"1250","l":"{}","s":3,"e":"1700000000000"}}"#,
+            r#"{{"t":"bid","a":"{auction}","p":"1250","l":"{}","s":3,"e":"1700000000000","n":"1350"}}"#,
             Uuid::nil()
         ))
         .unwrap();
-        let Some(Event::Bid { price, seq, end_at, .. }) = Event::decode(raw) else { panic!("a bid") };
+        let Some(Event::Bid { price, seq, end_at, min_next_bid, .. }) = Event::decode(raw) else { panic!("a bid") };
         assert_eq!((price.to_string(), seq, end_at.timestamp()), ("12.50".into(), 3, 1_700_000_000));
+        assert_eq!(min_next_bid.to_string(), "13.50");
 
         let closed: LiveEvent =
             serde_json::from_str(&format!(r#"{{"t":"closed","a":"{auction}","o":"unsold","l":"","p":"0"}}"#)).unwrap();

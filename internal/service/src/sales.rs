@@ -191,24 +191,15 @@ impl SaleService {
         Ok(SaleView::new(row, None))
     }
 
-    pub async fn list(&self, page: PageRequest) -> Result<Page<SaleView>> {
-        let rows = sales::list(&self.db, page.offset(), page.page_size).await?;
+    /// A page of sales; `current` keeps those not ended yet (for a shop front).
+    pub async fn list(&self, page: PageRequest, current: bool) -> Result<Page<SaleView>> {
+        let rows = sales::list(&self.db, page.offset(), page.page_size, current).await?;
         let mut items = Vec::with_capacity(rows.items.len());
         for row in rows.items {
             let remaining = self.live_remaining(row.id).await;
             items.push(SaleView::new(row, remaining));
         }
         Ok(Page { items, total: rows.total })
-    }
-
-    /// Sales whose window is open or ahead (for the demo page).
-    pub async fn current(&self) -> Result<Vec<SaleView>> {
-        let mut views = Vec::new();
-        for row in sales::current(&self.db, 20).await? {
-            let remaining = self.live_remaining(row.id).await;
-            views.push(SaleView::new(row, remaining));
-        }
-        Ok(views)
     }
 
     /// The sale with its live `remaining` from Redis (or Postgres when Redis has no state).

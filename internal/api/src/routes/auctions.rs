@@ -201,10 +201,18 @@ impl AuctionsApi {
     }
 
     /// List auctions
+    ///
+    /// Newest start first; with `current=true` only open ones (scheduled or live), soonest
+    /// end first.
     #[oai(path = "/", method = "get")]
-    async fn list(&self, page: Query<Option<u64>>, page_size: Query<Option<u64>>) -> ApiResult<AuctionList> {
+    async fn list(
+        &self,
+        page: Query<Option<u64>>,
+        page_size: Query<Option<u64>>,
+        current: Query<Option<bool>>,
+    ) -> ApiResult<AuctionList> {
         let request = PageRequest::parse(page.0, page_size.0)?;
-        let auctions = self.auctions.list(request).await?;
+        let auctions = self.auctions.list(request, current.0.unwrap_or(false)).await?;
         Ok(AuctionList::Ok(ok(PageOf::new(auctions, request, AuctionResponse::from))))
     }
 
@@ -247,10 +255,11 @@ impl AuctionsApi {
 
     /// Watch an auction live (WebSocket)
     ///
-    /// On connect: `{"type":"state", ...}`. Then `{"type":"bid","price","leader_id","seq","end_at"}`
-    /// for every accepted bid (a slow client may skip to the latest) and
-    /// `{"type":"closed","status","winner_id","price"}` at the end. The server pings every
-    /// 20 s and drops a client that has not answered for 60 s.
+    /// On connect: `{"type":"state", ...}`. Then
+    /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
+    /// bid (a slow client may skip to the latest) and
+    /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
+    /// closes the socket. It pings every 20 s and drops a client silent for 60 s.
     #[oai(path = "/:id/live", method = "get")]
     async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
         let auction = self.auctions.get(id.0).await?;
@@ -286,9 +295,10 @@ async fn watch_auction(
                         break;
                     }
                     let event = events.borrow_and_update().clone();
+                    let closed = matches!(event, Some(Event::Closed { .. }));
                     let Some(message) = event.and_then(|e| event_message(&e, &mut last_seq)) else { continue };
-                    if sink.send(Message::Text(message.to_string())).await.is_err() {
-                        break;
+                    if sink.send(Message::Text(message.to_string())).await.is_err() || closed {
+                        break; // after `closed` nothing more will come
                     }
                 }
                 incoming = incoming.next() => match incoming {
@@ -324,14 +334,16 @@ fn state_message(a: &AuctionView) -> Value {
 /// The SPEC's messages; a bid the watcher has seen already (in the state) is skipped.
 fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
     match event {
-        Event::Bid { price, leader, seq, end_at, .. } => {
+        Event::Bid { price, leader, seq, end_at, min_next_bid, .. } => {
             if *seq <= *last_seq {
                 return None;
             }
             *last_seq = *seq;
-            // Times as the REST answers write them (RFC 3339, `+00:00`).
-            let end_at = end_at.to_rfc3339();
-            Some(json!({"type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq, "end_at": end_at}))
+            Some(json!({
+                "type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq,
+                // Times as the REST answers write them (RFC 3339, `+00:00`).
+                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(),
+            }))
         }
         Event::Closed { status, winner, price, .. } => Some(json!({
             "type": "closed", "status": status, "winner_id": winner, "price": price.map(|p| p.to_string())

@@ -175,10 +175,18 @@ impl SalesApi {
     }
 
     /// List flash sales
+    ///
+    /// Newest start first; with `current=true` only sales that have not ended (scheduled,
+    /// active or sold out), soonest start first.
     #[oai(path = "/sales", method = "get")]
-    async fn list(&self, page: Query<Option<u64>>, page_size: Query<Option<u64>>) -> ApiResult<SaleList> {
+    async fn list(
+        &self,
+        page: Query<Option<u64>>,
+        page_size: Query<Option<u64>>,
+        current: Query<Option<bool>>,
+    ) -> ApiResult<SaleList> {
         let request = PageRequest::parse(page.0, page_size.0)?;
-        let sales = self.sales.list(request).await?;
+        let sales = self.sales.list(request, current.0.unwrap_or(false)).await?;
         Ok(SaleList::Ok(ok(PageOf::new(sales, request, SaleResponse::from))))
     }
 

@@ -312,6 +312,7 @@ async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
     assert_eq!(event["type"], "bid");
     assert_eq!(event["price"], "15.00");
     assert_eq!(event["seq"], 2);
+    assert_eq!(event["min_next_bid"], "16.00");
     assert_eq!(event["end_at"], placed.data(201)["end_at"]);
 
     let closed = next_message(&mut socket).await;

@@ -61,6 +61,21 @@ async fn cors_preflight_allows_the_configured_origin() {
 }
 
 #[tokio::test]
+async fn errors_keep_their_envelope_for_cross_origin_requests() {
+    let app = spawn_app_with(|s| s.http.cors_origins = vec!["https://shop.example".into()]).await;
+    let request = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("origin", "https://shop.example")
+        .json(&json!({"email": "nobody@example.com", "password": "whatever1"}));
+    let reply = app.send(request).await;
+    reply.error(401, "INVALID_CREDENTIALS", None);
+    assert_eq!(reply.headers["access-control-allow-origin"], "https://shop.example");
+    let missing = app.client.get(app.url("/api/v1/users/me")).header("origin", "https://shop.example");
+    app.send(missing).await.error(401, "UNAUTHORIZED", None);
+}
+
+#[tokio::test]
 async fn login_is_rate_limited_per_ip_with_retry_after() {
     let app = spawn_app_with(|s| {
         s.rate_limit.enabled = true;

@@ -200,6 +200,8 @@ pub enum LiveEvent {
         seq: i64,
         #[serde(rename = "e")]
         end_ms: String,
+        #[serde(rename = "n")]
+        min_next_cents: String,
     },
     Closed {
         #[serde(rename = "a")]

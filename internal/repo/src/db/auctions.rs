@@ -82,26 +82,23 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionR
         .await
 }
 
-/// Newest start first.
-pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64) -> Result<Page<AuctionRow>, DbErr> {
+/// All auctions, newest start first; or with `current`, only open ones (scheduled or
+/// live), soonest end first.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    offset: u64,
+    limit: u64,
+    current: bool,
+) -> Result<Page<AuctionRow>, DbErr> {
+    let (filter, order) = if current { ("WHERE status = 'open'", "end_at ASC") } else { ("", "start_at DESC") };
     let items = AuctionRow::find_by_statement(stmt(
-        &format!("SELECT {COLUMNS} FROM auctions ORDER BY start_at DESC, id LIMIT $1 OFFSET $2"),
+        &format!("SELECT {COLUMNS} FROM auctions {filter} ORDER BY {order}, id LIMIT $1 OFFSET $2"),
         [(limit as i64).into(), (offset as i64).into()],
     ))
     .all(db)
     .await?;
-    let total = count(db, "SELECT count(*) FROM auctions", []).await?;
+    let total = count(db, &format!("SELECT count(*) FROM auctions {filter}"), []).await?;
     Ok(Page { items, total: total as u64 })
-}
-
-/// Auctions still open, soonest end first.
-pub async fn open(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<AuctionRow>, DbErr> {
-    AuctionRow::find_by_statement(stmt(
-        &format!("SELECT {COLUMNS} FROM auctions WHERE status = 'open' ORDER BY end_at LIMIT $1"),
-        [(limit as i64).into()],
-    ))
-    .all(db)
-    .await
 }
 
 /// Auctions whose bid streams the relay should read: open ones, and those closed in the

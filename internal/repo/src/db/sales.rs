@@ -105,32 +105,21 @@ pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Resul
     .await
 }
 
-/// Newest first.
-pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64) -> Result<Page<SaleRow>, DbErr> {
+/// All sales, newest start first; or with `current`, only those not ended yet, soonest
+/// start first.
+pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: bool) -> Result<Page<SaleRow>, DbErr> {
+    let (filter, order) = if current { ("WHERE s.end_at > now()", "s.start_at ASC") } else { ("", "s.start_at DESC") };
     let items = SaleRow::find_by_statement(stmt(
         &format!(
-            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id \
-             ORDER BY s.start_at DESC, s.id LIMIT $1 OFFSET $2"
+            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id {filter} \
+             ORDER BY {order}, s.id LIMIT $1 OFFSET $2"
         ),
         [(limit as i64).into(), (offset as i64).into()],
     ))
     .all(db)
     .await?;
-    let total = count(db, "SELECT count(*) AS count FROM sales", []).await?;
+    let total = count(db, &format!("SELECT count(*) AS count FROM sales s {filter}"), []).await?;
     Ok(Page { items, total: total as u64 })
-}
-
-/// Sales whose window is open or ahead, for the demo page and `seed`.
-pub async fn current(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<SaleRow>, DbErr> {
-    SaleRow::find_by_statement(stmt(
-        &format!(
-            "SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id \
-             WHERE s.end_at > now() ORDER BY s.start_at LIMIT $1"
-        ),
-        [(limit as i64).into()],
-    ))
-    .all(db)
-    .await
 }
 
 /// Units each buyer holds (pending or paid orders).

@@ -57,7 +57,8 @@ redis.call('HSET', state, 'price', ARGV[2], 'leader', user, 'seq', seq, 'end', f
 -- an accepted bid survives a broker outage.
 redis.call('XADD', bids, '*', 'seq', seq, 'user', user, 'amount', ARGV[2], 'end', fmt('%d', ends), 'at', fmt('%d', now))
 redis.call('PUBLISH', ARGV[5], cjson.encode({
-  t = 'bid', a = ARGV[6], p = ARGV[2], l = user, s = seq, e = fmt('%d', ends)
+  t = 'bid', a = ARGV[6], p = ARGV[2], l = user, s = seq, e = fmt('%d', ends),
+  n = fmt('%d', amount + tonumber(s[6]))     -- the next acceptable bid
 }))
 if ARGV[3] == '1' then
   redis.call('SET', idem, fmt('%d %d %s', seq, ends, ARGV[2]), 'PX', ARGV[4])
