@@ -23,6 +23,10 @@ use repo::cache::Keys;
 use repo::cache::sales::{self, Snapshot};
 use uuid::Uuid;
 
+/// The same allocator as spike-server, so the ceilings compare like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

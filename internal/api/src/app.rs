@@ -126,7 +126,7 @@ pub fn probes(services: &Services) -> impl Endpoint + use<> {
         .at("/healthz", get(health::healthz))
         .at("/readyz", get(health::readyz))
         .at("/metrics", get(health::metrics))
-        .data(services.clone());
+        .data(Arc::new(services.clone()));
     probes.around(|ep, mut req| async move {
         req.set_data(middleware::RequestId(uuid::Uuid::now_v7().to_string()));
         ep.call(req).await.map(poem::IntoResponse::into_response)
@@ -156,6 +156,7 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
     let auth_context = Arc::new(AuthContext { jwt: services.auth.jwt().clone(), limits: limits.clone() });
     let policy = HttpPolicy {
         limits,
+        sold_out: services.sales.flags().clone(),
         timeout: Duration::from_millis(settings.http.request_timeout_ms),
         body_limit: settings.http.body_limit_bytes,
         cors_origins: settings.http.cors_origins.clone(),
@@ -172,6 +173,6 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
         .at("/static/app.js", get(page::script))
         .at("/static/style.css", get(page::style))
         .data(auth_context)
-        .data(services.clone());
+        .data(Arc::new(services.clone()));
     middleware::wrap(routes, policy)
 }

@@ -8,7 +8,7 @@
 
 use poem::http::StatusCode;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 use service::Error;
 
@@ -53,8 +53,9 @@ codes! {
     INTERNAL = (1700, INTERNAL_SERVER_ERROR);
 }
 
-/// The body of every error response.
-#[derive(Debug, Clone, Object)]
+/// The body of every error response. Serialized with serde directly (not through
+/// poem-openapi's JSON values): an error is the common answer of a busy sale.
+#[derive(Debug, Clone, Object, serde::Serialize)]
 pub struct ErrorBody {
     /// Stable non-zero number of the error (docs/errors.md).
     pub code: i32,
@@ -66,9 +67,11 @@ pub struct ErrorBody {
     pub request_id: String,
     /// The input that was wrong, for `INVALID_REQUEST`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// Facts that help the client retry, e.g. the current price for `BID_TOO_LOW`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
 }
 
@@ -129,7 +132,7 @@ impl ApiError {
         let mut response = poem::Response::builder()
             .status(self.code.status)
             .content_type("application/json; charset=utf-8")
-            .body(self.body(request_id).to_json_string());
+            .body(serde_json::to_vec(&self.body(request_id)).unwrap_or_default());
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert("retry-after", secs.into());
         }

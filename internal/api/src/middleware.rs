@@ -1,13 +1,17 @@
 //! The HTTP pipeline around every route, outermost first:
 //!
-//! 1. CORS (from `http.cors_origins`);
-//! 2. the request context: takes or makes the `X-Request-Id`, opens the request's tracing
-//!    span, turns every error (ours, poem's, poem-openapi's, a caught panic) into the error
-//!    envelope, echoes the request id, and records the request metrics;
-//! 3. the per-IP rate limit;
-//! 4. the request timeout;
-//! 5. panic catching;
-//! 6. the body size limit (a declared `Content-Length` above it is refused here; a chunked
+//! 1. the request context: takes or makes the `X-Request-Id`, opens the request's tracing
+//!    span, echoes the request id, and records the request metrics;
+//! 2. CORS (from `http.cors_origins`);
+//! 3. the error envelope: every error from inside (ours, poem's, poem-openapi's, a caught
+//!    panic) becomes `{"code","error","message","request_id"}`;
+//! 4. the per-IP rate limit;
+//! 5. the sold-out gate: a purchase of a sale this instance knows is sold out is refused
+//!    here, before authentication and body parsing — after a sell-out nearly every request
+//!    is one of these, and they all get the same answer;
+//! 6. the request timeout;
+//! 7. panic catching;
+//! 8. the body size limit (a declared `Content-Length` above it is refused here; a chunked
 //!    body is cut off by [`crate::envelope::JsonBody`] while it is read).
 
 use std::any::Any;
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use poem::PathPattern;
 use poem::error::{MethodNotAllowedError, NotFoundError};
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::{HeaderValue, Method, StatusCode};
 use poem::middleware::{CatchPanic, Cors};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::error::{
@@ -28,6 +32,7 @@ use uuid::Uuid;
 
 use crate::error::{self, ApiError};
 use crate::rate_limit::Limits;
+use service::sales::SoldOutFlags;
 
 /// The request id of the current request, as request data.
 #[derive(Debug, Clone)]
@@ -36,6 +41,9 @@ pub struct RequestId(pub String);
 /// Settings the pipeline needs.
 pub struct HttpPolicy {
     pub limits: Arc<Limits>,
+    /// Sales this instance knows are sold out: purchases of them are refused before any
+    /// other work (see [`wrap`]).
+    pub sold_out: Arc<SoldOutFlags>,
     pub timeout: Duration,
     pub body_limit: usize,
     pub cors_origins: Vec<String>,
@@ -56,15 +64,13 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
     let trust_forwarded_for = policy.trust_forwarded_for;
     let timeout = policy.timeout;
     let body_limit = policy.body_limit;
+    let sold_out = policy.sold_out.clone();
     routes
         .around(move |ep, mut req| async move {
             let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
             if declared.is_some_and(|length| length > body_limit) {
-                return Err(ApiError::new(
-                    error::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {body_limit} bytes"),
-                )
-                .into());
+                let message = format!("the request body is larger than {body_limit} bytes");
+                return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, message).into());
             }
             req.set_data(BodyLimit(body_limit));
             ep.call(req).await.map(IntoResponse::into_response)
@@ -77,6 +83,18 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
             }
         })
         .around(move |ep, req| {
+            let sold_out = sold_out.clone();
+            async move {
+                if let Some(sale_id) = purchase_of(&req)
+                    && sold_out.is_sold_out(sale_id)
+                {
+                    metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
+                    return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
+                }
+                ep.call(req).await.map(IntoResponse::into_response)
+            }
+        })
+        .around(move |ep, req| {
             let limits = limits.clone();
             async move {
                 if let Some(ip) = client_ip(&req, trust_forwarded_for) {
@@ -85,10 +103,18 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
                 ep.call(req).await.map(IntoResponse::into_response)
             }
         })
-        .around(request_context)
-        // Outermost: poem's CORS layer turns an error it sees into a plain-text response, so it
-        // must only ever see the envelope responses `request_context` already made.
+        .around(envelope_errors)
         .with(cors(&policy.cors_origins))
+        .around(request_context)
+}
+
+/// The sale id of `POST /api/v1/sales/{id}/purchase`, if this is one.
+fn purchase_of(req: &Request) -> Option<Uuid> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    let path = req.uri().path();
+    path.strip_prefix("/api/v1/sales/")?.strip_suffix("/purchase")?.parse().ok()
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -130,6 +156,31 @@ fn accepted_request_id(value: &str) -> bool {
     !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Turns every error from inside (ours, poem's, poem-openapi's, a caught panic) into the
+/// error envelope, with the request id, before the CORS layer sees it: poem's CORS turns an
+/// error into a plain-text response.
+async fn envelope_errors<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let request_id = req.data::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+    match ep.call(req).await.map(IntoResponse::into_response) {
+        Ok(response) if response.data::<Panicked>().is_some() => {
+            let mut enveloped = ApiError::new(error::INTERNAL, "internal error").to_response(&request_id.0);
+            if let Some(pattern) = response.data::<PathPattern>() {
+                enveloped.set_data(pattern.clone());
+            }
+            Ok(enveloped)
+        }
+        Ok(response) => Ok(response),
+        Err(err) => {
+            let pattern = err.data::<PathPattern>().cloned();
+            let mut response = to_api_error(err).to_response(&request_id.0);
+            if let Some(pattern) = pattern {
+                response.set_data(pattern);
+            }
+            Ok(response)
+        }
+    }
+}
+
 async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let request_id = req
         .header("x-request-id")
@@ -144,17 +195,12 @@ async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Res
     let (mut response, route) = match ep.call(req).instrument(span.clone()).await.map(IntoResponse::into_response) {
         Ok(response) => {
             let route = response.data::<PathPattern>().map(|p| p.0.to_string());
-            let response = if response.data::<Panicked>().is_some() {
-                ApiError::new(error::INTERNAL, "internal error").to_response(&request_id)
-            } else {
-                response
-            };
             (response, route)
         }
+        // Only the CORS layer can still fail (an origin it does not allow).
         Err(err) => {
-            let route = err.data::<PathPattern>().map(|p| p.0.to_string());
             let _entered = span.enter();
-            (to_api_error(err).to_response(&request_id), route)
+            (to_api_error(err).to_response(&request_id), None)
         }
     };
 

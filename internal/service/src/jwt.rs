@@ -3,13 +3,21 @@
 //! The algorithm is pinned to HS256 on decode, so a token that claims `alg: none` or an
 //! asymmetric algorithm is refused before its signature is even looked at; expiry is
 //! checked with no leeway.
+//!
+//! Verified tokens are remembered (keyed by the whole token, until their `exp`): a shopper
+//! sends the same token with every request for 15 minutes, and decoding and checking a JWT
+//! was the largest single cost of a purchase request in the profile (docs/benchmarks.md).
+//! Remembering changes nothing a token can do: access tokens are stateless and are never
+//! revoked before they expire, and any change to a token makes it a different key.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use domain::Role;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use platform::config::JwtSettings;
+use quick_cache::sync::Cache;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -53,7 +61,11 @@ pub struct JwtKeys {
     validation: Validation,
     issuer: String,
     pub access_ttl: Duration,
+    verified: Arc<Cache<String, (Caller, i64)>>,
 }
+
+/// Tokens remembered at most; beyond that the cache evicts the least useful ones.
+const VERIFIED_TOKENS: usize = 100_000;
 
 impl JwtKeys {
     pub fn new(settings: &JwtSettings) -> Self {
@@ -68,6 +80,7 @@ impl JwtKeys {
             validation,
             issuer: settings.issuer.clone(),
             access_ttl: Duration::from_secs(settings.access_ttl_secs),
+            verified: Arc::new(Cache::new(VERIFIED_TOKENS)),
         }
     }
 
@@ -90,9 +103,17 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller> {
+        let now = Utc::now().timestamp();
+        if let Some((caller, exp)) = self.verified.get(token)
+            && now < exp
+        {
+            return Ok(caller);
+        }
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| Error::Unauthenticated)?;
         let role = data.claims.role.parse().map_err(|_| Error::Unauthenticated)?;
-        Ok(Caller { user_id: data.claims.sub, role })
+        let caller = Caller { user_id: data.claims.sub, role };
+        self.verified.insert(token.to_owned(), (caller, data.claims.exp));
+        Ok(caller)
     }
 }
 
@@ -135,6 +156,16 @@ mod tests {
             Claims { sub: Uuid::now_v7(), role: "user".into(), iat: now - 120, exp: now - 1, iss: "spike".into() };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let keys = keys(SECRET);
+        let token = keys.issue_for(Uuid::now_v7(), Role::User, Duration::from_secs(1)).unwrap();
+        assert!(keys.verify(&token).is_ok());
+        assert!(keys.verify(&token).is_ok(), "from the cache");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(matches!(keys.verify(&token), Err(Error::Unauthenticated)));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! under light load a batch of one (no added latency), under a burst hundreds per confirm.
 //! Every reservation keeps its own outcome: the consumer confirms or fails each one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +112,12 @@ impl PublisherTask {
                 }
                 batch
             };
-            let confirmed = self.send(&batch).await;
+            let reservations: Vec<Reservation> = batch.iter().map(|p| p.reservation.clone()).collect();
+            // The "queued" statuses are written while the broker confirms, not after: a buyer
+            // who polls right after the 202 finds one, and nobody waits for two round trips.
+            // (If the publish fails, the undo overwrites them with "failed".)
+            let (confirmed, ()) =
+                tokio::join!(self.send(&reservations, &batch[0].trace), self.mark_queued(&reservations));
             metrics::histogram!("reservation_batch_size").record(batch.len() as f64);
             for pending in batch {
                 let _ = pending.done.send(confirmed);
@@ -120,24 +125,26 @@ impl PublisherTask {
         }
     }
 
-    async fn send(&self, batch: &[Pending]) -> bool {
-        let reservations: Vec<Reservation> = batch.iter().map(|p| p.reservation.clone()).collect();
+    async fn send(&self, reservations: &[Reservation], trace: &HashMap<String, String>) -> bool {
         let message = Message {
             exchange: self.exchange.clone(),
             routing_key: SALE_RESERVE.key.to_owned(),
-            body: serde_json::to_vec(&ReservationBatch { reservations }).unwrap_or_default(),
-            headers: batch[0].trace.clone(),
-            message_id: Some(batch[0].reservation.id.to_string()),
+            body: serde_json::to_vec(&ReservationBatch { reservations: reservations.to_vec() }).unwrap_or_default(),
+            headers: trace.clone(),
+            message_id: Some(reservations[0].id.to_string()),
             mandatory: true,
         };
         if let Err(err) = self.publisher.publish_all(&[message]).await {
-            tracing::warn!(error = %err, reservations = batch.len(), "reservation publish not confirmed");
+            tracing::warn!(error = %err, reservations = reservations.len(), "reservation publish not confirmed");
             return false;
         }
-        // Tell pollers "queued". NX: the consumer may have answered "confirmed" already.
+        true
+    }
+
+    /// Tells pollers "queued". NX: the consumer may have answered "confirmed" already.
+    async fn mark_queued(&self, reservations: &[Reservation]) {
         let mut pipe = redis::pipe();
-        for pending in batch {
-            let r = &pending.reservation;
+        for r in reservations {
             let status = ReservationStatus {
                 id: r.id,
                 sale_id: r.sale_id,
@@ -158,7 +165,6 @@ impl PublisherTask {
         if let Err(err) = pipe.query_async::<()>(&mut self.redis.clone()).await {
             tracing::warn!(error = %err, "could not write queued reservation statuses");
         }
-        true
     }
 }
 
@@ -200,27 +206,40 @@ impl OrderConsumer {
         Self { db, redis, keys, status_ttl_secs }
     }
 
-    /// One message: its reservations, sale by sale. Acked only when every sale's
-    /// transaction committed and Redis was told; a failure retries the whole message,
-    /// which is safe because outcomes already recorded are re-applied, not redone.
-    pub async fn handle(&self, delivery: Delivery) -> Outcome {
-        let batch: ReservationBatch = match serde_json::from_slice(&delivery.body) {
-            Ok(batch) => batch,
-            Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable reservation batch: {err}")),
-        };
-        let mut by_sale: BTreeMap<Uuid, Vec<Reservation>> = BTreeMap::new();
-        for reservation in batch.reservations {
-            by_sale.entry(reservation.sale_id).or_default().push(reservation);
-        }
-        for (sale_id, group) in by_sale {
-            if let Err(err) = self.process(sale_id, &group).await {
-                if delivery.last_attempt {
-                    self.give_up(sale_id, &group).await;
+    /// The messages that have arrived (up to the prefetch), their reservations sale by
+    /// sale: one transaction per sale for all of them, however many messages they came in.
+    /// A message is acked when every sale it touches committed and Redis was told; a failed
+    /// sale retries the messages that carry it, which is safe because outcomes already
+    /// recorded are re-applied, not redone.
+    pub async fn handle(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = deliveries.iter().map(|_| None).collect();
+        let mut by_sale: BTreeMap<Uuid, Vec<(usize, Reservation)>> = BTreeMap::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match serde_json::from_slice::<ReservationBatch>(&delivery.body) {
+                Ok(batch) => {
+                    for reservation in batch.reservations {
+                        by_sale.entry(reservation.sale_id).or_default().push((index, reservation));
+                    }
                 }
-                return Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}"));
+                Err(err) => {
+                    outcomes[index] = Some(Outcome::Dead(anyhow::anyhow!("unreadable reservation batch: {err}")))
+                }
             }
         }
-        Outcome::Ack
+        for (sale_id, group) in by_sale {
+            let reservations: Vec<Reservation> = group.iter().map(|(_, r)| r.clone()).collect();
+            let Err(err) = self.process(sale_id, &reservations).await else { continue };
+            let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
+            for index in failed {
+                if deliveries[index].last_attempt {
+                    let own: Vec<Reservation> =
+                        group.iter().filter(|(i, _)| *i == index).map(|(_, r)| r.clone()).collect();
+                    self.give_up(sale_id, &own).await;
+                }
+                outcomes[index] = Some(Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")));
+            }
+        }
+        outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
     }
 
     #[tracing::instrument(skip_all, fields(%sale_id, reservations = group.len()))]

@@ -45,20 +45,22 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         },
     ));
 
-    // Two order consumers: while one commits a batch, the other reads the next message.
-    // They serialize on the sale's row lock when they hold the same sale, which is right.
+    // Two order consumers, each taking every message that has arrived (up to the
+    // prefetch) into one transaction per sale: while one commits, the other gathers. They
+    // serialize on the sale's row lock when they hold the same sale, which is right.
+    let intake = consumer::Intake { prefetch: settings.amqp.prefetch, batch: usize::from(settings.amqp.prefetch) };
     for _ in 0..2 {
         let consumer = services.order_consumer.clone();
-        tasks.spawn(consumer::run(
+        tasks.spawn(consumer::run_batches(
             deps.broker.clone(),
             deps.topology(),
             SALE_RESERVE,
-            settings.amqp.prefetch,
+            intake,
             deps.confirm_timeout(),
             stop.clone(),
-            move |delivery| {
+            move |deliveries| {
                 let consumer = consumer.clone();
-                async move { consumer.handle(delivery).await }
+                async move { consumer.handle(deliveries).await }
             },
         ));
     }

@@ -1,6 +1,8 @@
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`: plain poem handlers outside the
 //! OpenAPI prefix, for probes and scrapers.
 
+use std::sync::Arc;
+
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{IntoResponse, Response, handler};
@@ -17,7 +19,7 @@ pub fn healthz() -> Response {
 
 /// 200 when Postgres, Redis and RabbitMQ all answer; otherwise 503 naming the failing ones.
 #[handler]
-pub async fn readyz(services: Data<&Services>, request_id: Data<&RequestId>) -> Response {
+pub async fn readyz(services: Data<&Arc<Services>>, request_id: Data<&RequestId>) -> Response {
     let checks = service::health::readiness(&services.deps).await;
     let details: serde_json::Map<String, serde_json::Value> =
         checks.iter().map(|c| (c.service.to_owned(), json!(c.problem.as_deref().unwrap_or("ok")))).collect();
@@ -34,8 +36,8 @@ pub async fn readyz(services: Data<&Services>, request_id: Data<&RequestId>) -> 
 /// Prometheus text format: request counts and latency histograms by route and status,
 /// connection pool gauges, and the pipeline's own counters.
 #[handler]
-pub fn metrics(services: Data<&Services>) -> Response {
-    service::metrics::record_gauges(services.0);
+pub fn metrics(services: Data<&Arc<Services>>) -> Response {
+    service::metrics::record_gauges(services.0.as_ref());
     Response::builder().content_type("text/plain; version=0.0.4").body(platform::metrics::handle().render())
 }
 

@@ -118,6 +118,7 @@ fn policy(timeout: Duration) -> HttpPolicy {
         RateLimitSettings { enabled: false, ip_per_sec: 1, ip_burst: 1, user_per_sec: 1, user_burst: 1, idle_secs: 60 };
     HttpPolicy {
         limits: Arc::new(Limits::new(&limits)),
+        sold_out: Arc::new(service::sales::SoldOutFlags::new(Duration::from_secs(1))),
         timeout,
         body_limit: 1024,
         cors_origins: vec!["*".into()],

@@ -313,6 +313,9 @@ async fn an_unpaid_sale_order_closes_and_the_buyer_may_buy_again() {
     // Sold out: the flag is set (and trusted for a minute) ...
     buy(&app, &late, &sale, 1).await.error(409, "SOLD_OUT", None);
     buy(&app, &shopper, &sale, 1).await.error(409, "SOLD_OUT", None);
+    // ... and refuses purchases before anything else, even unauthenticated ones.
+    let anonymous = app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), None).await;
+    anonymous.error(409, "SOLD_OUT", None);
 
     app.eventually(15, "the unpaid order closes", || async { app.order_status(&shopper, &order).await == "closed" })
         .await;

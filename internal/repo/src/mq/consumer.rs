@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use platform::Broker;
@@ -46,8 +46,18 @@ pub enum Outcome {
 pub const ATTEMPT_HEADER: &str = "x-attempt";
 pub const ERROR_HEADER: &str = "x-last-error";
 
-/// Consumes `route`'s queue until `stop` fires, one delivery at a time per call. Run it
-/// several times for parallel consumers.
+/// How a consumer takes its deliveries.
+#[derive(Debug, Clone, Copy)]
+pub struct Intake {
+    /// Unacknowledged deliveries the broker may push ahead (basic.qos).
+    pub prefetch: u16,
+    /// Deliveries handed to the handler at once: whatever has already arrived, up to this
+    /// many (1: one at a time).
+    pub batch: usize,
+}
+
+/// Consumes `route`'s queue until `stop` fires, one delivery at a time. Run it several
+/// times for parallel consumers.
 pub async fn run<H, Fut>(
     broker: Arc<Broker>,
     topology: Topology,
@@ -60,10 +70,34 @@ pub async fn run<H, Fut>(
     H: Fn(Delivery) -> Fut + Send + Sync,
     Fut: Future<Output = Outcome> + Send,
 {
+    let handler = &handler;
+    let one_at_a_time = move |mut deliveries: Vec<Delivery>| async move {
+        let delivery = deliveries.pop().expect("a batch of one");
+        vec![handler(delivery).await]
+    };
+    run_batches(broker, topology, route, Intake { prefetch, batch: 1 }, confirm_timeout, stop, one_at_a_time).await
+}
+
+/// Consumes `route`'s queue until `stop` fires, handing the handler every delivery that
+/// has arrived (up to `intake.batch`) at once; the handler answers one outcome per
+/// delivery, in order. A consumer that writes to a database can then commit many messages
+/// in one transaction.
+pub async fn run_batches<H, Fut>(
+    broker: Arc<Broker>,
+    topology: Topology,
+    route: Route,
+    intake: Intake,
+    confirm_timeout: Duration,
+    stop: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Vec<Delivery>) -> Fut + Send + Sync,
+    Fut: Future<Output = Vec<Outcome>> + Send,
+{
     let publisher = ConfirmPublisher::new(broker.clone(), confirm_timeout);
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&broker, &topology, route, prefetch, &publisher, &stop, &handler).await {
+        match session(&broker, &topology, route, intake, &publisher, &stop, &handler).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(queue = route.queue, error = %err, "consumer lost its channel; reconnecting in {backoff:?}");
@@ -81,17 +115,17 @@ async fn session<H, Fut>(
     broker: &Broker,
     topology: &Topology,
     route: Route,
-    prefetch: u16,
+    intake: Intake,
     publisher: &ConfirmPublisher,
     stop: &CancellationToken,
     handler: &H,
 ) -> Result<(), lapin::Error>
 where
-    H: Fn(Delivery) -> Fut + Send + Sync,
-    Fut: Future<Output = Outcome> + Send,
+    H: Fn(Vec<Delivery>) -> Fut + Send + Sync,
+    Fut: Future<Output = Vec<Outcome>> + Send,
 {
     let channel = broker.channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
     let tag = format!("spike-{}-{}", route.queue, uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
@@ -110,54 +144,85 @@ where
             }
             next = consumer.next() => next,
         };
-        let Some(delivery) = next else {
+        let Some(first) = next else {
             return Err(lapin::Error::from(std::io::Error::other("the consumer was cancelled by the broker")));
         };
-        let delivery = delivery?;
-        let headers = header_map(&delivery.properties);
-        let attempt = headers.get(ATTEMPT_HEADER).and_then(|a| a.parse().ok()).unwrap_or(1u32);
-        let last_attempt = attempt as usize > topology.retry_delays_ms.len();
-        let span = tracing::info_span!("consume", queue = route.queue, attempt);
-        platform::telemetry::adopt_trace_headers(&span, &headers);
-        let input = Delivery { body: delivery.data.clone(), headers: headers.clone(), attempt, last_attempt };
-        let outcome = handler(input).instrument(span.clone()).await;
-        let label = match &outcome {
-            Outcome::Ack => "ack",
-            Outcome::Retry(_) if !last_attempt => "retry",
-            _ => "dead",
-        };
-        let forward = match outcome {
-            Outcome::Ack => None,
-            Outcome::Retry(err) if !last_attempt => {
-                let delay = topology.retry_delays_ms[attempt as usize - 1];
-                span.in_scope(|| tracing::warn!(error = %format!("{err:#}"), "retrying in {delay} ms"));
-                Some((topology.retry_queue(route, delay), err))
+        let mut received = vec![first?];
+        while received.len() < intake.batch {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(more))) => received.push(more),
+                Some(Some(Err(err))) => return Err(err),
+                _ => break,
             }
-            Outcome::Retry(err) | Outcome::Dead(err) => {
-                span.in_scope(|| tracing::error!(error = %format!("{err:#}"), "dead-lettered"));
-                Some((topology.dead_letters(route), err))
-            }
-        };
-        if let Some((queue, err)) = forward {
-            let mut headers = headers;
-            headers.insert(ATTEMPT_HEADER.into(), (attempt + 1).to_string());
-            headers.insert(ERROR_HEADER.into(), format!("{err:#}"));
-            let copy = Message {
-                exchange: String::new(),
-                routing_key: queue,
-                body: delivery.data.clone(),
-                headers,
-                message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
-                mandatory: true,
-            };
-            // Until the copy is confirmed the original stays unacknowledged: a failure here
-            // ends the session and the broker redelivers the original.
-            publisher
-                .publish_all(std::slice::from_ref(&copy))
-                .await
-                .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-        metrics::counter!("amqp_consumed_total", "queue" => route.queue, "outcome" => label).increment(1);
+        let inputs: Vec<Delivery> = received.iter().map(|d| delivery_of(d, topology)).collect();
+        let span = tracing::info_span!("consume", queue = route.queue, messages = inputs.len());
+        if let Some(first) = inputs.first() {
+            platform::telemetry::adopt_trace_headers(&span, &first.headers);
+        }
+        let outcomes = handler(inputs.clone()).instrument(span.clone()).await;
+        for ((delivery, input), outcome) in received.into_iter().zip(inputs).zip(outcomes) {
+            settle(topology, route, publisher, &span, delivery, input, outcome).await?;
+        }
     }
+}
+
+fn delivery_of(delivery: &lapin::message::Delivery, topology: &Topology) -> Delivery {
+    let headers = header_map(&delivery.properties);
+    let attempt = headers.get(ATTEMPT_HEADER).and_then(|a| a.parse().ok()).unwrap_or(1u32);
+    let last_attempt = attempt as usize > topology.retry_delays_ms.len();
+    Delivery { body: delivery.data.clone(), headers, attempt, last_attempt }
+}
+
+/// Acks a handled delivery, after sending a copy to its retry queue or its dead-letter
+/// queue when the outcome says so.
+async fn settle(
+    topology: &Topology,
+    route: Route,
+    publisher: &ConfirmPublisher,
+    span: &tracing::Span,
+    delivery: lapin::message::Delivery,
+    input: Delivery,
+    outcome: Outcome,
+) -> Result<(), lapin::Error> {
+    let (attempt, last_attempt) = (input.attempt, input.last_attempt);
+    let label = match &outcome {
+        Outcome::Ack => "ack",
+        Outcome::Retry(_) if !last_attempt => "retry",
+        _ => "dead",
+    };
+    let forward = match outcome {
+        Outcome::Ack => None,
+        Outcome::Retry(err) if !last_attempt => {
+            let delay = topology.retry_delays_ms[attempt as usize - 1];
+            span.in_scope(|| tracing::warn!(error = %format!("{err:#}"), "retrying in {delay} ms"));
+            Some((topology.retry_queue(route, delay), err))
+        }
+        Outcome::Retry(err) | Outcome::Dead(err) => {
+            span.in_scope(|| tracing::error!(error = %format!("{err:#}"), "dead-lettered"));
+            Some((topology.dead_letters(route), err))
+        }
+    };
+    if let Some((queue, err)) = forward {
+        let mut headers = input.headers;
+        headers.insert(ATTEMPT_HEADER.into(), (attempt + 1).to_string());
+        headers.insert(ERROR_HEADER.into(), format!("{err:#}"));
+        let copy = Message {
+            exchange: String::new(),
+            routing_key: queue,
+            body: input.body,
+            headers,
+            message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+            mandatory: true,
+        };
+        // Until the copy is confirmed the original stays unacknowledged: a failure here
+        // ends the session and the broker redelivers the original.
+        publisher
+            .publish_all(std::slice::from_ref(&copy))
+            .await
+            .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
+    }
+    delivery.ack(BasicAckOptions::default()).await?;
+    metrics::counter!("amqp_consumed_total", "queue" => route.queue, "outcome" => label).increment(1);
+    Ok(())
 }

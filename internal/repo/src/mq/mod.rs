@@ -6,6 +6,6 @@ pub mod messages;
 pub mod publisher;
 pub mod topology;
 
-pub use consumer::{Delivery, Outcome};
+pub use consumer::{Delivery, Intake, Outcome};
 pub use publisher::{ConfirmPublisher, Message, PublishError};
 pub use topology::{Route, Topology};
