@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
-use crate::orders::{announce, schedule_close};
+use crate::orders::announce_and_schedule_close;
 use crate::singleflight::SingleFlight;
 
 #[derive(Debug, Clone)]
@@ -322,8 +322,7 @@ impl AuctionService {
             };
             orders::insert(&txn, &[order]).await?;
             auctions::set_order(&txn, id, order_id).await?;
-            schedule_close(&txn, &[order_id], timeout_ms).await?;
-            announce(&txn, OrderKind::Auction, vec![order_id]).await?;
+            announce_and_schedule_close(&txn, OrderKind::Auction, &[order_id], timeout_ms).await?;
             tracing::info!(auction_id = %id, %winner, %price, "auction sold");
         }
         txn.commit().await?;

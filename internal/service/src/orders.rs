@@ -155,21 +155,17 @@ impl OrderService {
             .iter()
             .fold(Money::ZERO, |sum, line| sum.plus(Money::from_decimal(line.unit_price).times(line.quantity as u32)));
         let id = Uuid::now_v7();
-        let rows = orders::insert(
-            txn,
-            &[NewOrder {
-                id,
-                user_id,
-                kind: OrderKind::Standard.as_str(),
-                total: total.decimal(),
-                payment_timeout_ms: self.payment_timeout_ms,
-                lines: taken,
-            }],
-        )
-        .await?;
-        schedule_close(txn, &[id], self.payment_timeout_ms).await?;
-        announce(txn, OrderKind::Standard, vec![id]).await?;
-        let row = rows.into_iter().next().ok_or(Error::Internal(anyhow::anyhow!("insert returned no row")))?;
+        let order = NewOrder {
+            id,
+            user_id,
+            kind: OrderKind::Standard.as_str(),
+            total: total.decimal(),
+            payment_timeout_ms: self.payment_timeout_ms,
+            lines: taken,
+        };
+        orders::insert(txn, &[order]).await?;
+        announce_and_schedule_close(txn, OrderKind::Standard, &[id], self.payment_timeout_ms).await?;
+        let row = orders::find(txn, id).await?.ok_or(Error::Internal(anyhow::anyhow!("the new order is missing")))?;
         let items = orders::items_of(txn, vec![id]).await?;
         Ok(OrderView::new(row, items))
     }
@@ -374,18 +370,33 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
     Ok(())
 }
 
-/// The close message for orders created together, delivered when their payment window
-/// ends (through the delay queue for that window).
-pub async fn schedule_close(db: &impl ConnectionTrait, order_ids: &[Uuid], delay_ms: i64) -> Result<()> {
-    let payload = CloseOrders { order_ids: order_ids.to_vec() };
-    outbox::enqueue(db, Outgoing { routing_key: ORDER_CLOSE.key, payload: &payload, delay_ms: Some(delay_ms) }).await?;
-    Ok(())
-}
-
-/// The `order.created` event for integrations.
-pub async fn announce(db: &impl ConnectionTrait, kind: OrderKind, order_ids: Vec<Uuid>) -> Result<()> {
-    let payload = OrdersCreated { kind: kind.as_str().to_owned(), order_ids };
-    outbox::enqueue(db, Outgoing { routing_key: ORDER_CREATED, payload: &payload, delay_ms: None }).await?;
+/// The outbox messages every new batch of orders needs, in one INSERT: the close message
+/// for their payment window (delivered through the delay queue for that window) and the
+/// `order.created` event for integrations.
+pub async fn announce_and_schedule_close(
+    db: &impl ConnectionTrait,
+    kind: OrderKind,
+    order_ids: &[Uuid],
+    payment_timeout_ms: i64,
+) -> Result<()> {
+    let close = CloseOrders { order_ids: order_ids.to_vec() };
+    let created = OrdersCreated { kind: kind.as_str().to_owned(), order_ids: order_ids.to_vec() };
+    outbox::enqueue_all(
+        db,
+        &[
+            Outgoing {
+                routing_key: ORDER_CLOSE.key,
+                payload: &serde_json::to_value(&close).map_err(|e| Error::Internal(e.into()))?,
+                delay_ms: Some(payment_timeout_ms),
+            },
+            Outgoing {
+                routing_key: ORDER_CREATED,
+                payload: &serde_json::to_value(&created).map_err(|e| Error::Internal(e.into()))?,
+                delay_ms: None,
+            },
+        ],
+    )
+    .await?;
     Ok(())
 }
 

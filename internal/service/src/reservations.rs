@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::orders::{announce, schedule_close};
+use crate::orders::announce_and_schedule_close;
 use crate::sales::{ReservationStatus, write_status};
 
 struct Pending {
@@ -265,7 +265,8 @@ impl OrderConsumer {
         let recorded: HashMap<Uuid, ReservationRow> =
             sales::reservations(&txn, &ids).await?.into_iter().map(|row| (row.id, row)).collect();
         let fresh: Vec<&Reservation> = group.iter().copied().filter(|r| !recorded.contains_key(&r.id)).collect();
-        let decisions = decide(&sale, &sales::buyers(&txn, sale_id).await?, &fresh);
+        let users: Vec<Uuid> = fresh.iter().map(|r| r.user_id).collect();
+        let decisions = decide(&sale, &sales::holdings(&txn, sale_id, users).await?, &fresh);
 
         let confirmed_units: i32 =
             decisions.iter().filter(|d| d.order_id.is_some()).map(|d| d.reservation.quantity).sum();
@@ -281,8 +282,8 @@ impl OrderConsumer {
         sales::insert_reservations(&txn, sale_id, version, &rows).await?;
         let order_ids: Vec<Uuid> = new_orders.iter().map(|o| o.id).collect();
         if !order_ids.is_empty() {
-            schedule_close(&txn, &order_ids, i64::from(sale.payment_timeout_secs) * 1000).await?;
-            announce(&txn, OrderKind::Sale, order_ids).await?;
+            let timeout_ms = i64::from(sale.payment_timeout_secs) * 1000;
+            announce_and_schedule_close(&txn, OrderKind::Sale, &order_ids, timeout_ms).await?;
         }
         txn.commit().await?;
 

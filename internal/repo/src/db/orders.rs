@@ -38,28 +38,17 @@ pub struct NewOrder {
     pub lines: Vec<NewLine>,
 }
 
-/// Inserts orders and their lines with two set-based statements, however many there are
-/// (the flash-sale consumer inserts hundreds per transaction).
-pub async fn insert(db: &impl ConnectionTrait, orders: &[NewOrder]) -> Result<Vec<OrderRow>, DbErr> {
+/// Inserts orders and their lines in one set-based statement, however many there are (the
+/// flash-sale consumer inserts hundreds per transaction).
+pub async fn insert(db: &impl ConnectionTrait, orders: &[NewOrder]) -> Result<(), DbErr> {
     if orders.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
     let users: Vec<Uuid> = orders.iter().map(|o| o.user_id).collect();
     let kinds: Vec<String> = orders.iter().map(|o| o.kind.to_owned()).collect();
     let totals: Vec<Decimal> = orders.iter().map(|o| o.total).collect();
     let timeouts: Vec<i64> = orders.iter().map(|o| o.payment_timeout_ms).collect();
-    let rows = OrderRow::find_by_statement(stmt(
-        "INSERT INTO orders (id, user_id, kind, status, total, expires_at) \
-         SELECT id, user_id, kind, 'pending_payment', total, now() + timeout_ms * interval '1 millisecond' \
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[]) \
-              AS o(id, user_id, kind, total, timeout_ms) \
-         RETURNING *",
-        [ids.into(), users.into(), kinds.into(), totals.into(), timeouts.into()],
-    ))
-    .all(db)
-    .await?;
-
     let mut order_ids = Vec::new();
     let mut line_numbers = Vec::new();
     let mut products = Vec::new();
@@ -78,16 +67,35 @@ pub async fn insert(db: &impl ConnectionTrait, orders: &[NewOrder]) -> Result<Ve
             prices.push(line.unit_price);
         }
     }
+    // One statement, one round trip: the orders in a data-modifying CTE, the lines in the
+    // main INSERT (the lines' foreign key is checked at the end of the statement).
     db.execute_raw(stmt(
-        "INSERT INTO order_items (order_id, line, product_id, title, quantity, unit_price) \
+        "WITH new_orders AS ( \
+             INSERT INTO orders (id, user_id, kind, status, total, expires_at) \
+             SELECT id, user_id, kind, 'pending_payment', total, now() + timeout_ms * interval '1 millisecond' \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::bigint[]) \
+                  AS o(id, user_id, kind, total, timeout_ms)) \
+         INSERT INTO order_items (order_id, line, product_id, title, quantity, unit_price) \
          SELECT order_id, line::smallint, NULLIF(product_id, '00000000-0000-0000-0000-000000000000'), \
                 title, quantity, unit_price \
-         FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::int[], $6::numeric[]) \
+         FROM unnest($6::uuid[], $7::int[], $8::uuid[], $9::text[], $10::int[], $11::numeric[]) \
               AS l(order_id, line, product_id, title, quantity, unit_price)",
-        [order_ids.into(), line_numbers.into(), products.into(), titles.into(), quantities.into(), prices.into()],
+        [
+            ids.into(),
+            users.into(),
+            kinds.into(),
+            totals.into(),
+            timeouts.into(),
+            order_ids.into(),
+            line_numbers.into(),
+            products.into(),
+            titles.into(),
+            quantities.into(),
+            prices.into(),
+        ],
     ))
-    .await?;
-    Ok(rows)
+    .await
+    .map(|_| ())
 }
 
 /// An order of this user; someone else's order is as invisible as a missing one.

@@ -35,6 +35,24 @@ pub async fn enqueue<T: Serialize>(db: &impl ConnectionTrait, message: Outgoing<
     .map(|_| ())
 }
 
+/// Writes several messages in one INSERT (one round trip), with the same trace context.
+pub async fn enqueue_all(db: &impl ConnectionTrait, messages: &[Outgoing<'_, Value>]) -> Result<(), DbErr> {
+    let headers = serde_json::to_value(platform::telemetry::current_trace_headers())
+        .map_err(|e| DbErr::Custom(format!("outbox headers: {e}")))?;
+    let keys: Vec<String> = messages.iter().map(|m| m.routing_key.to_owned()).collect();
+    let payloads: Vec<Value> = messages.iter().map(|m| m.payload.clone()).collect();
+    // A delay of 0 stands for "none" in the array (NULL cannot ride in a bigint[] from Rust).
+    let delays: Vec<i64> = messages.iter().map(|m| m.delay_ms.unwrap_or(0)).collect();
+    db.execute_raw(stmt(
+        "INSERT INTO outbox (routing_key, payload, headers, delay_ms) \
+         SELECT routing_key, payload, $4, NULLIF(delay_ms, 0) \
+         FROM unnest($1::text[], $2::jsonb[], $3::bigint[]) AS m(routing_key, payload, delay_ms)",
+        [keys.into(), payloads.into(), delays.into(), headers.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct PendingRow {
     pub id: i64,

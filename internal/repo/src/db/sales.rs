@@ -138,6 +138,22 @@ pub async fn buyers(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<(Uui
     Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
 }
 
+/// Units held by these buyers (the order consumer needs only the buyers of its batch).
+pub async fn holdings(db: &impl ConnectionTrait, sale_id: Uuid, users: Vec<Uuid>) -> Result<Vec<(Uuid, i32)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Buyer {
+        user_id: Uuid,
+        quantity: i32,
+    }
+    let rows = Buyer::find_by_statement(stmt(
+        "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND user_id = ANY($2)",
+        [sale_id.into(), users.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
+}
+
 /// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
 /// CHECK constraint on the column is the last wall: Postgres never oversells.
 pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
