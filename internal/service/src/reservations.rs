@@ -78,12 +78,15 @@ impl ReservationPublisher {
 
     /// True once the broker confirmed the message carrying this reservation.
     pub async fn publish(&self, reservation: Reservation) -> bool {
+        let started = std::time::Instant::now();
         let (done, confirmed) = oneshot::channel();
         let pending = Pending { reservation, trace: platform::telemetry::current_trace_headers(), done };
         if self.queue.send(pending).await.is_err() {
             return false;
         }
-        matches!(tokio::time::timeout(self.wait, confirmed).await, Ok(Ok(true)))
+        let confirmed = matches!(tokio::time::timeout(self.wait, confirmed).await, Ok(Ok(true)));
+        metrics::histogram!("reservation_publish_seconds").record(started.elapsed().as_secs_f64());
+        confirmed
     }
 }
 
@@ -134,7 +137,10 @@ impl PublisherTask {
             message_id: Some(reservations[0].id.to_string()),
             mandatory: true,
         };
-        if let Err(err) = self.publisher.publish_all(&[message]).await {
+        let started = std::time::Instant::now();
+        let published = self.publisher.publish_all(&[message]).await;
+        metrics::histogram!("reservation_confirm_seconds").record(started.elapsed().as_secs_f64());
+        if let Err(err) = published {
             tracing::warn!(error = %err, reservations = reservations.len(), "reservation publish not confirmed");
             return false;
         }

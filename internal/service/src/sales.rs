@@ -227,7 +227,9 @@ impl SaleService {
         let keys = self.keys.sale(sale_id);
         let ttl_ms = self.settings.reservation_status_ttl_secs * 1000;
         let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
         let mut answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
+        metrics::histogram!("reserve_script_seconds").record(started.elapsed().as_secs_f64());
         if answer == Reserve::Missing {
             self.rebuild(sale_id).await?;
             answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
