@@ -9,10 +9,10 @@
 //! 5. the sold-out gate: a purchase of a sale this instance knows is sold out is refused
 //!    here, before authentication and body parsing — after a sell-out nearly every request
 //!    is one of these, and they all get the same answer;
-//! 6. the request timeout;
-//! 7. panic catching;
-//! 8. the body size limit (a declared `Content-Length` above it is refused here; a chunked
-//!    body is cut off by [`crate::envelope::JsonBody`] while it is read).
+//! 6. the body size limit (a declared `Content-Length` above it is refused here; a chunked
+//!    body is cut off by [`crate::envelope::JsonBody`] while it is read);
+//! 7. the request timeout;
+//! 8. panic catching.
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -60,52 +60,38 @@ pub struct BodyLimit(pub usize);
 struct Panicked;
 
 pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoint {
-    let limits = policy.limits.clone();
-    let trust_forwarded_for = policy.trust_forwarded_for;
-    let timeout = policy.timeout;
-    let body_limit = policy.body_limit;
-    let sold_out = policy.sold_out.clone();
+    let cors = cors(&policy.cors_origins);
+    let policy = Arc::new(policy);
     routes
-        .around(move |ep, mut req| async move {
-            let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
-            if declared.is_some_and(|length| length > body_limit) {
-                let message = format!("the request body is larger than {body_limit} bytes");
-                return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, message).into());
-            }
-            req.set_data(BodyLimit(body_limit));
-            ep.call(req).await.map(IntoResponse::into_response)
-        })
         .with(CatchPanic::new().with_handler(on_panic))
-        .around(move |ep, req| async move {
-            match tokio::time::timeout(timeout, ep.call(req)).await {
-                Ok(result) => result.map(IntoResponse::into_response),
-                Err(_) => Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into()),
-            }
-        })
-        .around(move |ep, req| {
-            let sold_out = sold_out.clone();
-            async move {
-                if let Some(sale_id) = purchase_of(&req)
-                    && sold_out.is_sold_out(sale_id)
-                {
-                    metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
-                    return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
-                }
-                ep.call(req).await.map(IntoResponse::into_response)
-            }
-        })
-        .around(move |ep, req| {
-            let limits = limits.clone();
-            async move {
-                if let Some(ip) = client_ip(&req, trust_forwarded_for) {
-                    limits.check_ip(ip)?;
-                }
-                ep.call(req).await.map(IntoResponse::into_response)
-            }
-        })
+        .around(move |ep, req| guard(policy.clone(), ep, req))
         .around(envelope_errors)
-        .with(cors(&policy.cors_origins))
+        .with(cors)
         .around(request_context)
+}
+
+/// Steps 4 to 7 in one layer (each layer adds to every request's
+/// cost): the per-IP limit, the sold-out gate, the declared body size, the timeout.
+async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
+        policy.limits.check_ip(ip)?;
+    }
+    if let Some(sale_id) = purchase_of(&req)
+        && policy.sold_out.is_sold_out(sale_id)
+    {
+        metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
+        return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
+    }
+    let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > policy.body_limit) {
+        let message = format!("the request body is larger than {} bytes", policy.body_limit);
+        return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, message).into());
+    }
+    req.set_data(BodyLimit(policy.body_limit));
+    match tokio::time::timeout(policy.timeout, ep.call(req)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) => Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into()),
+    }
 }
 
 /// The sale id of `POST /api/v1/sales/{id}/purchase`, if this is one.

@@ -116,6 +116,9 @@ pub struct AmqpSettings {
     pub url: SecretString,
     pub prefix: String,
     pub prefetch: u16,
+    /// Unacknowledged deliveries per order consumer; all that have arrived go into one
+    /// transaction per sale.
+    pub order_prefetch: u16,
     pub confirm_timeout_ms: u64,
     pub publishers: usize,
     pub max_batch: usize,
@@ -267,6 +270,7 @@ impl Settings {
             }
         }
         positive("amqp.prefetch", self.amqp.prefetch.into())?;
+        positive("amqp.order_prefetch", self.amqp.order_prefetch.into())?;
         positive("amqp.publishers", self.amqp.publishers as u64)?;
         positive("amqp.max_batch", self.amqp.max_batch as u64)?;
         positive("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms)?;

@@ -1,14 +1,17 @@
 //! argon2id password hashing, off the async threads.
 //!
-//! Hashing costs tens of milliseconds of CPU by design, so it runs on the blocking pool: a
-//! burst of logins must not stall the reactor that serves purchases.
+//! Hashing costs tens of milliseconds of CPU and `argon2.memory_kib` of memory by design,
+//! so it runs on the blocking pool, one hash per core at a time: a burst of logins must not
+//! stall the reactor that serves purchases, nor hold a hash's memory per waiting login.
 
 use std::sync::{Arc, LazyLock};
+use std::thread::available_parallelism;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use platform::config::Argon2Settings;
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 
@@ -18,6 +21,8 @@ pub struct PasswordHasher {
     /// A real hash of a random password, verified when the email is unknown so that a
     /// login for a missing account takes as long as one with a wrong password.
     dummy_hash: Arc<String>,
+    /// One permit per core: hashes beyond that wait here, holding no memory.
+    permits: Arc<Semaphore>,
 }
 
 impl PasswordHasher {
@@ -30,21 +35,25 @@ impl PasswordHasher {
             .hash_password(b"not-a-real-password", &salt)
             .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
             .to_string();
-        Ok(Self { argon2: Arc::new(argon2), dummy_hash: Arc::new(dummy_hash) })
+        let cores = available_parallelism().map_or(1, usize::from);
+        Ok(Self {
+            argon2: Arc::new(argon2),
+            dummy_hash: Arc::new(dummy_hash),
+            permits: Arc::new(Semaphore::new(cores)),
+        })
     }
 
     pub async fn hash(&self, password: &str) -> Result<String> {
         let argon2 = self.argon2.clone();
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || {
+        self.on_a_core(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon2
                 .hash_password(password.as_bytes(), &salt)
                 .map(|hash| hash.to_string())
                 .map_err(|e| Error::Internal(anyhow::anyhow!("argon2: {e}")))
         })
-        .await
-        .map_err(|e| Error::Internal(e.into()))?
+        .await?
     }
 
     /// Checks `password` against a stored PHC string; `None` checks against the dummy hash
@@ -54,14 +63,20 @@ impl PasswordHasher {
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
         let argon2 = self.argon2.clone();
         let password = password.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored)
-                .map(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.into()))?;
+        let matched = self
+            .on_a_core(move || {
+                PasswordHash::new(&stored)
+                    .map(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?;
         Ok(known && matched)
+    }
+
+    /// Runs `work` on the blocking pool once a core's permit is free.
+    async fn on_a_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _permit = self.permits.acquire().await.map_err(|e| Error::Internal(e.into()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(e.into()))
     }
 }
 

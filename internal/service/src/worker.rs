@@ -48,7 +48,8 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
     // Two order consumers, each taking every message that has arrived (up to the
     // prefetch) into one transaction per sale: while one commits, the other gathers. They
     // serialize on the sale's row lock when they hold the same sale, which is right.
-    let intake = consumer::Intake { prefetch: settings.amqp.prefetch, batch: usize::from(settings.amqp.prefetch) };
+    let prefetch = settings.amqp.order_prefetch;
+    let intake = consumer::Intake { prefetch, batch: usize::from(prefetch) };
     for _ in 0..2 {
         let consumer = services.order_consumer.clone();
         tasks.spawn(consumer::run_batches(
