@@ -12,7 +12,7 @@ use clap::Parser;
 /// mimalloc instead of the system allocator: a request allocates many small objects, and in
 /// the benchmark's profile glibc's malloc and free were a sixth of the server's time.
 /// Built with `no_thp`: otherwise it asks for transparent huge pages, and every 2 MiB
-/// region it touches becomes resident (peak RSS 126 MB instead of 161 MB for api + worker
+/// region it touches becomes resident (peak RSS 139–142 MB instead of 161 MB for api + worker
 /// in `scripts/bench`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

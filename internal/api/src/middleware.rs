@@ -70,8 +70,8 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
         .around(request_context)
 }
 
-/// Steps 4 to 7 in one layer (each layer adds to every request's
-/// cost): the per-IP limit, the sold-out gate, the declared body size, the timeout.
+/// Steps 4 to 7 in one layer, since each layer adds to every request's cost: the per-IP
+/// limit, the sold-out gate, the declared body size, the timeout.
 async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
         policy.limits.check_ip(ip)?;

@@ -38,20 +38,25 @@ impl Broker {
     }
 
     /// A fresh channel on the current connection, reconnecting first if it was lost.
+    ///
+    /// Every step is bounded: a connection cut half-way can still look connected and
+    /// never answer, and whoever waits here holds the lock every other task needs. A
+    /// connection that cannot open a channel in time is dropped, so the next call
+    /// reconnects.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
         let mut connection = self.connection.lock().await;
         if let Some(current) = connection.as_ref()
             && current.status().connected()
         {
-            return current.create_channel().await;
+            let opened = bounded("opening a channel", current.create_channel()).await;
+            if opened.is_err() {
+                *connection = None;
+            }
+            return opened;
         }
         let properties = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.url.expose_secret(), properties))
-            .await
-            .map_err(|_| {
-                lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
-            })??;
-        let channel = fresh.create_channel().await?;
+        let fresh = bounded("connecting", Connection::connect(self.url.expose_secret(), properties)).await?;
+        let channel = bounded("opening a channel", fresh.create_channel()).await?;
         *connection = Some(fresh);
         Ok(channel)
     }
@@ -67,4 +72,12 @@ impl Broker {
             let _ = connection.close(200, "shutting down".into()).await;
         }
     }
+}
+
+/// `step`, or a timed-out error after [`CONNECT_TIMEOUT`].
+async fn bounded<T>(step: &str, work: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, lapin::Error> {
+    tokio::time::timeout(CONNECT_TIMEOUT, work).await.map_err(|_| {
+        let message = format!("{step} timed out after {CONNECT_TIMEOUT:?}");
+        lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+    })?
 }

@@ -16,6 +16,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::TelemetrySettings;
 
+/// What is exported as spans: ours and our libraries' at `info`, without one event per SQL
+/// statement or AMQP frame.
+const TRACE_FILTER: &str = "info,sqlx=warn,lapin=warn";
+
 /// Keeps the trace exporter alive; dropping it flushes the spans still buffered.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
@@ -45,7 +49,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: telemetry.log_level: {e}"))?;
     // Logs go to stderr, so a command's own output on stdout (ids, tokens, reports) can be
     // piped; containers collect both streams.
-    let fmt = if settings.log_format == "json" {
+    let log = if settings.log_format == "json" {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .json()
@@ -64,11 +68,15 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(settings.service_name.clone()).build();
         Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
     };
-    let otel = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(settings.service_name.clone())));
+    // Traces have their own level: `telemetry.log_level = "warn"` quiets the logs, not the
+    // spans of the requests and messages a collector was asked for.
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(settings.service_name.clone()))
+            .with_filter(EnvFilter::new(TRACE_FILTER))
+    });
 
-    let installed = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init().is_ok();
+    let installed = tracing_subscriber::registry().with(log.with_filter(filter)).with(otel).try_init().is_ok();
     let _ = INSTALLED.set(());
     if installed && let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());

@@ -79,7 +79,7 @@ impl OutboxRelay {
     pub async fn drain(&self) -> Result<u64> {
         let mut total = 0;
         loop {
-            let sent = self.round().instrument(tracing::info_span!("outbox.publish")).await?;
+            let sent = self.round().await?;
             total += sent;
             if sent < self.settings.batch_size {
                 return Ok(total);
@@ -95,10 +95,16 @@ impl OutboxRelay {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let published = match self.messages(&rows).await {
-            Ok(messages) => self.publisher.publish_all(&messages).await.map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
+        // A span only for rounds that found rows: the relay also polls, and an empty round
+        // is not worth a trace.
+        let published = async {
+            match self.messages(&rows).await {
+                Ok(messages) => self.publisher.publish_all(&messages).await.map_err(|e| e.to_string()),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        .instrument(tracing::info_span!("outbox.publish", rows = ids.len()))
+        .await;
         let sent = match published {
             Ok(()) => {
                 outbox::mark_published(&txn, &ids).await?;

@@ -72,11 +72,14 @@ impl ConfirmPublisher {
     }
 
     /// Publishes every message, then waits for all their confirms (one round trip for the
-    /// lot). Ok only if every one was confirmed; on any failure the channel is dropped, and
-    /// the caller must assume that none, some or all of them were stored.
+    /// lot), all within the timeout. Ok only if every one was confirmed; on any failure
+    /// the channel is dropped, and the caller must assume that none, some or all of them
+    /// were stored.
     pub async fn publish_all(&self, messages: &[Message]) -> Result<(), PublishError> {
         let mut slot = self.channel.lock().await;
-        let result = self.publish_on(&mut slot, messages).await;
+        let result = tokio::time::timeout(self.timeout, self.publish_on(&mut slot, messages))
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.timeout)));
         if result.is_err() {
             *slot = None;
         }
@@ -98,9 +101,7 @@ impl ConfirmPublisher {
                 .await?;
             confirms.push(confirm);
         }
-        let answers = tokio::time::timeout(self.timeout, join_all(confirms))
-            .await
-            .map_err(|_| PublishError::Timeout(self.timeout))?;
+        let answers = join_all(confirms).await;
         for (answer, message) in answers.into_iter().zip(messages) {
             match answer? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
