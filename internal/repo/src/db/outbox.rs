@@ -25,14 +25,8 @@ pub struct Outgoing<'a, T: Serialize> {
 /// the trace that caused it.
 pub async fn enqueue<T: Serialize>(db: &impl ConnectionTrait, message: Outgoing<'_, T>) -> Result<(), DbErr> {
     let payload = serde_json::to_value(message.payload).map_err(|e| DbErr::Custom(format!("outbox payload: {e}")))?;
-    let headers = serde_json::to_value(platform::telemetry::current_trace_headers())
-        .map_err(|e| DbErr::Custom(format!("outbox headers: {e}")))?;
-    db.execute_raw(stmt(
-        "INSERT INTO outbox (routing_key, payload, headers, delay_ms) VALUES ($1, $2, $3, $4)",
-        [message.routing_key.into(), payload.into(), headers.into(), message.delay_ms.into()],
-    ))
-    .await
-    .map(|_| ())
+    let Outgoing { routing_key, delay_ms, .. } = message;
+    enqueue_all(db, &[Outgoing { routing_key, payload: &payload, delay_ms }]).await
 }
 
 /// Writes several messages in one INSERT (one round trip), with the same trace context.

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Value};
 use uuid::Uuid;
 
 use super::{Page, stmt};
@@ -124,33 +124,27 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
 
 /// Units each buyer holds (pending or paid orders).
 pub async fn buyers(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<(Uuid, i32)>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Buyer {
-        user_id: Uuid,
-        quantity: i32,
-    }
-    let rows = Buyer::find_by_statement(stmt(
-        "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity > 0",
-        [sale_id.into()],
-    ))
-    .all(db)
-    .await?;
-    Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
+    held(db, "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity > 0", [sale_id.into()]).await
 }
 
 /// Units held by these buyers (the order consumer needs only the buyers of its batch).
 pub async fn holdings(db: &impl ConnectionTrait, sale_id: Uuid, users: Vec<Uuid>) -> Result<Vec<(Uuid, i32)>, DbErr> {
+    let sql = "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND user_id = ANY($2)";
+    held(db, sql, [sale_id.into(), users.into()]).await
+}
+
+/// `(user_id, quantity)` rows of `sql`.
+async fn held(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Vec<(Uuid, i32)>, DbErr> {
     #[derive(FromQueryResult)]
     struct Buyer {
         user_id: Uuid,
         quantity: i32,
     }
-    let rows = Buyer::find_by_statement(stmt(
-        "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND user_id = ANY($2)",
-        [sale_id.into(), users.into()],
-    ))
-    .all(db)
-    .await?;
+    let rows = Buyer::find_by_statement(stmt(sql, values)).all(db).await?;
     Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
 }
 
