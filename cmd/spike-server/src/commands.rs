@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{Application, Mode};
 use migrations::{Migrator, MigratorTrait};
+use platform::config::AppEnv;
 use platform::{Broker, Settings, connect};
 use repo::mq::Topology;
 use repo::mq::topology::ROUTES;
@@ -71,7 +72,7 @@ async fn tokens(settings: &Settings, count: usize, out: &std::path::Path, ttl_se
         db,
         PasswordHasher::new(&settings.argon2)?,
         JwtKeys::new(&settings.jwt),
-        Duration::from_secs(settings.jwt.refresh_ttl_secs),
+        Duration::from_secs(settings.jwt.refresh_ttl_secs.get()),
     );
     let started = std::time::Instant::now();
     let tokens =
@@ -132,7 +133,7 @@ async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<(
             println!("rolled back the latest migration");
         }
         MigrateAction::Fresh { force } => {
-            if settings.app.env == "prod" && !force {
+            if settings.app.env == AppEnv::Prod && !force {
                 anyhow::bail!("refusing to drop every table in prod; add --force if you mean it");
             }
             Migrator::fresh(&db).await?;
@@ -153,7 +154,7 @@ async fn create_admin(settings: &Settings, email: &str, password: &str) -> anyho
         db,
         PasswordHasher::new(&settings.argon2)?,
         JwtKeys::new(&settings.jwt),
-        Duration::from_secs(settings.jwt.refresh_ttl_secs),
+        Duration::from_secs(settings.jwt.refresh_ttl_secs.get()),
     );
     let (user, created) = auth.create_admin(email, password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if created {
@@ -175,7 +176,7 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
     let broker = Arc::new(Broker::connect(&settings.amqp, "spike-dlq").await?);
     let amqp = &settings.amqp;
     let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone());
-    let timeout = Duration::from_millis(amqp.confirm_timeout_ms);
+    let timeout = Duration::from_millis(amqp.confirm_timeout_ms.get());
     match action {
         DlqAction::List { limit, .. } => {
             let letters = service::dead_letters::list(&broker, &topology, route, limit).await?;

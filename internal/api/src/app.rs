@@ -67,7 +67,7 @@ impl Application {
         let services = Services::new(deps)?;
         services.declare_topology().await.context("declaring the RabbitMQ topology")?;
         // A worker listens too, for its probes and /metrics.
-        let addr = settings.http.socket_addr();
+        let addr = settings.http.addr;
         let acceptor = TcpListener::bind(addr)
             .into_acceptor()
             .await
@@ -91,7 +91,7 @@ impl Application {
         let settings = self.services.deps.settings.clone();
         let stop = CancellationToken::new();
         let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
-        self.limits.spawn_sweeper(Duration::from_secs(settings.rate_limit.idle_secs.max(1)), stop.clone());
+        self.limits.spawn_sweeper(Duration::from_secs(settings.rate_limit.idle_secs.get()), stop.clone());
 
         if self.mode.api() {
             self.services.spawn_listeners(stop.clone());
@@ -157,8 +157,8 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
     let policy = HttpPolicy {
         limits,
         sold_out: services.sales.flags().clone(),
-        timeout: Duration::from_millis(settings.http.request_timeout_ms),
-        body_limit: settings.http.body_limit_bytes,
+        timeout: Duration::from_millis(settings.http.request_timeout_ms.get()),
+        body_limit: settings.http.body_limit_bytes.get(),
         cors_origins: settings.http.cors_origins.clone(),
         trust_forwarded_for: settings.http.trust_forwarded_for,
     };

@@ -6,66 +6,39 @@
 //! client gets N times the rate, which is the usual trade for not paying a Redis round trip
 //! on every request.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use platform::config::RateLimitSettings;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::{ApiError, RATE_LIMITED};
 
-pub struct Limits {
+type Keyed<K, C> = RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The limiters, on the system clock in production and on a fake one in tests.
+pub struct Limits<C: Clock = DefaultClock> {
     enabled: bool,
-    by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    by_user: DefaultKeyedRateLimiter<Uuid>,
+    clock: C,
+    by_ip: Keyed<IpAddr, C>,
+    by_user: Keyed<Uuid, C>,
 }
 
-fn quota(per_sec: u32, burst: u32) -> Quota {
-    let per_sec = NonZeroU32::new(per_sec.max(1)).expect("max(1) is non-zero");
-    let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
-    Quota::per_second(per_sec).allow_burst(burst)
+fn keyed<K: Clone + Hash + Eq, C: Clock>(per_sec: NonZeroU32, burst: NonZeroU32, clock: C) -> Keyed<K, C> {
+    RateLimiter::new(Quota::per_second(per_sec).allow_burst(burst), DefaultKeyedStateStore::default(), clock)
 }
 
 impl Limits {
     pub fn new(settings: &RateLimitSettings) -> Self {
-        Self {
-            enabled: settings.enabled,
-            by_ip: RateLimiter::keyed(quota(settings.ip_per_sec, settings.ip_burst)),
-            by_user: RateLimiter::keyed(quota(settings.user_per_sec, settings.user_burst)),
-        }
-    }
-
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        self.by_ip.check_key(&ip).map_err(|not_until| refused(not_until.wait_time_from(DefaultClock::default().now())))
-    }
-
-    pub fn check_user(&self, user_id: Uuid) -> Result<(), ApiError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        self.by_user
-            .check_key(&user_id)
-            .map_err(|not_until| refused(not_until.wait_time_from(DefaultClock::default().now())))
-    }
-
-    /// How many keys each limiter holds (for the metrics and the test of the sweep).
-    pub fn len(&self) -> (usize, usize) {
-        (self.by_ip.len(), self.by_user.len())
-    }
-
-    pub fn sweep(&self) {
-        self.by_ip.retain_recent();
-        self.by_ip.shrink_to_fit();
-        self.by_user.retain_recent();
-        self.by_user.shrink_to_fit();
+        Self::with_clock(settings, DefaultClock::default())
     }
 
     /// Sweeps idle keys every `every` until `stop` fires.
@@ -83,6 +56,44 @@ impl Limits {
     }
 }
 
+impl<C: Clock + Clone> Limits<C> {
+    pub fn with_clock(settings: &RateLimitSettings, clock: C) -> Self {
+        Self {
+            enabled: settings.enabled,
+            by_ip: keyed(settings.ip_per_sec, settings.ip_burst, clock.clone()),
+            by_user: keyed(settings.user_per_sec, settings.user_burst, clock.clone()),
+            clock,
+        }
+    }
+
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.check(&self.by_ip, &ip)
+    }
+
+    pub fn check_user(&self, user_id: Uuid) -> Result<(), ApiError> {
+        self.check(&self.by_user, &user_id)
+    }
+
+    fn check<K: Clone + Hash + Eq>(&self, limiter: &Keyed<K, C>, key: &K) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        limiter.check_key(key).map_err(|not_until| refused(not_until.wait_time_from(self.clock.now())))
+    }
+
+    /// How many keys each limiter holds (for the metrics and the test of the sweep).
+    pub fn len(&self) -> (usize, usize) {
+        (self.by_ip.len(), self.by_user.len())
+    }
+
+    pub fn sweep(&self) {
+        self.by_ip.retain_recent();
+        self.by_ip.shrink_to_fit();
+        self.by_user.retain_recent();
+        self.by_user.shrink_to_fit();
+    }
+}
+
 fn refused(wait: Duration) -> ApiError {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ApiError { retry_after_secs: Some(secs.max(1)), ..ApiError::new(RATE_LIMITED, "too many requests; slow down") }
@@ -90,17 +101,25 @@ fn refused(wait: Duration) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
-    fn limits(enabled: bool) -> Limits {
-        Limits::new(&RateLimitSettings {
+    fn limits_on(enabled: bool, clock: FakeRelativeClock) -> Limits<FakeRelativeClock> {
+        let n = |n| NonZeroU32::new(n).unwrap();
+        let settings = RateLimitSettings {
             enabled,
-            ip_per_sec: 1,
-            ip_burst: 2,
-            user_per_sec: 1,
-            user_burst: 1,
-            idle_secs: 1,
-        })
+            ip_per_sec: n(1),
+            ip_burst: n(2),
+            user_per_sec: n(1),
+            user_burst: n(1),
+            idle_secs: 1.try_into().unwrap(),
+        };
+        Limits::with_clock(&settings, clock)
+    }
+
+    fn limits(enabled: bool) -> Limits<FakeRelativeClock> {
+        limits_on(enabled, FakeRelativeClock::default())
     }
 
     #[test]
@@ -135,12 +154,13 @@ mod tests {
 
     #[test]
     fn the_sweep_drops_keys_that_have_recovered() {
-        let limits = limits(true);
+        let clock = FakeRelativeClock::default();
+        let limits = limits_on(true, clock.clone());
         for i in 0..50u8 {
             let _ = limits.check_ip(IpAddr::from([10, 0, 1, i]));
         }
         assert_eq!(limits.len().0, 50);
-        std::thread::sleep(Duration::from_millis(2100));
+        clock.advance(Duration::from_millis(2100));
         limits.sweep();
         assert_eq!(limits.len().0, 0);
     }

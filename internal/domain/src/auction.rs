@@ -1,8 +1,12 @@
-//! Live auctions: what an admin may create, which bid is high enough, how the end moves,
-//! and how an auction ends.
+//! Live auctions: what an admin may create, the lowest bid to show, and the status a
+//! bidder sees.
 //!
-//! The live decisions are taken inside `place_bid.lua` (atomically, in integer cents); the
-//! functions here state the same rules in Rust for validation, messages and tests.
+//! The live rules (which bid is high enough, how the end moves, sold or unsold) are decided
+//! in one place only: the Lua scripts in `repo` (`place_bid.lua`, `close_auction.lua`),
+//! atomically and in integer cents. Their tests run the scripts against Redis.
+
+use std::fmt;
+use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -81,19 +85,13 @@ impl NewAuction {
     }
 }
 
-/// The lowest acceptable bid: the start price for the first bid, otherwise the current price
-/// plus the minimum increment (so a bid equal to the current price is too low).
+/// The lowest acceptable bid, to show next to the price: the start price for the first bid,
+/// otherwise the current price plus the minimum increment (`place_bid.lua` decides).
 pub fn min_next_bid(current: Option<Money>, start_price: Money, min_increment: Money) -> Money {
     match current {
         None => start_price,
         Some(price) => price.plus(min_increment),
     }
-}
-
-/// Anti-sniping: a bid placed less than `window_ms` before the end pushes the end out by
-/// `by_ms`. Times are milliseconds since the epoch, as in the Lua script.
-pub fn extended_end(now_ms: i64, end_ms: i64, window_ms: i64, by_ms: i64) -> i64 {
-    if window_ms > 0 && end_ms - now_ms <= window_ms { end_ms + by_ms } else { end_ms }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +111,30 @@ impl AuctionStatus {
             AuctionStatus::Unsold => "unsold",
         }
     }
+
+    /// Whether the auction has ended (the scripts and Postgres say `sold` or `unsold`).
+    pub fn is_closed(self) -> bool {
+        matches!(self, AuctionStatus::Sold | AuctionStatus::Unsold)
+    }
 }
 
-/// Sold when there is a leading bid that meets the reserve (if any); unsold otherwise.
-pub fn outcome(final_price: Option<Money>, reserve_price: Option<Money>) -> AuctionStatus {
-    match (final_price, reserve_price) {
-        (None, _) => AuctionStatus::Unsold,
-        (Some(price), Some(reserve)) if price < reserve => AuctionStatus::Unsold,
-        _ => AuctionStatus::Sold,
+impl fmt::Display for AuctionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuctionStatus {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scheduled" => Ok(AuctionStatus::Scheduled),
+            "live" => Ok(AuctionStatus::Live),
+            "sold" => Ok(AuctionStatus::Sold),
+            "unsold" => Ok(AuctionStatus::Unsold),
+            _ => Err(Invalid::new("status", format!("unknown auction status `{s}`"))),
+        }
     }
 }
 
@@ -162,18 +176,11 @@ mod tests {
     }
 
     #[test]
-    fn a_bid_inside_the_window_moves_the_end() {
-        assert_eq!(extended_end(9_000, 10_000, 2_000, 5_000), 15_000);
-        assert_eq!(extended_end(7_000, 10_000, 2_000, 5_000), 10_000);
-        assert_eq!(extended_end(9_999, 10_000, 0, 5_000), 10_000);
-    }
-
-    #[test]
-    fn reserve_not_met_means_unsold() {
-        assert_eq!(outcome(None, None), AuctionStatus::Unsold);
-        assert_eq!(outcome(Some(m("5")), Some(m("6"))), AuctionStatus::Unsold);
-        assert_eq!(outcome(Some(m("6")), Some(m("6"))), AuctionStatus::Sold);
-        assert_eq!(outcome(Some(m("1")), None), AuctionStatus::Sold);
+    fn statuses_round_trip_through_their_names() {
+        for status in [AuctionStatus::Scheduled, AuctionStatus::Live, AuctionStatus::Sold, AuctionStatus::Unsold] {
+            assert_eq!(status.to_string().parse::<AuctionStatus>().unwrap(), status);
+        }
+        assert!("open".parse::<AuctionStatus>().is_err());
     }
 
     #[test]

@@ -10,20 +10,25 @@
 //! - [`user`]: email, password and role;
 //! - [`page`]: paging, whitelisted sorting and bounded text;
 //! - [`catalog`]: new products and patches;
-//! - [`order`]: order kinds, statuses and the allowed transitions;
+//! - [`order`]: order kinds, statuses, quantities and the lines of a new order;
+//! - [`idempotency`]: the `Idempotency-Key` of a retry;
 //! - [`sale`]: flash-sale parameters and the status a buyer sees;
-//! - [`auction`]: auction parameters, the next acceptable bid and the outcome.
+//! - [`reservation`]: a reservation's status and why it failed;
+//! - [`auction`]: auction parameters, the lowest bid to show and the status.
 
 pub mod auction;
 pub mod catalog;
 pub mod error;
+pub mod idempotency;
 pub mod money;
 pub mod order;
 pub mod page;
+pub mod reservation;
 pub mod sale;
 pub mod user;
 
 pub use error::Invalid;
+pub use idempotency::IdempotencyKey;
 pub use money::Money;
 pub use page::{PageRequest, Sort, SortDir};
 pub use user::{Email, Password, Role};

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use crate::Invalid;
 
 /// The largest amount Spike accepts: the largest `NUMERIC(12,2)`, the column type of every
-/// price. SPEC §3 calls anything above 1e12 absurd; this bound is stricter, so no accepted
+/// price. Amounts above 1e12 are absurd anyway; this bound is stricter, so no accepted
 /// amount can overflow its column, and as cents it is exact in a Lua double (< 2^53).
 pub const MAX_CENTS: i64 = 999_999_999_999;
 

@@ -84,11 +84,33 @@ impl FromStr for OrderStatus {
 pub const MAX_ITEMS: usize = 50;
 pub const MAX_QUANTITY: i64 = 10_000;
 
+/// How many units one line or one purchase asks for: 1 to [`MAX_QUANTITY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub fn parse(quantity: i64) -> Result<Self, Invalid> {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(Invalid::new("quantity", format!("must be between 1 and {MAX_QUANTITY}")));
+        }
+        Ok(Self(quantity as u32))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The same number as a Postgres `int` (it is at most [`MAX_QUANTITY`]).
+    pub fn as_i32(self) -> i32 {
+        self.0 as i32
+    }
+}
+
 /// One line of a new order, as the client asked for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewOrderItem {
     pub product_id: Uuid,
-    pub quantity: u32,
+    pub quantity: Quantity,
 }
 
 /// Checks the lines of `POST /orders`: 1..=50 lines, each quantity 1..=10000, and each
@@ -104,20 +126,13 @@ pub fn parse_order_items(lines: &[(Uuid, i64)]) -> Result<Vec<NewOrderItem>, Inv
     let mut items: Vec<NewOrderItem> = Vec::with_capacity(lines.len());
     for (index, &(product_id, quantity)) in lines.iter().enumerate() {
         let field = format!("items[{index}]");
-        let quantity = parse_quantity(quantity).map_err(|e| e.within(&field))?;
+        let quantity = Quantity::parse(quantity).map_err(|e| e.within(&field))?;
         if items.iter().any(|item| item.product_id == product_id) {
             return Err(Invalid::new(format!("{field}.product_id"), "lists a product that is already in the order"));
         }
         items.push(NewOrderItem { product_id, quantity });
     }
     Ok(items)
-}
-
-pub fn parse_quantity(quantity: i64) -> Result<u32, Invalid> {
-    if !(1..=MAX_QUANTITY).contains(&quantity) {
-        return Err(Invalid::new("quantity", format!("must be between 1 and {MAX_QUANTITY}")));
-    }
-    Ok(quantity as u32)
 }
 
 #[cfg(test)]
@@ -150,6 +165,14 @@ mod tests {
         let b = Uuid::new_v4();
         let err = parse_order_items(&[(a, 1), (b, 0)]).unwrap_err();
         assert_eq!(err.field, "items[1].quantity");
+    }
+
+    #[test]
+    fn a_quantity_is_one_to_ten_thousand() {
+        assert_eq!(Quantity::parse(1).unwrap().get(), 1);
+        assert_eq!(Quantity::parse(MAX_QUANTITY).unwrap().as_i32(), 10_000);
+        assert_eq!(Quantity::parse(0).unwrap_err().field, "quantity");
+        assert_eq!(Quantity::parse(MAX_QUANTITY + 1).unwrap_err().field, "quantity");
     }
 
     #[test]

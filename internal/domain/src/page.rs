@@ -12,7 +12,7 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// `page` starts at 1; `page_size` is 1..=100 (SPEC §3 caps it at 100).
+    /// `page` starts at 1; `page_size` is 1..=100.
     pub fn parse(page: Option<u64>, page_size: Option<u64>) -> Result<Self, Invalid> {
         let page = page.unwrap_or(1);
         let page_size = page_size.unwrap_or(DEFAULT_PAGE_SIZE);

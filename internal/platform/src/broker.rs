@@ -61,10 +61,6 @@ impl Broker {
         Ok(channel)
     }
 
-    pub async fn is_connected(&self) -> bool {
-        self.connection.lock().await.as_ref().is_some_and(|c| c.status().connected())
-    }
-
     /// Closes the connection (on shutdown); in-flight confirms are answered first by the
     /// broker's close handshake.
     pub async fn close(&self) {

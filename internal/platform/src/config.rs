@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
@@ -45,6 +46,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub sales: SaleSettings,
     pub auctions: AuctionSettings,
+    pub idempotency: IdempotencySettings,
     pub outbox: OutboxSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -52,31 +54,49 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
-    pub env: String,
+    pub env: AppEnv,
+}
+
+/// Where a process runs; `prod` is stricter about secrets and destructive commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AppEnv {
+    Dev,
+    Test,
+    Staging,
+    Prod,
+}
+
+impl TryFrom<String> for AppEnv {
+    type Error = &'static str;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "dev" => Ok(AppEnv::Dev),
+            "test" => Ok(AppEnv::Test),
+            "staging" => Ok(AppEnv::Staging),
+            "prod" => Ok(AppEnv::Prod),
+            _ => Err("must be dev, test, staging or prod"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    pub addr: String,
-    pub request_timeout_ms: u64,
-    pub body_limit_bytes: usize,
+    pub addr: SocketAddr,
+    pub request_timeout_ms: NonZeroU64,
+    pub body_limit_bytes: NonZeroUsize,
     pub cors_origins: Vec<String>,
     pub shutdown_grace_secs: u64,
     pub trust_forwarded_for: bool,
-}
-
-impl HttpSettings {
-    pub fn socket_addr(&self) -> SocketAddr {
-        self.addr.parse().expect("validated at load time")
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: SecretString,
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     pub min_connections: u32,
     pub connect_timeout_secs: u64,
     pub acquire_timeout_secs: u64,
@@ -115,13 +135,13 @@ pub struct RedisSettings {
 pub struct AmqpSettings {
     pub url: SecretString,
     pub prefix: String,
-    pub prefetch: u16,
+    pub prefetch: NonZeroU16,
     /// Unacknowledged deliveries per order consumer; all that have arrived go into one
     /// transaction per sale.
-    pub order_prefetch: u16,
-    pub confirm_timeout_ms: u64,
-    pub publishers: usize,
-    pub max_batch: usize,
+    pub order_prefetch: NonZeroU16,
+    pub confirm_timeout_ms: NonZeroU64,
+    pub publishers: NonZeroUsize,
+    pub max_batch: NonZeroUsize,
     pub retry_delays_ms: Vec<u64>,
     pub queue_expires_ms: u64,
 }
@@ -131,72 +151,100 @@ pub struct AmqpSettings {
 pub struct JwtSettings {
     pub secret: SecretString,
     pub issuer: String,
-    pub access_ttl_secs: u64,
-    pub refresh_ttl_secs: u64,
+    pub access_ttl_secs: NonZeroU64,
+    pub refresh_ttl_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Argon2Settings {
     pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
+    pub iterations: NonZeroU32,
+    pub parallelism: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    pub ip_per_sec: u32,
-    pub ip_burst: u32,
-    pub user_per_sec: u32,
-    pub user_burst: u32,
-    pub idle_secs: u64,
+    pub ip_per_sec: NonZeroU32,
+    pub ip_burst: NonZeroU32,
+    pub user_per_sec: NonZeroU32,
+    pub user_burst: NonZeroU32,
+    pub idle_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderSettings {
-    pub payment_timeout_secs: u32,
-    pub sweep_interval_secs: u64,
+    pub payment_timeout_secs: NonZeroU32,
+    pub sweep_interval_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
-    pub product_ttl_secs: u64,
+    pub product_ttl_secs: NonZeroU64,
     pub product_ttl_jitter_secs: u64,
-    pub negative_ttl_secs: u64,
+    pub negative_ttl_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaleSettings {
     pub sold_out_flag_ms: u64,
-    pub reservation_status_ttl_secs: u64,
+    pub reservation_status_ttl_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuctionSettings {
-    pub relay_batch: usize,
+    pub relay_batch: NonZeroUsize,
+    pub sweep_interval_secs: NonZeroU64,
+}
+
+/// How long a purchase or a bid sent again with the same `Idempotency-Key` replays the
+/// first answer. (Orders keep their keys in Postgres, for good.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    pub ttl_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
-    pub poll_interval_ms: u64,
-    pub batch_size: u64,
+    pub poll_interval_ms: NonZeroU64,
+    pub batch_size: NonZeroU64,
     pub retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub log_level: String,
     pub otlp_endpoint: String,
     pub service_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = &'static str;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be pretty or json"),
+        }
+    }
 }
 
 impl Settings {
@@ -236,20 +284,16 @@ impl Settings {
             .with_list_parse_key("http.cors_origins")
             .with_list_parse_key("amqp.retry_delays_ms")
             .source(Some(vars.clone().into_iter().collect()));
+        // A value that does not fit its type (`http.addr = "nowhere"`, a zero where zero makes
+        // no sense) is refused here, with a message that names its key.
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
 
+    /// The rules a type cannot say: addresses, prefixes, secrets, relations between keys.
+    /// (Zeros where zero makes no sense are refused by the non-zero types.)
     fn validate(&self) -> Result<(), ConfigError> {
-        if !["dev", "test", "staging", "prod"].contains(&self.app.env.as_str()) {
-            return Err(invalid("app.env", "must be dev, test, staging or prod"));
-        }
-        if self.http.addr.parse::<SocketAddr>().is_err() {
-            return Err(invalid("http.addr", format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr)));
-        }
-        positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
-        positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
         for (key, url, schemes) in [
             ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
             ("redis.url", &self.redis.url, &["redis://", "rediss://"][..]),
@@ -259,8 +303,7 @@ impl Settings {
                 return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
-        positive("database.max_connections", self.database.max_connections.into())?;
-        if self.database.min_connections > self.database.max_connections {
+        if self.database.min_connections > self.database.max_connections.get() {
             return Err(invalid("database.min_connections", "must not exceed max_connections"));
         }
         for (key, prefix) in [("redis.prefix", &self.redis.prefix), ("amqp.prefix", &self.amqp.prefix)] {
@@ -269,48 +312,17 @@ impl Settings {
                 return Err(invalid(key, "must be non-empty: letters, digits, - _ . :"));
             }
         }
-        positive("amqp.prefetch", self.amqp.prefetch.into())?;
-        positive("amqp.order_prefetch", self.amqp.order_prefetch.into())?;
-        positive("amqp.publishers", self.amqp.publishers as u64)?;
-        positive("amqp.max_batch", self.amqp.max_batch as u64)?;
-        positive("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms)?;
         if self.jwt.secret.expose_secret().len() < 32 {
             return Err(invalid("jwt.secret", "must be at least 32 bytes"));
         }
-        if self.app.env == "prod" && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
+        if self.app.env == AppEnv::Prod && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
             return Err(invalid("jwt.secret", "is the development secret; set SPIKE__JWT__SECRET"));
         }
-        positive("jwt.access_ttl_secs", self.jwt.access_ttl_secs)?;
-        positive("jwt.refresh_ttl_secs", self.jwt.refresh_ttl_secs)?;
-        if self.argon2.memory_kib < 8 * self.argon2.parallelism.max(1) {
+        if self.argon2.memory_kib < 8 * self.argon2.parallelism.get() {
             return Err(invalid("argon2.memory_kib", "must be at least 8 x parallelism"));
-        }
-        positive("argon2.iterations", self.argon2.iterations.into())?;
-        positive("argon2.parallelism", self.argon2.parallelism.into())?;
-        if self.rate_limit.enabled {
-            positive("rate_limit.ip_per_sec", self.rate_limit.ip_per_sec.into())?;
-            positive("rate_limit.ip_burst", self.rate_limit.ip_burst.into())?;
-            positive("rate_limit.user_per_sec", self.rate_limit.user_per_sec.into())?;
-            positive("rate_limit.user_burst", self.rate_limit.user_burst.into())?;
-        }
-        positive("orders.payment_timeout_secs", self.orders.payment_timeout_secs.into())?;
-        positive("orders.sweep_interval_secs", self.orders.sweep_interval_secs)?;
-        positive("cache.product_ttl_secs", self.cache.product_ttl_secs)?;
-        positive("outbox.poll_interval_ms", self.outbox.poll_interval_ms)?;
-        positive("outbox.batch_size", self.outbox.batch_size)?;
-        positive("auctions.relay_batch", self.auctions.relay_batch as u64)?;
-        if !["pretty", "json"].contains(&self.telemetry.log_format.as_str()) {
-            return Err(invalid("telemetry.log_format", "must be pretty or json"));
         }
         Ok(())
     }
-}
-
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(invalid(key, "must be greater than 0"));
-    }
-    Ok(())
 }
 
 /// The nearest `configs/` folder holding a `default.toml`, from the current directory up.
@@ -343,8 +355,8 @@ mod tests {
     #[test]
     fn defaults_load_and_listen_on_8080() {
         let settings = load(None, &[]).unwrap();
-        assert_eq!(settings.http.addr, "127.0.0.1:8080");
-        assert_eq!(settings.orders.payment_timeout_secs, 900);
+        assert_eq!(settings.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.orders.payment_timeout_secs.get(), 900);
         assert!(settings.rate_limit.enabled);
     }
 
@@ -361,11 +373,11 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(settings.app.env, "test");
+        assert_eq!(settings.app.env, AppEnv::Test);
         assert_eq!(settings.argon2.memory_kib, 1024);
-        assert_eq!(settings.http.addr, "127.0.0.1:9000");
-        assert_eq!(settings.rate_limit.user_per_sec, 7);
-        assert_eq!(settings.orders.payment_timeout_secs, 2);
+        assert_eq!(settings.http.addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(settings.rate_limit.user_per_sec.get(), 7);
+        assert_eq!(settings.orders.payment_timeout_secs.get(), 2);
         assert_eq!(settings.http.cors_origins, ["https://a.example", "https://b.example"]);
     }
 
@@ -377,6 +389,34 @@ mod tests {
         assert!(err.to_string().contains("jwt.secret"), "{err}");
         let err = load(None, &[("SPIKE__DATABASE__MAX_CONNECTIONS", "lots")]).unwrap_err();
         assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_where_zero_makes_no_sense_names_its_key() {
+        for (var, key) in [
+            ("SPIKE__AMQP__PREFETCH", "amqp.prefetch"),
+            ("SPIKE__ORDERS__SWEEP_INTERVAL_SECS", "orders.sweep_interval_secs"),
+            ("SPIKE__IDEMPOTENCY__TTL_SECS", "idempotency.ttl_secs"),
+            ("SPIKE__AUCTIONS__SWEEP_INTERVAL_SECS", "auctions.sweep_interval_secs"),
+        ] {
+            let err = load(None, &[(var, "0")]).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_known_environments_and_log_formats_load() {
+        let err = load(None, &[("SPIKE__APP__ENV", "production")]).unwrap_err();
+        assert!(err.to_string().contains("app.env"), "{err}");
+        let err = load(None, &[("SPIKE__TELEMETRY__LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.log_format"), "{err}");
+        assert_eq!(
+            load(Some("prod"), &[("SPIKE__JWT__SECRET", "a-real-secret-that-is-long-enough-123")])
+                .unwrap()
+                .telemetry
+                .log_format,
+            LogFormat::Json
+        );
     }
 
     #[test]

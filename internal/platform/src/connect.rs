@@ -28,6 +28,15 @@ pub fn address_of(url: &str) -> String {
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
+/// How a lost or refused connection is retried: after 250 ms, then twice as long each time,
+/// at most 5 s apart.
+pub fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+}
+
 /// Runs `attempt` until it succeeds or `wait` has passed, logging each retry. With a zero
 /// `wait` it tries once: commands fail fast, `serve` waits for a compose stack to come up.
 pub async fn with_retry<T, F, Fut>(wait: Duration, mut attempt: F) -> Result<T, Unreachable>
@@ -38,13 +47,8 @@ where
     if wait.is_zero() {
         return attempt().await;
     }
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(5))
-        .with_total_delay(Some(wait))
-        .without_max_times();
     (|| attempt())
-        .retry(backoff)
+        .retry(backoff().with_total_delay(Some(wait)))
         .notify(|err: &Unreachable, next: Duration| {
             tracing::warn!("{err}; retrying in {:.1}s", next.as_secs_f32());
         })
@@ -60,7 +64,7 @@ pub async fn postgres(settings: &DatabaseSettings) -> Result<DatabaseConnection,
 pub async fn postgres_at(settings: &DatabaseSettings, url: &str) -> Result<DatabaseConnection, Unreachable> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(settings.max_connections)
+        .max_connections(settings.max_connections.get())
         .min_connections(settings.min_connections)
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))

@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::TelemetrySettings;
+use crate::config::{LogFormat, TelemetrySettings};
 
 /// What is exported as spans: ours and our libraries' at `info`, without one event per SQL
 /// statement or AMQP frame.
@@ -49,7 +49,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: telemetry.log_level: {e}"))?;
     // Logs go to stderr, so a command's own output on stdout (ids, tokens, reports) can be
     // piped; containers collect both streams.
-    let log = if settings.log_format == "json" {
+    let log = if settings.log_format == LogFormat::Json {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .json()

@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - [`db`]: sea-orm entities and SQL, one module per table family;
-//! - [`cache`]: Redis keys, the product cache, the hot-state scripts;
+//! - [`cache`]: Redis keys, the product cache, reservation statuses, the hot-state scripts;
 //! - [`mq`]: RabbitMQ names, topology, confirmed publishing and consuming.
 
 pub mod cache;

@@ -1,37 +1,29 @@
-//! Live auctions: creation, the bid path, the close, and the write-behind of bids.
+//! Live auctions: creation, the live view and the bid path.
 //!
 //! The bid path touches no database: one Lua script swaps in the higher bid, appends it to
-//! the auction's Redis stream and publishes it on pub/sub. The bid relay moves the stream
-//! to RabbitMQ (so an accepted bid survives a broker outage), and the bid consumer writes
-//! batches into Postgres.
+//! the auction's Redis stream and publishes it on pub/sub. What happens after an accepted
+//! bid runs in the workers: the bid relay and persister ([`crate::bid_relay`]) and the
+//! close at the end ([`crate::closer`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use domain::auction::{AuctionStatus, NewAuction, min_next_bid};
-use domain::order::OrderKind;
-use domain::{Money, PageRequest};
-use platform::Broker;
+use domain::{IdempotencyKey, Money, PageRequest};
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
-use repo::cache::auctions::{self as live, Bid, BidRequest, Close, Snapshot};
+use repo::cache::auctions::{self as live, Bid, BidRequest, Snapshot};
 use repo::db::Page;
-use repo::db::auctions::{self, AuctionRow, BidRow, NewBid};
-use repo::db::orders::{self, NewLine, NewOrder};
+use repo::db::auctions::{self, AuctionRow, BidRow};
 use repo::db::outbox::{self, Outgoing};
-use repo::mq::consumer::Delivery;
-use repo::mq::messages::{BidBatch, CloseAuction, PersistBid};
-use repo::mq::topology::{AUCTION_BIDS, AUCTION_CLOSE};
-use repo::mq::{ConfirmPublisher, Message, Outcome, Topology};
+use repo::mq::messages::CloseAuction;
+use repo::mq::topology::AUCTION_CLOSE;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
-use crate::orders::announce_and_schedule_close;
 use crate::singleflight::SingleFlight;
 
 #[derive(Debug, Clone)]
@@ -70,9 +62,9 @@ impl AuctionView {
             ),
             None => (row.current_price.map(Money::from_decimal), row.leader_id, i64::from(row.bid_count), row.end_at),
         };
-        let status = match row.status.as_str() {
-            "sold" => AuctionStatus::Sold,
-            "unsold" => AuctionStatus::Unsold,
+        // Postgres says `open` until the close recorded `sold` or `unsold`.
+        let status = match row.status.parse::<AuctionStatus>() {
+            Ok(closed) if closed.is_closed() => closed,
             _ if Utc::now() < row.start_at => AuctionStatus::Scheduled,
             _ => AuctionStatus::Live,
         };
@@ -129,28 +121,18 @@ impl From<BidRow> for BidView {
     }
 }
 
-/// What a close attempt found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Closing {
-    /// The end moved (anti-sniping): try again then.
-    NotYet(DateTime<Utc>),
-    Closed {
-        sold: bool,
-    },
-}
-
 #[derive(Clone)]
 pub struct AuctionService {
     db: DatabaseConnection,
     redis: ConnectionManager,
     keys: Keys,
-    idempotency_ttl_ms: u64,
+    idempotency_ttl: Duration,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
 }
 
 impl AuctionService {
-    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, idempotency_ttl_ms: u64) -> Self {
-        Self { db, redis, keys, idempotency_ttl_ms, rebuilds: Arc::default() }
+    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, idempotency_ttl: Duration) -> Self {
+        Self { db, redis, keys, idempotency_ttl, rebuilds: Arc::default() }
     }
 
     /// Creates an auction and, in the same transaction, the outbox message that will close
@@ -209,14 +191,12 @@ impl AuctionService {
     }
 
     /// The hot path: one Lua script. No database, no broker wait.
-    pub async fn bid(&self, caller: &Caller, id: Uuid, amount: &str, key: Option<&str>) -> Result<Placed> {
-        let amount = Money::parse_positive("amount", amount)?;
-        let key = key.map(crate::orders::parse_key).transpose()?;
+    pub async fn bid(&self, caller: &Caller, id: Uuid, amount: Money, key: Option<&IdempotencyKey>) -> Result<Placed> {
         let request = || BidRequest {
             user_id: caller.user_id,
             amount_cents: amount.cents(),
-            idempotency_key: key,
-            idempotency_ttl_ms: self.idempotency_ttl_ms,
+            idempotency_key: key.map(IdempotencyKey::as_str),
+            idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
         };
         let mut redis = self.redis.clone();
         let mut answer = live::place_bid(&mut redis, &self.keys, id, request()).await?;
@@ -266,9 +246,9 @@ impl AuctionService {
             window_ms: i64::from(row.extend_window_secs) * 1000,
             extend_by_ms: i64::from(row.extend_by_secs) * 1000,
             reserve_cents: row.reserve_price.map_or(0, |r| Money::from_decimal(r).cents()),
-            closed: match row.status.as_str() {
-                "sold" => Some(true),
-                "unsold" => Some(false),
+            closed: match row.status.parse::<AuctionStatus>() {
+                Ok(AuctionStatus::Sold) => Some(true),
+                Ok(AuctionStatus::Unsold) => Some(false),
                 _ => None,
             },
         };
@@ -277,57 +257,6 @@ impl AuctionService {
             tracing::info!(auction_id = %id, seq = snapshot.seq, "auction live state loaded from Postgres");
         }
         Ok(true)
-    }
-
-    /// Closes the auction if its end has come: the script makes Redis refuse every later
-    /// bid, then one transaction records the outcome and, for a sale, creates the winner's
-    /// order on the normal payment-timeout path. Running it twice changes nothing the
-    /// second time (the outcome is written only while the auction is `open`).
-    #[tracing::instrument(skip(self))]
-    pub async fn close(&self, id: Uuid) -> Result<Closing> {
-        let mut redis = self.redis.clone();
-        let mut answer = live::close(&mut redis, &self.keys, id).await?;
-        if answer == Close::Missing {
-            self.rebuild(id).await?;
-            answer = live::close(&mut redis, &self.keys, id).await?;
-        }
-        let (price_cents, leader, end_ms, sold) = match answer {
-            Close::NotYet { end_ms } => {
-                let end_at = millis(end_ms);
-                schedule_auction_close(&self.db, id, end_at).await?;
-                return Ok(Closing::NotYet(end_at));
-            }
-            Close::Closed { price_cents, leader, end_ms, sold, .. } => (price_cents, leader, end_ms, sold),
-            Close::Missing => return Err(Error::Unavailable("redis")),
-        };
-        let price = (price_cents > 0).then(|| Money::from_cents(price_cents));
-        let txn = self.db.begin().await?;
-        let winner = if sold { leader } else { None };
-        let finished = auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
-        if let (Some(row), Some(winner), Some(price)) = (finished, winner, price) {
-            let order_id = Uuid::now_v7();
-            let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
-            let order = NewOrder {
-                id: order_id,
-                user_id: winner,
-                kind: OrderKind::Auction.as_str(),
-                total: price.decimal(),
-                payment_timeout_ms: timeout_ms,
-                lines: vec![NewLine {
-                    product_id: None,
-                    title: row.title.clone(),
-                    quantity: 1,
-                    unit_price: price.decimal(),
-                }],
-            };
-            orders::insert(&txn, &[order]).await?;
-            auctions::set_order(&txn, id, order_id).await?;
-            announce_and_schedule_close(&txn, OrderKind::Auction, &[order_id], timeout_ms).await?;
-            tracing::info!(auction_id = %id, %winner, %price, "auction sold");
-        }
-        txn.commit().await?;
-        metrics::counter!("auctions_closed_total", "status" => if sold { "sold" } else { "unsold" }).increment(1);
-        Ok(Closing::Closed { sold })
     }
 }
 
@@ -343,7 +272,11 @@ pub fn close_delay_ms(remaining_ms: i64) -> i64 {
 
 /// Queues the `auction.close` message for `end_at` (through the outbox, in `db`'s
 /// transaction when it is one).
-async fn schedule_auction_close(db: &impl ConnectionTrait, auction_id: Uuid, end_at: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn schedule_auction_close(
+    db: &impl ConnectionTrait,
+    auction_id: Uuid,
+    end_at: DateTime<Utc>,
+) -> Result<()> {
     let remaining = (end_at - Utc::now()).num_milliseconds();
     let payload = CloseAuction { auction_id };
     let delay_ms = Some(close_delay_ms(remaining));
@@ -351,221 +284,8 @@ async fn schedule_auction_close(db: &impl ConnectionTrait, auction_id: Uuid, end
     Ok(())
 }
 
-fn millis(ms: i64) -> DateTime<Utc> {
+pub(crate) fn millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
-}
-
-/// Handles one `auction.close` message.
-pub async fn handle_close(auctions: &AuctionService, delivery: Delivery) -> Outcome {
-    let message: CloseAuction = match serde_json::from_slice(&delivery.body) {
-        Ok(message) => message,
-        Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable auction close: {err}")),
-    };
-    match auctions.close(message.auction_id).await {
-        Ok(_) => Outcome::Ack,
-        Err(Error::NotFound(_)) => Outcome::Dead(anyhow::anyhow!("no auction {}", message.auction_id)),
-        Err(err) => Outcome::Retry(anyhow::anyhow!("closing auction {}: {err}", message.auction_id)),
-    }
-}
-
-/// Handles one `auction.bids` message: the batch goes into Postgres in one transaction.
-pub async fn handle_bids(db: &DatabaseConnection, delivery: Delivery) -> Outcome {
-    let batch: BidBatch = match serde_json::from_slice(&delivery.body) {
-        Ok(batch) => batch,
-        Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable bid batch: {err}")),
-    };
-    let bids: Vec<NewBid> = batch
-        .bids
-        .iter()
-        .map(|b| NewBid {
-            seq: b.seq,
-            user_id: b.user_id,
-            amount: Money::from_cents(b.amount_cents).decimal(),
-            end_at: millis(b.end_ms),
-            placed_at: millis(b.placed_ms),
-        })
-        .collect();
-    let written = async {
-        let txn = db.begin().await?;
-        auctions::record_bids(&txn, batch.auction_id, &bids).await?;
-        txn.commit().await
-    };
-    match written.await {
-        Ok(()) => {
-            metrics::counter!("bids_persisted_total").increment(bids.len() as u64);
-            Outcome::Ack
-        }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("persisting bids: {err}")),
-    }
-}
-
-/// Every `every`, closes open auctions whose end passed more than `every` ago: the delay
-/// queue normally got there first.
-pub async fn sweep(db: DatabaseConnection, auctions: AuctionService, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let overdue = match auctions::overdue(&db, every.as_millis() as i64).await {
-            Ok(ids) => ids,
-            Err(err) => {
-                tracing::warn!(error = %err, "auction sweeper could not look for overdue auctions");
-                continue;
-            }
-        };
-        for id in overdue {
-            if let Err(err) = auctions.close(id).await {
-                tracing::warn!(auction_id = %id, error = %err, "auction sweeper could not close");
-            }
-        }
-    }
-}
-
-/// After a round that found less than a full batch, the relay waits this long for the
-/// streams to fill: under load, each message (and each transaction of the bid consumer)
-/// then carries a hundred bids instead of a handful. Bids reach Postgres this much later;
-/// bidders are not slowed at all.
-const LINGER: Duration = Duration::from_millis(20);
-
-/// Moves accepted bids from the auctions' Redis streams to RabbitMQ.
-///
-/// It reads with a consumer group and acknowledges an entry only after the broker
-/// confirmed the message carrying it: with RabbitMQ down, bids wait in the stream (and the
-/// bidders are not slowed at all); a relay that dies leaves its entries pending and another
-/// one claims them after 30 s.
-pub struct BidRelay {
-    pub db: DatabaseConnection,
-    pub client: redis::Client,
-    pub keys: Keys,
-    pub broker: Arc<Broker>,
-    pub topology: Topology,
-    pub confirm_timeout: Duration,
-    pub batch: usize,
-}
-
-impl BidRelay {
-    pub async fn run(self, stop: CancellationToken) {
-        let publisher = ConfirmPublisher::new(self.broker.clone(), self.confirm_timeout);
-        let consumer = format!("relay-{}", Uuid::new_v4().simple());
-        let mut conn = None;
-        let mut streams: HashMap<String, Uuid> = HashMap::new();
-        let mut refreshed = Instant::now() - Duration::from_secs(60);
-        let mut claimed = Instant::now();
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            if conn.is_none() {
-                // Its own connection, with a response timeout above the blocking read's 500 ms.
-                let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-                match self.client.get_multiplexed_async_connection_with_config(&config).await {
-                    Ok(c) => conn = Some(c),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "bid relay cannot reach redis");
-                        pause(&stop, Duration::from_secs(1)).await;
-                        continue;
-                    }
-                }
-            }
-            let redis = conn.as_mut().expect("connected above");
-            if refreshed.elapsed() > Duration::from_secs(2) {
-                if let Ok(ids) = auctions::with_live_streams(&self.db).await {
-                    streams = ids.into_iter().map(|id| (self.keys.auction(id).bids, id)).collect();
-                    for key in streams.keys() {
-                        let _ = live::ensure_group(redis, key).await;
-                    }
-                }
-                refreshed = Instant::now();
-            }
-            if streams.is_empty() {
-                pause(&stop, Duration::from_millis(500)).await;
-                continue;
-            }
-            if claimed.elapsed() > Duration::from_secs(10) {
-                for key in streams.keys() {
-                    let _ = live::claim_abandoned(redis, key, &consumer, 30_000).await;
-                }
-                claimed = Instant::now();
-            }
-            let keys: Vec<String> = streams.keys().cloned().collect();
-            match self.relay_once(redis, &publisher, &keys, &streams, &consumer).await {
-                Ok(Some(moved)) if moved < self.batch => pause(&stop, LINGER).await,
-                Ok(Some(_)) => {}
-                Ok(None) => pause(&stop, Duration::from_millis(500)).await,
-                Err(err) => {
-                    tracing::warn!(error = %err, "bid relay round failed; retrying");
-                    if err.code() == Some("NOGROUP") {
-                        refreshed = Instant::now() - Duration::from_secs(60);
-                    } else if err.is_io_error() || err.is_connection_dropped() {
-                        conn = None;
-                    }
-                    pause(&stop, Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-
-    /// One round: own pending entries first (a publish that failed), else new ones. Returns
-    /// how many bids it moved, or None when a publish failed, so the caller backs off
-    /// instead of spinning.
-    async fn relay_once(
-        &self,
-        redis: &mut redis::aio::MultiplexedConnection,
-        publisher: &ConfirmPublisher,
-        keys: &[String],
-        streams: &HashMap<String, Uuid>,
-        consumer: &str,
-    ) -> redis::RedisResult<Option<usize>> {
-        let mut batches = live::read_bids(redis, keys, consumer, self.batch, 0, true).await?;
-        batches.retain(|(_, bids)| !bids.is_empty());
-        if batches.is_empty() {
-            batches = live::read_bids(redis, keys, consumer, self.batch, 500, false).await?;
-        }
-        let mut moved = 0;
-        for (key, bids) in batches.into_iter().filter(|(_, bids)| !bids.is_empty()) {
-            let Some(&auction_id) = streams.get(&key) else { continue };
-            let message = BidBatch {
-                auction_id,
-                bids: bids
-                    .iter()
-                    .map(|b| PersistBid {
-                        seq: b.seq,
-                        user_id: b.user_id,
-                        amount_cents: b.amount_cents,
-                        end_ms: b.end_ms,
-                        placed_ms: b.placed_ms,
-                    })
-                    .collect(),
-            };
-            let message = Message {
-                exchange: self.topology.exchange(),
-                routing_key: AUCTION_BIDS.key.to_owned(),
-                body: serde_json::to_vec(&message).unwrap_or_default(),
-                message_id: Some(format!("{auction_id}-{}", bids[0].seq)),
-                mandatory: true,
-                ..Default::default()
-            };
-            if let Err(err) = publisher.publish_all(&[message]).await {
-                tracing::warn!(%auction_id, error = %err, bids = bids.len(), "bids wait in the stream: publish not confirmed");
-                return Ok(None);
-            }
-            let ids: Vec<String> = bids.iter().map(|b| b.entry_id.clone()).collect();
-            live::forget_bids(redis, &key, &ids).await?;
-            metrics::counter!("bids_relayed_total").increment(ids.len() as u64);
-            moved += ids.len();
-        }
-        Ok(Some(moved))
-    }
-}
-
-async fn pause(stop: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
-    }
 }
 
 #[cfg(test)]

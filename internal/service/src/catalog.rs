@@ -231,9 +231,9 @@ impl CatalogService {
             Some(product) => {
                 let json = serde_json::to_string(&CachedProduct::from_product(product)).map_err(|e| e.to_string())?;
                 let jitter = rand::thread_rng().gen_range(0..=self.settings.product_ttl_jitter_secs);
-                cache::put(&mut redis, &self.keys, id, &json, self.settings.product_ttl_secs + jitter).await
+                cache::put(&mut redis, &self.keys, id, &json, self.settings.product_ttl_secs.get() + jitter).await
             }
-            None => cache::put_missing(&mut redis, &self.keys, id, self.settings.negative_ttl_secs.max(1)).await,
+            None => cache::put_missing(&mut redis, &self.keys, id, self.settings.negative_ttl_secs.get()).await,
         };
         if let Err(err) = stored {
             tracing::warn!(error = %err, "could not fill the product cache");

@@ -71,7 +71,8 @@ impl JwtKeys {
     pub fn new(settings: &JwtSettings) -> Self {
         let secret = settings.secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
+        // Expiry is checked in `verify_at`, on the same clock as the cache of verified tokens.
+        validation.validate_exp = false;
         validation.set_issuer(&[settings.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
         Self {
@@ -79,7 +80,7 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             issuer: settings.issuer.clone(),
-            access_ttl: Duration::from_secs(settings.access_ttl_secs),
+            access_ttl: Duration::from_secs(settings.access_ttl_secs.get()),
             verified: Arc::new(Cache::new(VERIFIED_TOKENS)),
         }
     }
@@ -103,13 +104,21 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller> {
-        let now = Utc::now().timestamp();
+        self.verify_at(token, Utc::now().timestamp())
+    }
+
+    /// [`JwtKeys::verify`] as of `now` (seconds since the epoch). A token is good until the
+    /// second before its `exp`, no leeway.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Caller> {
         if let Some((caller, exp)) = self.verified.get(token)
             && now < exp
         {
             return Ok(caller);
         }
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| Error::Unauthenticated)?;
+        if data.claims.exp <= now {
+            return Err(Error::Unauthenticated);
+        }
         let role = data.claims.role.parse().map_err(|_| Error::Unauthenticated)?;
         let caller = Caller { user_id: data.claims.sub, role };
         self.verified.insert(token.to_owned(), (caller, data.claims.exp));
@@ -119,6 +128,8 @@ impl JwtKeys {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU64;
+
     use secrecy::SecretString;
 
     use super::*;
@@ -127,8 +138,8 @@ mod tests {
         JwtKeys::new(&JwtSettings {
             secret: SecretString::from(secret.to_owned()),
             issuer: "spike".into(),
-            access_ttl_secs: 60,
-            refresh_ttl_secs: 600,
+            access_ttl_secs: NonZeroU64::new(60).unwrap(),
+            refresh_ttl_secs: NonZeroU64::new(600).unwrap(),
         })
     }
 
@@ -161,11 +172,11 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires() {
         let keys = keys(SECRET);
-        let token = keys.issue_for(Uuid::now_v7(), Role::User, Duration::from_secs(1)).unwrap();
-        assert!(keys.verify(&token).is_ok());
-        assert!(keys.verify(&token).is_ok(), "from the cache");
-        std::thread::sleep(Duration::from_millis(2100));
-        assert!(matches!(keys.verify(&token), Err(Error::Unauthenticated)));
+        let token = keys.issue_for(Uuid::now_v7(), Role::User, Duration::from_secs(60)).unwrap();
+        let now = Utc::now().timestamp();
+        assert!(keys.verify_at(&token, now).is_ok());
+        assert!(keys.verify_at(&token, now).is_ok(), "from the cache");
+        assert!(matches!(keys.verify_at(&token, now + 61), Err(Error::Unauthenticated)));
     }
 
     #[test]

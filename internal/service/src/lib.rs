@@ -7,11 +7,13 @@
 //! - [`auth`]: accounts and sessions;
 //! - [`catalog`]: products and the cache-aside product cache ([`singleflight`]);
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
-//! - [`relay`]: the outbox relay; [`closer`]: the close consumer and the sweeper;
-//! - [`sales`]: flash sales and the purchase path; [`reservations`]: the batching
-//!   publisher and the order consumer; [`pubsub`]: the instance's Redis subscription;
-//! - [`auctions`]: auctions, bids, the close, the bid relay; [`live`]: the local fan-out
-//!   to WebSocket watchers;
+//! - [`relay`]: the outbox relay; [`closer`]: closing unpaid orders and ended auctions,
+//!   their consumers and sweepers;
+//! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
+//!   publisher behind it; [`order_consumer`]: the order and restock consumers;
+//!   [`pubsub`]: the instance's Redis subscription;
+//! - [`auctions`]: auctions and the bid path; [`bid_relay`]: the relay and persister of
+//!   accepted bids; [`live`]: the local fan-out to WebSocket watchers;
 //! - [`verify`]: the invariant checks; [`seed`]: demo data;
 //! - [`dead_letters`]: inspect and re-drive dead-lettered messages;
 //! - [`health`], [`metrics`]: readiness of the three services and scraped gauges;
@@ -19,6 +21,7 @@
 
 pub mod auctions;
 pub mod auth;
+pub mod bid_relay;
 pub mod catalog;
 pub mod closer;
 pub mod dead_letters;
@@ -27,11 +30,12 @@ pub mod health;
 pub mod jwt;
 pub mod live;
 pub mod metrics;
+pub mod order_consumer;
 pub mod orders;
 pub mod password;
 pub mod pubsub;
 pub mod relay;
-pub mod reservations;
+pub mod reservation_publisher;
 pub mod sales;
 pub mod seed;
 pub mod singleflight;
@@ -72,7 +76,7 @@ impl Deps {
     }
 
     pub fn confirm_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.amqp.confirm_timeout_ms)
+        Duration::from_millis(self.settings.amqp.confirm_timeout_ms.get())
     }
 }
 
@@ -84,8 +88,9 @@ pub struct Services {
     pub catalog: catalog::CatalogService,
     pub orders: orders::OrderService,
     pub sales: sales::SaleService,
-    pub order_consumer: reservations::OrderConsumer,
+    pub order_consumer: order_consumer::OrderConsumer,
     pub auctions: auctions::AuctionService,
+    pub auction_closer: closer::AuctionCloser,
     pub live: Arc<live::LiveHub>,
 }
 
@@ -94,22 +99,27 @@ impl Services {
         let settings = deps.settings.clone();
         let hasher = password::PasswordHasher::new(&settings.argon2)?;
         let jwt = jwt::JwtKeys::new(&settings.jwt);
-        let auth =
-            auth::AuthService::new(deps.db.clone(), hasher, jwt, Duration::from_secs(settings.jwt.refresh_ttl_secs));
+        let refresh_ttl = Duration::from_secs(settings.jwt.refresh_ttl_secs.get());
+        let auth = auth::AuthService::new(deps.db.clone(), hasher, jwt, refresh_ttl);
         let catalog =
             catalog::CatalogService::new(deps.db.clone(), deps.redis.clone(), deps.keys(), settings.cache.clone());
-        let orders =
-            orders::OrderService::new(deps.db.clone(), catalog.cache().clone(), settings.orders.payment_timeout_secs);
-        let publisher = reservations::ReservationPublisher::start(
+        let orders = orders::OrderService::new(
+            deps.db.clone(),
+            catalog.cache().clone(),
+            settings.orders.payment_timeout_secs.get(),
+        );
+        let status_ttl_secs = settings.sales.reservation_status_ttl_secs.get();
+        let idempotency_ttl = Duration::from_secs(settings.idempotency.ttl_secs.get());
+        let publisher = reservation_publisher::ReservationPublisher::start(
             deps.broker.clone(),
             deps.topology(),
             deps.redis.clone(),
             deps.keys(),
-            reservations::PublisherConfig {
-                tasks: settings.amqp.publishers,
-                max_batch: settings.amqp.max_batch,
+            reservation_publisher::PublisherConfig {
+                tasks: settings.amqp.publishers.get(),
+                max_batch: settings.amqp.max_batch.get(),
                 confirm_timeout: deps.confirm_timeout(),
-                status_ttl_secs: settings.sales.reservation_status_ttl_secs,
+                status_ttl_secs,
             },
         );
         let sales = sales::SaleService::new(
@@ -119,21 +129,15 @@ impl Services {
             catalog.cache().clone(),
             publisher,
             settings.sales.clone(),
+            idempotency_ttl,
         );
-        let order_consumer = reservations::OrderConsumer::new(
-            deps.db.clone(),
-            deps.redis.clone(),
-            deps.keys(),
-            settings.sales.reservation_status_ttl_secs,
-        );
-        let auctions = auctions::AuctionService::new(
-            deps.db.clone(),
-            deps.redis.clone(),
-            deps.keys(),
-            settings.sales.reservation_status_ttl_secs * 1000,
-        );
+        let order_consumer =
+            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
+        let auctions = auctions::AuctionService::new(deps.db.clone(), deps.redis.clone(), deps.keys(), idempotency_ttl);
+        let auction_closer =
+            closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, live })
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, auction_closer, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).

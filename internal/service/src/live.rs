@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 use domain::Money;
+use domain::auction::AuctionStatus;
 use repo::cache::auctions::LiveEvent;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -17,7 +18,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
-    Closed { auction_id: Uuid, status: String, winner: Option<Uuid>, price: Option<Money> },
+    Closed { auction_id: Uuid, status: AuctionStatus, winner: Option<Uuid>, price: Option<Money> },
 }
 
 impl Event {
@@ -39,13 +40,13 @@ impl Event {
                 min_next_bid: Money::from_cents(min_next_cents.parse().ok()?),
             },
             LiveEvent::Closed { auction_id, outcome, leader, price_cents } => {
-                let sold = outcome == "sold";
+                let status: AuctionStatus = outcome.parse().ok()?;
                 let cents: i64 = price_cents.parse().ok()?;
                 Event::Closed {
                     auction_id,
-                    winner: if sold { leader.parse().ok() } else { None },
+                    winner: if status == AuctionStatus::Sold { leader.parse().ok() } else { None },
                     price: (cents > 0).then(|| Money::from_cents(cents)),
-                    status: outcome,
+                    status,
                 }
             }
         })
@@ -104,7 +105,7 @@ mod tests {
             serde_json::from_str(&format!(r#"{{"t":"closed","a":"{auction}","o":"unsold","l":"","p":"0"}}"#)).unwrap();
         assert_eq!(
             Event::decode(closed),
-            Some(Event::Closed { auction_id: auction, status: "unsold".into(), winner: None, price: None })
+            Some(Event::Closed { auction_id: auction, status: AuctionStatus::Unsold, winner: None, price: None })
         );
     }
 

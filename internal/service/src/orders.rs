@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use domain::order::{NewOrderItem, OrderKind, OrderStatus, parse_order_items};
-use domain::{Money, PageRequest, Sort, SortDir};
+use domain::order::{NewOrderItem, OrderKind, OrderStatus};
+use domain::{IdempotencyKey, Money, PageRequest, Sort, SortDir};
 use repo::db::orders::{self, Finish, Finished, NewLine, NewOrder, OrderItemRow, OrderRow};
 use repo::db::outbox::{self, Outgoing};
 use repo::db::{Page, idempotency, products, sales};
@@ -109,10 +109,14 @@ impl OrderService {
     /// outbox. Any shortfall rolls everything back. With an `Idempotency-Key`, the first
     /// answer is stored with the order and replayed for every retry.
     #[tracing::instrument(skip_all, fields(user_id = %caller.user_id))]
-    pub async fn create(&self, caller: &Caller, lines: &[(Uuid, i64)], key: Option<&str>) -> Result<OrderView> {
-        let items = parse_order_items(lines)?;
-        let key = key.map(parse_key).transpose()?;
-        let request_hash = hash_request(&items);
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        items: &[NewOrderItem],
+        key: Option<&IdempotencyKey>,
+    ) -> Result<OrderView> {
+        let key = key.map(IdempotencyKey::as_str);
+        let request_hash = hash_request(items);
         if let Some(key) = key
             && let Some(stored) = idempotency::find(&self.db, caller.user_id, IDEMPOTENCY_SCOPE, key).await?
         {
@@ -120,7 +124,7 @@ impl OrderService {
         }
 
         let txn = self.db.begin().await?;
-        let answer = match take_lines(&txn, &items).await? {
+        let answer = match take_lines(&txn, items).await? {
             Ok(taken) => {
                 let order = self.insert_order(&txn, caller.user_id, taken).await?;
                 FirstAnswer::Created(order)
@@ -310,13 +314,13 @@ async fn take_lines(txn: &DatabaseTransaction, items: &[NewOrderItem]) -> Result
     order.sort_by_key(|(_, item)| item.product_id);
     let mut taken: Vec<(usize, NewLine)> = Vec::with_capacity(items.len());
     for (index, item) in order {
-        match products::take_stock(txn, item.product_id, item.quantity as i32).await? {
+        match products::take_stock(txn, item.product_id, item.quantity.as_i32()).await? {
             Some(row) => taken.push((
                 index,
                 NewLine {
                     product_id: Some(item.product_id),
                     title: row.title,
-                    quantity: item.quantity as i32,
+                    quantity: item.quantity.as_i32(),
                     unit_price: row.price,
                 },
             )),
@@ -326,7 +330,7 @@ async fn take_lines(txn: &DatabaseTransaction, items: &[NewOrderItem]) -> Result
                     Some(stock) => Refusal::Short {
                         product_id: item.product_id,
                         available: i64::from(stock),
-                        requested: i64::from(item.quantity),
+                        requested: i64::from(item.quantity.get()),
                     },
                 };
                 return Ok(Err(refusal));
@@ -400,20 +404,11 @@ pub async fn announce_and_schedule_close(
     Ok(())
 }
 
-/// An `Idempotency-Key` is 1..=200 printable ASCII characters.
-pub fn parse_key(key: &str) -> Result<&str> {
-    let ok = !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic());
-    if !ok {
-        return Err(domain::Invalid::new("Idempotency-Key", "must be 1 to 200 printable characters").into());
-    }
-    Ok(key)
-}
-
 fn hash_request(items: &[NewOrderItem]) -> String {
     let mut hasher = Sha256::new();
     for item in items {
         hasher.update(item.product_id.as_bytes());
-        hasher.update(item.quantity.to_be_bytes());
+        hasher.update(item.quantity.get().to_be_bytes());
     }
     hex::encode(hasher.finalize())
 }

@@ -27,7 +27,7 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(settings: &Argon2Settings) -> anyhow::Result<Self> {
-        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+        let params = Params::new(settings.memory_kib, settings.iterations.get(), settings.parallelism.get(), None)
             .map_err(|e| anyhow::anyhow!("invalid configuration: argon2: {e}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut OsRng);
@@ -94,10 +94,17 @@ pub static UNUSABLE_PASSWORD_HASH: LazyLock<String> = LazyLock::new(|| {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn hasher() -> PasswordHasher {
-        PasswordHasher::new(&Argon2Settings { memory_kib: 1024, iterations: 1, parallelism: 1 }).unwrap()
+        PasswordHasher::new(&Argon2Settings {
+            memory_kib: 1024,
+            iterations: NonZeroU32::MIN,
+            parallelism: NonZeroU32::MIN,
+        })
+        .unwrap()
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 //! flag of that sale; an auction event goes to the watchers of that auction here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use repo::cache::Keys;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ pub struct Listeners {
 pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, stop: CancellationToken) {
     let restock = keys.sale_restock_channel();
     let auctions = keys.auction_channel();
-    let mut backoff = Duration::from_millis(250);
+    let mut delays = platform::connect::backoff().build();
     loop {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -39,7 +39,7 @@ pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, sto
         };
         match pubsub {
             Ok(pubsub) => {
-                backoff = Duration::from_millis(250);
+                delays = platform::connect::backoff().build();
                 listeners.sold_out.clear_all();
                 let mut messages = pubsub.into_on_message();
                 loop {
@@ -60,12 +60,11 @@ pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, sto
                 tracing::warn!("redis pub/sub connection lost; resubscribing");
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot subscribe to redis; retrying in {backoff:?}");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                let delay = delays.next().unwrap_or(std::time::Duration::from_secs(5));
+                tracing::warn!(error = %err, "cannot subscribe to redis; retrying in {delay:?}");
+                if stop.run_until_cancelled(tokio::time::sleep(delay)).await.is_none() {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

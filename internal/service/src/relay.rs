@@ -50,7 +50,7 @@ impl OutboxRelay {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let poll = Duration::from_millis(self.settings.poll_interval_ms.get());
         let mut listener = self.listen().await;
         let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
         loop {
@@ -81,7 +81,7 @@ impl OutboxRelay {
         loop {
             let sent = self.round().await?;
             total += sent;
-            if sent < self.settings.batch_size {
+            if sent < self.settings.batch_size.get() {
                 return Ok(total);
             }
         }
@@ -89,7 +89,7 @@ impl OutboxRelay {
 
     async fn round(&self) -> Result<u64> {
         let txn = self.db.begin().await?;
-        let rows = outbox::claim(&txn, self.settings.batch_size).await?;
+        let rows = outbox::claim(&txn, self.settings.batch_size.get()).await?;
         if rows.is_empty() {
             txn.commit().await?;
             return Ok(0);

@@ -2,33 +2,35 @@
 //! rebuild of a sale's hot state.
 //!
 //! The purchase path never touches Postgres: a local sold-out flag, one Lua script in
-//! Redis, one (batched) publish to RabbitMQ with a confirm. The order is written later by
-//! the order consumer (`reservations`).
+//! Redis, one (batched) publish to RabbitMQ with a confirm ([`crate::reservation_publisher`]).
+//! The order is written later by the order consumer ([`crate::order_consumer`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::order::Quantity;
+use domain::reservation::{FailureReason, ReservationProgress};
 use domain::sale::{NewSale, SaleStatus};
-use domain::{Money, PageRequest};
+use domain::{IdempotencyKey, Money, PageRequest};
 use platform::config::SaleSettings;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use repo::cache::Keys;
 use repo::cache::sales::{self as hot, Reserve, Snapshot};
+use repo::cache::{Keys, reservations};
 use repo::db::Page;
 use repo::db::sales::{self, Created, SaleRow};
 use repo::mq::messages::Reservation;
 use sea_orm::{DatabaseConnection, TransactionTrait};
-use serde::{Deserialize, Serialize};
+// Tokio's clock, so the tests can stop time instead of sleeping through a flag's lifetime.
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::catalog::ProductCache;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
-use crate::reservations::ReservationPublisher;
+use crate::reservation_publisher::ReservationPublisher;
 use crate::singleflight::SingleFlight;
 
 #[derive(Debug, Clone)]
@@ -63,18 +65,6 @@ impl SaleView {
             payment_timeout_secs: row.payment_timeout_secs,
         }
     }
-}
-
-/// A reservation's progress, as its owner polls it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReservationStatus {
-    pub id: Uuid,
-    pub sale_id: Uuid,
-    pub user_id: Uuid,
-    /// `queued`, `confirmed` or `failed`.
-    pub status: String,
-    pub order_id: Option<Uuid>,
-    pub reason: Option<String>,
 }
 
 /// Per-instance "this sale is sold out" flags, so that once a sale sells out the flood of
@@ -134,6 +124,7 @@ pub struct SaleService {
     flags: Arc<SoldOutFlags>,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
     settings: SaleSettings,
+    idempotency_ttl: Duration,
 }
 
 impl SaleService {
@@ -144,9 +135,10 @@ impl SaleService {
         products: ProductCache,
         publisher: ReservationPublisher,
         settings: SaleSettings,
+        idempotency_ttl: Duration,
     ) -> Self {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
-        Self { db, redis, keys, products, publisher, flags, rebuilds: Arc::default(), settings }
+        Self { db, redis, keys, products, publisher, flags, rebuilds: Arc::default(), settings, idempotency_ttl }
     }
 
     pub fn flags(&self) -> &Arc<SoldOutFlags> {
@@ -215,9 +207,13 @@ impl SaleService {
 
     /// The hot path: flag, Lua reservation, confirmed publish. Returns the reservation id
     /// (202); the order is created by the consumer.
-    pub async fn purchase(&self, caller: &Caller, sale_id: Uuid, quantity: i64, key: Option<&str>) -> Result<Uuid> {
-        let quantity = domain::order::parse_quantity(quantity)?;
-        let key = key.map(crate::orders::parse_key).transpose()?;
+    pub async fn purchase(
+        &self,
+        caller: &Caller,
+        sale_id: Uuid,
+        quantity: Quantity,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Uuid> {
         if self.flags.is_sold_out(sale_id) {
             metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
             return Err(Error::SoldOut("sold out".into()));
@@ -225,14 +221,16 @@ impl SaleService {
         let epoch = self.flags.epoch();
         let reservation_id = Uuid::now_v7();
         let keys = self.keys.sale(sale_id);
-        let ttl_ms = self.settings.reservation_status_ttl_secs * 1000;
+        let (user_id, units, ttl_ms) = (caller.user_id, quantity.get(), self.idempotency_ttl.as_millis() as u64);
+        let idempotency_key = key.map(IdempotencyKey::as_str);
         let mut redis = self.redis.clone();
         let started = std::time::Instant::now();
-        let mut answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
+        let mut answer =
+            hot::reserve(&mut redis, &keys, user_id, units, reservation_id, idempotency_key, ttl_ms).await?;
         metrics::histogram!("reserve_script_seconds").record(started.elapsed().as_secs_f64());
         if answer == Reserve::Missing {
             self.rebuild(sale_id).await?;
-            answer = hot::reserve(&mut redis, &keys, caller.user_id, quantity, reservation_id, key, ttl_ms).await?;
+            answer = hot::reserve(&mut redis, &keys, user_id, units, reservation_id, idempotency_key, ttl_ms).await?;
         }
         let outcome = match answer {
             Reserve::Reserved { reservation_id: id, generation, .. } => {
@@ -244,7 +242,7 @@ impl SaleService {
                     id: reservation_id,
                     sale_id,
                     user_id: caller.user_id,
-                    quantity: quantity as i32,
+                    quantity: quantity.as_i32(),
                     generation,
                     reserved_at: Utc::now(),
                 };
@@ -269,7 +267,7 @@ impl SaleService {
     /// "No reservation exists without a message": if the broker does not confirm, the
     /// reservation is undone and the buyer gets 503 — unless the order consumer already
     /// claimed it, which proves the message arrived.
-    async fn publish(&self, reservation: Reservation, key: Option<&str>) -> Result<Uuid> {
+    async fn publish(&self, reservation: Reservation, key: Option<&IdempotencyKey>) -> Result<Uuid> {
         let id = reservation.id;
         let (sale_id, user_id) = (reservation.sale_id, reservation.user_id);
         if self.publisher.publish(reservation).await {
@@ -277,20 +275,15 @@ impl SaleService {
             return Ok(id);
         }
         let mut redis = self.redis.clone();
+        let key = key.map(IdempotencyKey::as_str);
         let undone = hot::undo(&mut redis, &self.keys.sale(sale_id), user_id, id, key).await?;
         if !undone {
             metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
             return Ok(id);
         }
-        let status = ReservationStatus {
-            id,
-            sale_id,
-            user_id,
-            status: "failed".into(),
-            order_id: None,
-            reason: Some("broker_unavailable".into()),
-        };
-        let _ = write_status(&mut redis, &self.keys, &status, self.settings.reservation_status_ttl_secs).await;
+        let failed = ReservationProgress::failed(id, sale_id, user_id, FailureReason::BrokerUnavailable);
+        let ttl_secs = self.settings.reservation_status_ttl_secs.get();
+        let _ = reservations::record(&mut redis, &self.keys, &[failed], ttl_secs).await;
         metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
         Err(Error::Unavailable("rabbitmq"))
     }
@@ -335,52 +328,44 @@ impl SaleService {
     }
 
     /// The owner's view of a reservation: Redis while it is fresh, then Postgres.
-    pub async fn reservation(&self, caller: &Caller, id: Uuid) -> Result<ReservationStatus> {
-        let cached: Option<String> = self.redis.clone().get(self.keys.reservation(id)).await?;
-        if let Some(status) = cached.and_then(|json| serde_json::from_str::<ReservationStatus>(&json).ok()) {
-            return if status.user_id == caller.user_id { Ok(status) } else { Err(Error::NotFound("reservation")) };
-        }
-        let row = sales::reservations(&self.db, &[id]).await?.into_iter().next();
-        match row {
-            Some(row) if row.user_id == caller.user_id => Ok(ReservationStatus {
-                id,
-                sale_id: row.sale_id,
-                user_id: row.user_id,
-                status: row.status,
-                order_id: row.order_id,
-                reason: row.reason,
-            }),
-            _ => Err(Error::NotFound("reservation")),
-        }
+    pub async fn reservation(&self, caller: &Caller, id: Uuid) -> Result<ReservationProgress> {
+        let progress = match reservations::find(&mut self.redis.clone(), &self.keys, id).await? {
+            Some(progress) => Some(progress),
+            None => sales::reservations(&self.db, &[id]).await?.first().map(recorded).transpose()?,
+        };
+        progress.filter(|p| p.user_id == caller.user_id).ok_or(Error::NotFound("reservation"))
     }
 }
 
-pub(crate) async fn write_status(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    status: &ReservationStatus,
-    ttl_secs: u64,
-) -> redis::RedisResult<()> {
-    let json = serde_json::to_string(status).unwrap_or_default();
-    redis.set_ex(keys.reservation(status.id), json, ttl_secs).await
+/// The outcome the order consumer recorded in Postgres.
+fn recorded(row: &sales::ReservationRow) -> Result<ReservationProgress> {
+    let unreadable = |e: domain::Invalid| Error::Internal(anyhow::anyhow!("reservation {}: {e}", row.id));
+    Ok(ReservationProgress {
+        id: row.id,
+        sale_id: row.sale_id,
+        user_id: row.user_id,
+        status: row.status.parse().map_err(unreadable)?,
+        order_id: row.order_id,
+        reason: row.reason.as_deref().map(str::parse).transpose().map_err(unreadable)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_sold_out_flag_expires() {
+    #[tokio::test(start_paused = true)]
+    async fn a_sold_out_flag_expires() {
         let flags = SoldOutFlags::new(Duration::from_millis(30));
         let sale = Uuid::now_v7();
         flags.mark(sale, flags.epoch());
         assert!(flags.is_sold_out(sale));
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(40)).await;
         assert!(!flags.is_sold_out(sale));
     }
 
-    #[test]
-    fn a_restock_notice_clears_the_flag_and_beats_a_late_mark() {
+    #[tokio::test(start_paused = true)]
+    async fn a_restock_notice_clears_the_flag_and_beats_a_late_mark() {
         let flags = SoldOutFlags::new(Duration::from_secs(60));
         let sale = Uuid::now_v7();
         flags.mark(sale, flags.epoch());

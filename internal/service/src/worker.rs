@@ -1,16 +1,18 @@
 //! The background side of a process: consumers, relays and schedulers, started together
 //! and stopped together.
 
+use std::future::Future;
 use std::time::Duration;
 
-use repo::mq::consumer;
+use repo::mq::consumer::{self, Delivery, Intake};
 use repo::mq::topology::{AUCTION_BIDS, AUCTION_CLOSE, ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
+use repo::mq::{Outcome, Route};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Services;
+use crate::bid_relay::{self, BidRelay};
 use crate::relay::OutboxRelay;
-use crate::{auctions, closer};
+use crate::{Deps, Services, closer, order_consumer};
 
 pub struct Workers {
     tasks: JoinSet<()>,
@@ -18,7 +20,7 @@ pub struct Workers {
 
 /// Starts every background task; each one returns when `stop` is cancelled.
 pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
-    let mut tasks = JoinSet::new();
+    let mut workers = Workers { tasks: JoinSet::new() };
     let deps = &services.deps;
     let settings = &deps.settings;
 
@@ -29,30 +31,19 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         settings.outbox.clone(),
         deps.confirm_timeout(),
     );
-    tasks.spawn(relay.run(stop.clone()));
+    workers.tasks.spawn(relay.run(stop.clone()));
 
-    let orders = services.orders.clone();
-    tasks.spawn(consumer::run(
-        deps.broker.clone(),
-        deps.topology(),
-        ORDER_CLOSE,
-        settings.amqp.prefetch,
-        deps.confirm_timeout(),
-        stop.clone(),
-        move |delivery| {
-            let orders = orders.clone();
-            async move { closer::handle_close(&orders, delivery).await }
-        },
-    ));
-
+    workers.spawn_consumer(deps, ORDER_CLOSE, &stop, services.orders.clone(), |orders, delivery| async move {
+        closer::handle_close(&orders, delivery).await
+    });
     // Two order consumers, each taking every message that has arrived (up to the
     // prefetch) into one transaction per sale: while one commits, the other gathers. They
     // serialize on the sale's row lock when they hold the same sale, which is right.
-    let prefetch = settings.amqp.order_prefetch;
-    let intake = consumer::Intake { prefetch, batch: usize::from(prefetch) };
+    let prefetch = settings.amqp.order_prefetch.get();
+    let intake = Intake { prefetch, batch: usize::from(prefetch) };
     for _ in 0..2 {
         let consumer = services.order_consumer.clone();
-        tasks.spawn(consumer::run_batches(
+        workers.tasks.spawn(consumer::run_batches(
             deps.broker.clone(),
             deps.topology(),
             SALE_RESERVE,
@@ -65,77 +56,76 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
             },
         ));
     }
-
-    let (redis, keys) = (deps.redis.clone(), deps.keys());
-    tasks.spawn(consumer::run(
-        deps.broker.clone(),
-        deps.topology(),
+    workers.spawn_consumer(
+        deps,
         SALE_RESTOCK,
-        settings.amqp.prefetch,
-        deps.confirm_timeout(),
-        stop.clone(),
-        move |delivery| {
-            let (redis, keys) = (redis.clone(), keys.clone());
-            async move { crate::reservations::handle_restock(&redis, &keys, delivery).await }
-        },
-    ));
+        &stop,
+        (deps.redis.clone(), deps.keys()),
+        |(redis, keys), delivery| async move { order_consumer::handle_restock(&redis, &keys, delivery).await },
+    );
 
-    let relay = auctions::BidRelay {
+    let relay = BidRelay {
         db: deps.db.clone(),
         client: deps.redis_client.clone(),
         keys: deps.keys(),
         broker: deps.broker.clone(),
         topology: deps.topology(),
         confirm_timeout: deps.confirm_timeout(),
-        batch: settings.auctions.relay_batch,
+        batch: settings.auctions.relay_batch.get(),
     };
-    tasks.spawn(relay.run(stop.clone()));
-
-    let db = deps.db.clone();
-    tasks.spawn(consumer::run(
-        deps.broker.clone(),
-        deps.topology(),
-        AUCTION_BIDS,
-        settings.amqp.prefetch,
-        deps.confirm_timeout(),
-        stop.clone(),
-        move |delivery| {
-            let db = db.clone();
-            async move { auctions::handle_bids(&db, delivery).await }
-        },
-    ));
-
-    let auction_service = services.auctions.clone();
-    tasks.spawn(consumer::run(
-        deps.broker.clone(),
-        deps.topology(),
+    workers.tasks.spawn(relay.run(stop.clone()));
+    workers.spawn_consumer(deps, AUCTION_BIDS, &stop, deps.db.clone(), |db, delivery| async move {
+        bid_relay::handle_bids(&db, delivery).await
+    });
+    workers.spawn_consumer(
+        deps,
         AUCTION_CLOSE,
-        settings.amqp.prefetch,
-        deps.confirm_timeout(),
-        stop.clone(),
-        move |delivery| {
-            let auctions = auction_service.clone();
-            async move { auctions::handle_close(&auctions, delivery).await }
-        },
-    ));
-    tasks.spawn(auctions::sweep(
-        deps.db.clone(),
-        services.auctions.clone(),
-        Duration::from_secs(settings.orders.sweep_interval_secs),
-        stop.clone(),
-    ));
+        &stop,
+        services.auction_closer.clone(),
+        |closer, delivery| async move { closer::handle_auction_close(&closer, delivery).await },
+    );
 
-    tasks.spawn(closer::sweep(
+    let every = |secs: std::num::NonZeroU64| Duration::from_secs(secs.get());
+    workers.tasks.spawn(closer::sweep_auctions(
+        deps.db.clone(),
+        services.auction_closer.clone(),
+        every(settings.auctions.sweep_interval_secs),
+        stop.clone(),
+    ));
+    workers.tasks.spawn(closer::sweep_orders(
         deps.db.clone(),
         services.orders.clone(),
-        Duration::from_secs(settings.orders.sweep_interval_secs),
+        every(settings.orders.sweep_interval_secs),
         stop.clone(),
     ));
-
-    Workers { tasks }
+    workers
 }
 
 impl Workers {
+    /// Consumes `route`'s queue one delivery at a time: `handle` gets its own copy of
+    /// `state` for each delivery.
+    fn spawn_consumer<S, Fut>(
+        &mut self,
+        deps: &Deps,
+        route: Route,
+        stop: &CancellationToken,
+        state: S,
+        handle: fn(S, Delivery) -> Fut,
+    ) where
+        S: Clone + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        self.tasks.spawn(consumer::run(
+            deps.broker.clone(),
+            deps.topology(),
+            route,
+            deps.settings.amqp.prefetch.get(),
+            deps.confirm_timeout(),
+            stop.clone(),
+            move |delivery| handle(state.clone(), delivery),
+        ));
+    }
+
     /// Waits up to `grace` for the tasks to finish their current message, then aborts the
     /// rest (an aborted consumer never acked, so its message is redelivered).
     pub async fn join(mut self, grace: Duration) {

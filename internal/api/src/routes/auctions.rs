@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::PageRequest;
 use domain::auction::{AuctionFields, NewAuction};
+use domain::{IdempotencyKey, Money, PageRequest};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketStream};
 use poem_openapi::param::{Header, Path, Query};
@@ -236,7 +236,9 @@ impl AuctionsApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<BidRequest>,
     ) -> ApiResult<BidPlaced> {
-        let placed = self.auctions.bid(auth.caller(), id.0, &body.0.amount, idempotency_key.0.as_deref()).await?;
+        let amount = Money::parse_positive("amount", &body.0.amount)?;
+        let key = idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
+        let placed = self.auctions.bid(auth.caller(), id.0, amount, key.as_ref()).await?;
         Ok(BidPlaced::Created(ok(placed.into())))
     }
 
@@ -331,7 +333,8 @@ fn state_message(a: &AuctionView) -> Value {
     })
 }
 
-/// The SPEC's messages; a bid the watcher has seen already (in the state) is skipped.
+/// The live messages (documented on [`AuctionsApi::live`]); a bid the watcher has seen
+/// already (in the state) is skipped.
 fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
     match event {
         Event::Bid { price, leader, seq, end_at, min_next_bid, .. } => {
@@ -346,7 +349,7 @@ fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
             }))
         }
         Event::Closed { status, winner, price, .. } => Some(json!({
-            "type": "closed", "status": status, "winner_id": winner, "price": price.map(|p| p.to_string())
+            "type": "closed", "status": status.as_str(), "winner_id": winner, "price": price.map(|p| p.to_string())
         })),
     }
 }

@@ -1,7 +1,8 @@
 //! `/orders`: a shopper's own orders.
 
 use chrono::{DateTime, Utc};
-use domain::PageRequest;
+use domain::order::parse_order_items;
+use domain::{IdempotencyKey, PageRequest};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -122,7 +123,9 @@ impl OrdersApi {
         body: JsonBody<CreateOrderRequest>,
     ) -> ApiResult<OrderCreated> {
         let lines: Vec<(Uuid, i64)> = body.0.items.iter().map(|line| (line.product_id, line.quantity)).collect();
-        let order = self.orders.create(auth.caller(), &lines, idempotency_key.0.as_deref()).await?;
+        let items = parse_order_items(&lines)?;
+        let key = idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
+        let order = self.orders.create(auth.caller(), &items, key.as_ref()).await?;
         Ok(OrderCreated::Created(ok(order.into())))
     }
 

@@ -1,13 +1,15 @@
 //! `/sales` and `/reservations`: flash sales.
 
 use chrono::{DateTime, Utc};
-use domain::PageRequest;
+use domain::order::Quantity;
+use domain::reservation::ReservationProgress;
 use domain::sale::{NewSale, SaleFields};
+use domain::{IdempotencyKey, PageRequest};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
-use service::sales::{ReservationStatus, SaleService, SaleView};
+use service::sales::{SaleService, SaleView};
 use uuid::Uuid;
 
 use super::ApiTags;
@@ -105,14 +107,14 @@ pub struct ReservationResponse {
     pub reason: Option<String>,
 }
 
-impl From<ReservationStatus> for ReservationResponse {
-    fn from(r: ReservationStatus) -> Self {
+impl From<ReservationProgress> for ReservationResponse {
+    fn from(r: ReservationProgress) -> Self {
         Self {
             id: r.id.to_string(),
             sale_id: r.sale_id.to_string(),
-            status: r.status,
+            status: r.status.to_string(),
             order_id: r.order_id.map(|id| id.to_string()),
-            reason: r.reason,
+            reason: r.reason.map(|reason| reason.to_string()),
         }
     }
 }
@@ -211,8 +213,9 @@ impl SalesApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<PurchaseRequest>,
     ) -> ApiResult<PurchaseAccepted> {
-        let reservation =
-            self.sales.purchase(auth.caller(), id.0, body.0.quantity, idempotency_key.0.as_deref()).await?;
+        let quantity = Quantity::parse(body.0.quantity)?;
+        let key = idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
+        let reservation = self.sales.purchase(auth.caller(), id.0, quantity, key.as_ref()).await?;
         let queued = QueuedResponse { reservation_id: reservation.to_string(), status: "queued".to_owned() };
         Ok(PurchaseAccepted::Accepted(ok(queued)))
     }

@@ -121,7 +121,7 @@ async fn bad_auction_and_bid_input_names_the_field() {
 
 #[tokio::test]
 async fn bids_are_refused_before_the_start_and_from_the_end() {
-    let app = spawn_app_with(|s| s.orders.sweep_interval_secs = 600).await;
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
     let admin = app.admin().await;
     let shopper = app.shopper().await;
     let later = auction(&app, &admin, Lot { start_in_ms: 3_600_000, end_in_ms: 7_200_000, ..OPEN_FOR_AN_HOUR }).await;
@@ -137,7 +137,7 @@ async fn bids_are_refused_before_the_start_and_from_the_end() {
 
 #[tokio::test]
 async fn a_bid_in_the_last_seconds_moves_the_end() {
-    let app = spawn_app_with(|s| s.orders.sweep_interval_secs = 600).await;
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
     let admin = app.admin().await;
     let shopper = app.shopper().await;
     let lot = auction(&app, &admin, Lot { end_in_ms: 2000, window: 5, by: 3, ..OPEN_FOR_AN_HOUR }).await;
@@ -156,7 +156,7 @@ async fn a_bid_in_the_last_seconds_moves_the_end() {
 
 #[tokio::test]
 async fn the_winner_gets_an_order_when_the_auction_closes() {
-    let app = spawn_app_with(|s| s.orders.sweep_interval_secs = 600).await;
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
     let admin = app.admin().await;
     let (ann, bob) = (app.shopper().await, app.shopper().await);
     let lot = auction(&app, &admin, Lot { end_in_ms: 2500, reserve: Some("11.00"), ..OPEN_FOR_AN_HOUR }).await;
@@ -178,7 +178,7 @@ async fn the_winner_gets_an_order_when_the_auction_closes() {
     bid(&app, &ann, &lot, "20.00").await.error(409, "AUCTION_CLOSED", None);
 
     // Closing again (a redelivered message, the sweeper) changes nothing.
-    app.services.auctions.close(lot.parse().unwrap()).await.unwrap();
+    app.services.auction_closer.close(lot.parse().unwrap()).await.unwrap();
     assert_eq!(app.scalar(&format!("SELECT count(*) FROM orders WHERE auction_id = '{lot}'")).await, 1);
     persisted(&app, &lot, 2).await;
     let report = verify(&app, &lot).await;
@@ -202,7 +202,7 @@ async fn an_auction_below_its_reserve_or_without_bids_stays_unsold() {
 
 #[tokio::test]
 async fn many_bidders_leave_a_strictly_rising_gapless_history() {
-    let app = spawn_app_with(|s| s.orders.sweep_interval_secs = 600).await;
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
     let admin = app.admin().await;
     let lot = auction(&app, &admin, Lot { end_in_ms: 8000, ..OPEN_FOR_AN_HOUR }).await;
     let tokens = app.services.auth.create_shoppers(25, Duration::from_secs(600)).await.unwrap();
@@ -293,7 +293,7 @@ async fn next_message(
 
 #[tokio::test]
 async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
-    let a = spawn_app_with(|s| s.orders.sweep_interval_secs = 600).await;
+    let a = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
     let b = spawn_sibling(&a, Mode::Api, |_| {}).await;
     let admin = a.admin().await;
     let shopper = a.shopper().await;

@@ -65,7 +65,7 @@ async fn login_returns_a_bearer_pair_that_opens_users_me() {
     app.register("erin@example.com", "correct horse").await.data(201);
     let tokens = app.login(" ERIN@example.com ", "correct horse").await.data(200).clone();
     assert_eq!(tokens["token_type"], "Bearer");
-    assert_eq!(tokens["expires_in"], app.settings.jwt.access_ttl_secs);
+    assert_eq!(tokens["expires_in"], app.settings.jwt.access_ttl_secs.get());
     let me = app.get("/api/v1/users/me", tokens["access_token"].as_str()).await;
     assert_eq!(me.data(200)["email"], "erin@example.com");
 }

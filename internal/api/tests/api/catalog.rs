@@ -89,7 +89,7 @@ async fn a_read_after_a_patch_or_delete_is_fresh() {
     assert!(cached.is_some(), "the first read fills the cache");
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
     let settings = &app.settings.cache;
-    assert!(ttl > 0 && ttl as u64 <= settings.product_ttl_secs + settings.product_ttl_jitter_secs, "{ttl}");
+    assert!(ttl > 0 && ttl as u64 <= settings.product_ttl_secs.get() + settings.product_ttl_jitter_secs, "{ttl}");
 
     let patched = app.send_json(reqwest::Method::PATCH, &path, json!({"price": "12.50"}), admin.token()).await;
     assert_eq!(patched.data(200)["price"], "12.50");
@@ -110,7 +110,10 @@ async fn unknown_ids_are_remembered_briefly() {
     let key = format!("{}:product:{id}", app.settings.redis.prefix);
     let mut redis = app.services.deps.redis.clone();
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
-    assert!(ttl > 0 && ttl as u64 <= app.settings.cache.negative_ttl_secs, "negative entry with a short TTL: {ttl}");
+    assert!(
+        ttl > 0 && ttl as u64 <= app.settings.cache.negative_ttl_secs.get(),
+        "negative entry with a short TTL: {ttl}"
+    );
     app.get(&format!("/api/v1/products/{id}"), None).await.error(404, "NOT_FOUND", None);
 }
 

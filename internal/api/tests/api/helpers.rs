@@ -29,7 +29,7 @@ pub fn test_settings() -> Settings {
     let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let vars: HashMap<String, String> = std::env::vars().collect();
     let mut settings = Settings::load_with(Some(&configs), Some("test"), &vars).expect("test settings load");
-    settings.http.addr = "127.0.0.1:0".into();
+    settings.http.addr = ([127, 0, 0, 1], 0).into();
     settings
 }
 
@@ -53,7 +53,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 /// with its own changes to the settings.
 pub async fn spawn_sibling(app: &TestApp, mode: Mode, customize: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = (*app.settings).clone();
-    settings.http.addr = "127.0.0.1:0".into();
+    settings.http.addr = ([127, 0, 0, 1], 0).into();
     customize(&mut settings);
     start(Arc::new(settings), mode).await
 }

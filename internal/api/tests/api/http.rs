@@ -1,6 +1,7 @@
 //! The HTTP pipeline: request ids, the error envelope for every kind of failure, CORS,
 //! rate limits, timeouts and panics.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,8 +80,8 @@ async fn errors_keep_their_envelope_for_cross_origin_requests() {
 async fn login_is_rate_limited_per_ip_with_retry_after() {
     let app = spawn_app_with(|s| {
         s.rate_limit.enabled = true;
-        s.rate_limit.ip_per_sec = 1;
-        s.rate_limit.ip_burst = 3;
+        s.rate_limit.ip_per_sec = 1.try_into().unwrap();
+        s.rate_limit.ip_burst = 3.try_into().unwrap();
     })
     .await;
     let mut statuses = Vec::new();
@@ -101,7 +102,7 @@ async fn login_is_rate_limited_per_ip_with_retry_after() {
 
 #[tokio::test]
 async fn an_oversized_body_is_refused_before_it_is_parsed() {
-    let app = spawn_app_with(|s| s.http.body_limit_bytes = 1024).await;
+    let app = spawn_app_with(|s| s.http.body_limit_bytes = 1024.try_into().unwrap()).await;
     let big = json!({"email": "a@example.com", "password": "x".repeat(5000)});
     let reply = app.post("/api/v1/auth/register", big, None).await;
     reply.error(413, "PAYLOAD_TOO_LARGE", None);
@@ -114,8 +115,14 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
 }
 
 fn policy(timeout: Duration) -> HttpPolicy {
-    let limits =
-        RateLimitSettings { enabled: false, ip_per_sec: 1, ip_burst: 1, user_per_sec: 1, user_burst: 1, idle_secs: 60 };
+    let limits = RateLimitSettings {
+        enabled: false,
+        ip_per_sec: NonZeroU32::MIN,
+        ip_burst: NonZeroU32::MIN,
+        user_per_sec: NonZeroU32::MIN,
+        user_burst: NonZeroU32::MIN,
+        idle_secs: 60.try_into().unwrap(),
+    };
     HttpPolicy {
         limits: Arc::new(Limits::new(&limits)),
         sold_out: Arc::new(service::sales::SoldOutFlags::new(Duration::from_secs(1))),

@@ -209,8 +209,8 @@ async fn concurrent_buyers_never_take_more_than_the_stock() {
 async fn writes_are_rate_limited_per_user() {
     let app = spawn_app_with(|s| {
         s.rate_limit.enabled = true;
-        s.rate_limit.user_per_sec = 1;
-        s.rate_limit.user_burst = 2;
+        s.rate_limit.user_per_sec = 1.try_into().unwrap();
+        s.rate_limit.user_burst = 2.try_into().unwrap();
     })
     .await;
     let admin = app.admin().await;

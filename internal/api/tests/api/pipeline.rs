@@ -16,8 +16,8 @@ use crate::proxy::TcpProxy;
 /// Short payment windows; the sweeper effectively off, so a close proves the delay queue.
 async fn quick_app(timeout_secs: u32) -> TestApp {
     spawn_app_with(|s| {
-        s.orders.payment_timeout_secs = timeout_secs;
-        s.orders.sweep_interval_secs = 600;
+        s.orders.payment_timeout_secs = timeout_secs.try_into().unwrap();
+        s.orders.sweep_interval_secs = 600.try_into().unwrap();
     })
     .await
 }
@@ -60,7 +60,7 @@ async fn an_order_paid_in_time_stays_paid() {
 #[tokio::test]
 async fn a_short_timeout_is_not_held_back_by_a_long_one() {
     let long = quick_app(60).await;
-    let short = spawn_sibling(&long, Mode::Serve, |s| s.orders.payment_timeout_secs = 1).await;
+    let short = spawn_sibling(&long, Mode::Serve, |s| s.orders.payment_timeout_secs = 1.try_into().unwrap()).await;
     let admin = long.admin().await;
     let shopper = long.shopper().await;
     let product = long.product(&admin, "1.00", 10).await;
@@ -210,8 +210,8 @@ async fn the_sweeper_closes_orders_whose_message_never_left() {
     let rabbit = TcpProxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(|s| {
         s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
-        s.orders.payment_timeout_secs = 1;
-        s.orders.sweep_interval_secs = 1;
+        s.orders.payment_timeout_secs = 1.try_into().unwrap();
+        s.orders.sweep_interval_secs = 1.try_into().unwrap();
     })
     .await;
     let admin = app.admin().await;

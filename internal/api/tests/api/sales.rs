@@ -285,7 +285,7 @@ async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
     assert!(replies.iter().all(|r| r.status == 202));
     assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 0, "nothing consumed yet");
 
-    let worker = spawn_sibling(&api, Mode::Worker, |s| s.amqp.order_prefetch = 1).await;
+    let worker = spawn_sibling(&api, Mode::Worker, |s| s.amqp.order_prefetch = 1.try_into().unwrap()).await;
     api.eventually(20, "the worker starts draining", || async {
         api.scalar("SELECT count(*) FROM reservations").await > 0
     })

@@ -1,5 +1,5 @@
-//! Redis: key names, the product cache, and the Lua scripts that hold the hot state of
-//! flash sales and auctions.
+//! Redis: key names, the product cache, reservation statuses, and the Lua scripts that
+//! hold the hot state of flash sales and auctions.
 //!
 //! Every key starts with the configured prefix, so tenants and parallel tests never
 //! collide. Keys of one sale or auction share a hash tag (`{sale:<id>}`), so a script that
@@ -8,6 +8,7 @@
 pub mod auctions;
 pub mod keys;
 pub mod products;
+pub mod reservations;
 pub mod sales;
 
 pub use keys::Keys;

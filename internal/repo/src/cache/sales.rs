@@ -52,11 +52,6 @@ impl Keys {
     pub fn sale_restock_channel(&self) -> String {
         format!("{}:sales:restock", self.prefix())
     }
-
-    /// Where a reservation's status waits for its owner to poll it.
-    pub fn reservation(&self, reservation_id: Uuid) -> String {
-        format!("{}:reservation:{reservation_id}", self.prefix())
-    }
 }
 
 impl SaleKeys {

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use uuid::Uuid;
 
-use super::{Page, stmt};
+use super::{Page, scalar, stmt};
 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct AuctionRow {
@@ -97,7 +97,7 @@ pub async fn list(
     ))
     .all(db)
     .await?;
-    let total = count(db, &format!("SELECT count(*) FROM auctions {filter}"), []).await?;
+    let total = scalar(db, &format!("SELECT count(*) FROM auctions {filter}"), []).await?;
     Ok(Page { items, total: total as u64 })
 }
 
@@ -201,7 +201,7 @@ pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limi
     ))
     .all(db)
     .await?;
-    let total = count(db, "SELECT count(*) FROM bids WHERE auction_id = $1", [auction_id.into()]).await?;
+    let total = scalar(db, "SELECT count(*) FROM bids WHERE auction_id = $1", [auction_id.into()]).await?;
     Ok(Page { items, total: total as u64 })
 }
 
@@ -254,13 +254,4 @@ async fn ids(
         id: Uuid,
     }
     Ok(Id::find_by_statement(stmt(sql, values)).all(db).await?.into_iter().map(|r| r.id).collect())
-}
-
-async fn count(
-    db: &impl ConnectionTrait,
-    sql: &str,
-    values: impl IntoIterator<Item = sea_orm::Value>,
-) -> Result<i64, DbErr> {
-    let row = db.query_one_raw(stmt(sql, values)).await?.ok_or_else(|| DbErr::RecordNotFound(sql.into()))?;
-    row.try_get_by_index::<i64>(0)
 }

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::stmt;
+use super::{scalar, stmt};
 
 /// A message to write: where it goes, what it says, and whether it waits first.
 pub struct Outgoing<'a, T: Serialize> {
@@ -113,12 +113,5 @@ pub async fn delete_published_before(db: &impl ConnectionTrait, hours: i64) -> R
 
 /// Rows not yet published (the relay's backlog).
 pub async fn backlog(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Count {
-        count: i64,
-    }
-    let row = Count::find_by_statement(stmt("SELECT count(*) AS count FROM outbox WHERE published_at IS NULL", []))
-        .one(db)
-        .await?;
-    Ok(row.map_or(0, |r| r.count))
+    scalar(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL", []).await
 }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Value};
 use uuid::Uuid;
 
-use super::{Page, stmt};
+use super::{Page, scalar, stmt};
 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct SaleRow {
@@ -118,7 +118,7 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
     ))
     .all(db)
     .await?;
-    let total = count(db, &format!("SELECT count(*) AS count FROM sales s {filter}"), []).await?;
+    let total = scalar(db, &format!("SELECT count(*) AS count FROM sales s {filter}"), []).await?;
     Ok(Page { items, total: total as u64 })
 }
 
@@ -151,7 +151,7 @@ async fn held(
 /// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
 /// CHECK constraint on the column is the last wall: Postgres never oversells.
 pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
-    count(
+    scalar(
         db,
         "UPDATE sales SET stock_left = stock_left + $2, version = version + 1, updated_at = now() \
          WHERE id = $1 RETURNING version",
@@ -330,13 +330,4 @@ pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, 
     .one(db)
     .await?;
     row.ok_or_else(|| DbErr::RecordNotFound("sale ledger".into()))
-}
-
-async fn count(
-    db: &impl ConnectionTrait,
-    sql: &str,
-    values: impl IntoIterator<Item = sea_orm::Value>,
-) -> Result<i64, DbErr> {
-    let row = db.query_one_raw(stmt(sql, values)).await?.ok_or_else(|| DbErr::RecordNotFound(sql.into()))?;
-    row.try_get_by_index::<i64>(0)
 }

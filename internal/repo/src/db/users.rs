@@ -74,10 +74,6 @@ pub async fn find_by_email(db: &impl ConnectionTrait, email: &str) -> Result<Opt
     Entity::find().filter(Column::Email.eq(email)).one(db).await
 }
 
-pub async fn find_many_by_email(db: &impl ConnectionTrait, emails: Vec<String>) -> Result<Vec<UserRow>, DbErr> {
-    Entity::find().filter(Column::Email.is_in(emails)).all(db).await
-}
-
 /// Makes an existing user an admin; returns false when there is no such user.
 pub async fn promote(db: &impl ConnectionTrait, email: &str) -> Result<bool, DbErr> {
     let result = Entity::update_many()

@@ -11,10 +11,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use platform::Broker;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,6 +32,14 @@ pub struct Delivery {
     /// No retry is left after this one: a handler that must compensate on final failure
     /// (e.g. release a reservation) does it now.
     pub last_attempt: bool,
+}
+
+impl Delivery {
+    /// The body as a `T`; a body that is not one can never be handled, so the error is the
+    /// outcome that dead-letters it (`what` names the message in the dead letter).
+    pub fn json<T: DeserializeOwned>(&self, what: &str) -> Result<T, Outcome> {
+        serde_json::from_slice(&self.body).map_err(|err| Outcome::Dead(anyhow::anyhow!("unreadable {what}: {err}")))
+    }
 }
 
 /// What to do with a delivery once handled.
@@ -95,18 +105,13 @@ pub async fn run_batches<H, Fut>(
     Fut: Future<Output = Vec<Outcome>> + Send,
 {
     let publisher = ConfirmPublisher::new(broker.clone(), confirm_timeout);
-    let mut backoff = Duration::from_millis(250);
+    let mut delays = platform::connect::backoff().build();
     loop {
-        match session(&broker, &topology, route, intake, &publisher, &stop, &handler).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(queue = route.queue, error = %err, "consumer lost its channel; reconnecting in {backoff:?}");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let Err(err) = session(&broker, &topology, route, intake, &publisher, &stop, &handler).await else { return };
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::warn!(queue = route.queue, error = %err, "consumer lost its channel; reconnecting in {delay:?}");
+        if stop.run_until_cancelled(tokio::time::sleep(delay)).await.is_none() {
+            return;
         }
     }
 }

@@ -49,10 +49,6 @@ impl ConfirmPublisher {
         Self { broker, channel: Mutex::new(None), timeout }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// A channel to use for declarations next to this publisher's publishes.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
         let mut slot = self.channel.lock().await;

@@ -1,202 +1,24 @@
-//! Reservations between Redis and Postgres: the batching publisher on the purchase path,
-//! and the order consumer that turns them into orders.
-//!
-//! One broker message per reservation would cap a sale near the broker's confirm rate
-//! (about 20k/s here). So reservations queue up in process and each publisher task sends
-//! whatever has gathered while its previous publish was being confirmed, as one message:
-//! under light load a batch of one (no added latency), under a burst hundreds per confirm.
-//! Every reservation keeps its own outcome: the consumer confirms or fails each one.
+//! The worker side of flash sales: the order consumer turns reserved units into orders,
+//! and the restock consumer puts returned units back on sale in Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
 
 use domain::Money;
 use domain::order::OrderKind;
-use platform::Broker;
+use domain::reservation::{FailureReason, ReservationProgress, ReservationStatus};
 use redis::aio::ConnectionManager;
-use repo::cache::Keys;
 use repo::cache::sales::{self as hot, Settled};
+use repo::cache::{Keys, reservations};
 use repo::db::orders::{self, NewLine, NewOrder};
 use repo::db::sales::{self, NewReservation, ReservationRow, SaleRow};
+use repo::mq::Outcome;
 use repo::mq::consumer::Delivery;
 use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
-use repo::mq::topology::SALE_RESERVE;
-use repo::mq::{ConfirmPublisher, Message, Outcome, Topology};
 use sea_orm::{DatabaseConnection, TransactionTrait};
-use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::Result;
 use crate::orders::announce_and_schedule_close;
-use crate::sales::{ReservationStatus, write_status};
-
-struct Pending {
-    reservation: Reservation,
-    trace: HashMap<String, String>,
-    done: oneshot::Sender<bool>,
-}
-
-/// Hands reservations to the publisher tasks and waits for their confirm.
-#[derive(Clone)]
-pub struct ReservationPublisher {
-    queue: mpsc::Sender<Pending>,
-    wait: Duration,
-}
-
-pub struct PublisherConfig {
-    pub tasks: usize,
-    pub max_batch: usize,
-    pub confirm_timeout: Duration,
-    pub status_ttl_secs: u64,
-}
-
-impl ReservationPublisher {
-    pub fn start(
-        broker: Arc<Broker>,
-        topology: Topology,
-        redis: ConnectionManager,
-        keys: Keys,
-        config: PublisherConfig,
-    ) -> Self {
-        let (queue, receiver) = mpsc::channel::<Pending>(config.max_batch * config.tasks * 8);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..config.tasks {
-            let task = PublisherTask {
-                receiver: receiver.clone(),
-                publisher: ConfirmPublisher::new(broker.clone(), config.confirm_timeout),
-                exchange: topology.exchange(),
-                redis: redis.clone(),
-                keys: keys.clone(),
-                max_batch: config.max_batch,
-                status_ttl_secs: config.status_ttl_secs,
-            };
-            tokio::spawn(task.run());
-        }
-        Self { queue, wait: config.confirm_timeout * 2 + Duration::from_secs(1) }
-    }
-
-    /// True once the broker confirmed the message carrying this reservation.
-    pub async fn publish(&self, reservation: Reservation) -> bool {
-        let started = std::time::Instant::now();
-        let (done, confirmed) = oneshot::channel();
-        let pending = Pending { reservation, trace: platform::telemetry::current_trace_headers(), done };
-        if self.queue.send(pending).await.is_err() {
-            return false;
-        }
-        let confirmed = matches!(tokio::time::timeout(self.wait, confirmed).await, Ok(Ok(true)));
-        metrics::histogram!("reservation_publish_seconds").record(started.elapsed().as_secs_f64());
-        confirmed
-    }
-}
-
-struct PublisherTask {
-    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
-    publisher: ConfirmPublisher,
-    exchange: String,
-    redis: ConnectionManager,
-    keys: Keys,
-    max_batch: usize,
-    status_ttl_secs: u64,
-}
-
-impl PublisherTask {
-    async fn run(self) {
-        loop {
-            let batch = {
-                let mut receiver = self.receiver.lock().await;
-                let Some(first) = receiver.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < self.max_batch {
-                    match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                batch
-            };
-            let reservations: Vec<Reservation> = batch.iter().map(|p| p.reservation.clone()).collect();
-            // The "queued" statuses are written while the broker confirms, not after: a buyer
-            // who polls right after the 202 finds one, and nobody waits for two round trips.
-            // (If the publish fails, the undo overwrites them with "failed".)
-            let (confirmed, ()) =
-                tokio::join!(self.send(&reservations, &batch[0].trace), self.mark_queued(&reservations));
-            metrics::histogram!("reservation_batch_size").record(batch.len() as f64);
-            for pending in batch {
-                let _ = pending.done.send(confirmed);
-            }
-        }
-    }
-
-    async fn send(&self, reservations: &[Reservation], trace: &HashMap<String, String>) -> bool {
-        let message = Message {
-            exchange: self.exchange.clone(),
-            routing_key: SALE_RESERVE.key.to_owned(),
-            body: serde_json::to_vec(&ReservationBatch { reservations: reservations.to_vec() }).unwrap_or_default(),
-            headers: trace.clone(),
-            message_id: Some(reservations[0].id.to_string()),
-            mandatory: true,
-        };
-        let started = std::time::Instant::now();
-        let published = self.publisher.publish_all(&[message]).await;
-        metrics::histogram!("reservation_confirm_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(err) = published {
-            tracing::warn!(error = %err, reservations = reservations.len(), "reservation publish not confirmed");
-            return false;
-        }
-        true
-    }
-
-    /// Tells pollers "queued". NX: the consumer may have answered "confirmed" already.
-    async fn mark_queued(&self, reservations: &[Reservation]) {
-        let mut pipe = redis::pipe();
-        for r in reservations {
-            let status = ReservationStatus {
-                id: r.id,
-                sale_id: r.sale_id,
-                user_id: r.user_id,
-                status: "queued".into(),
-                order_id: None,
-                reason: None,
-            };
-            let json = serde_json::to_string(&status).unwrap_or_default();
-            pipe.cmd("SET")
-                .arg(self.keys.reservation(r.id))
-                .arg(json)
-                .arg("EX")
-                .arg(self.status_ttl_secs)
-                .arg("NX")
-                .ignore();
-        }
-        if let Err(err) = pipe.query_async::<()>(&mut self.redis.clone()).await {
-            tracing::warn!(error = %err, "could not write queued reservation statuses");
-        }
-    }
-}
-
-/// Why the consumer refused a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// Postgres had no units left: Redis had drifted ahead. The unit does not exist, so it
-    /// is not put back in Redis.
-    SoldOut,
-    /// The database's per-user limit said no (Redis had forgotten a holding): the unit is
-    /// real and goes back on sale.
-    LimitReached,
-}
-
-impl Refusal {
-    fn reason(self) -> &'static str {
-        match self {
-            Refusal::SoldOut => "sold_out",
-            Refusal::LimitReached => "limit_reached",
-        }
-    }
-
-    fn parse(reason: Option<&str>) -> Self {
-        if reason == Some("limit_reached") { Refusal::LimitReached } else { Refusal::SoldOut }
-    }
-}
 
 /// Writes the orders of reserved units.
 #[derive(Clone)]
@@ -221,15 +43,13 @@ impl OrderConsumer {
         let mut outcomes: Vec<Option<Outcome>> = deliveries.iter().map(|_| None).collect();
         let mut by_sale: BTreeMap<Uuid, Vec<(usize, Reservation)>> = BTreeMap::new();
         for (index, delivery) in deliveries.iter().enumerate() {
-            match serde_json::from_slice::<ReservationBatch>(&delivery.body) {
+            match delivery.json::<ReservationBatch>("reservation batch") {
                 Ok(batch) => {
                     for reservation in batch.reservations {
                         by_sale.entry(reservation.sale_id).or_default().push((index, reservation));
                     }
                 }
-                Err(err) => {
-                    outcomes[index] = Some(Outcome::Dead(anyhow::anyhow!("unreadable reservation batch: {err}")))
-                }
+                Err(dead) => outcomes[index] = Some(dead),
             }
         }
         for (sale_id, group) in by_sale {
@@ -319,24 +139,13 @@ impl OrderConsumer {
         for (version, settled) in by_version {
             hot::settle(redis, &keys, version, &settled).await?;
         }
-        for refusal in [Refusal::SoldOut, Refusal::LimitReached] {
+        for refusal in [FailureReason::SoldOut, FailureReason::LimitReached] {
             let ids: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal == Some(refusal)).map(|o| o.id).collect();
-            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal == Refusal::LimitReached, false).await?;
+            // Only a unit refused by the per-user limit is real; see `FailureReason`.
+            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal == FailureReason::LimitReached, false).await?;
         }
-        let mut pipe = redis::pipe();
-        for o in outcomes {
-            let status = ReservationStatus {
-                id: o.id,
-                sale_id,
-                user_id: o.user_id,
-                status: if o.order_id.is_some() { "confirmed" } else { "failed" }.into(),
-                order_id: o.order_id,
-                reason: o.refusal.map(|r| r.reason().to_owned()),
-            };
-            let json = serde_json::to_string(&status).unwrap_or_default();
-            pipe.cmd("SET").arg(self.keys.reservation(o.id)).arg(json).arg("EX").arg(self.status_ttl_secs).ignore();
-        }
-        pipe.query_async::<()>(redis).await?;
+        let decided: Vec<ReservationProgress> = outcomes.iter().map(|o| o.progress(sale_id)).collect();
+        reservations::record(redis, &self.keys, &decided, self.status_ttl_secs).await?;
         Ok(())
     }
 
@@ -360,26 +169,21 @@ impl OrderConsumer {
         {
             tracing::error!(%sale_id, error = %err, "could not release reservations after the last attempt");
         }
-        for reservation in group.iter().filter(|r| release.contains(&r.id)) {
-            let status = ReservationStatus {
-                id: reservation.id,
-                sale_id,
-                user_id: reservation.user_id,
-                status: "failed".into(),
-                order_id: None,
-                reason: Some("not_processed".into()),
-            };
-            let _ = write_status(&mut redis, &self.keys, &status, self.status_ttl_secs).await;
-        }
+        let failed: Vec<ReservationProgress> = group
+            .iter()
+            .filter(|r| release.contains(&r.id))
+            .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
+            .collect();
+        let _ = reservations::record(&mut redis, &self.keys, &failed, self.status_ttl_secs).await;
     }
 }
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
 /// sale in Redis (once per order).
 pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: Delivery) -> Outcome {
-    let message: SaleRestock = match serde_json::from_slice(&delivery.body) {
+    let message: SaleRestock = match delivery.json("restock message") {
         Ok(message) => message,
-        Err(err) => return Outcome::Dead(anyhow::anyhow!("unreadable restock message: {err}")),
+        Err(dead) => return dead,
     };
     let returned: Vec<hot::Returned> = message
         .returns
@@ -403,7 +207,7 @@ pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: De
 struct Decision<'a> {
     reservation: &'a Reservation,
     order_id: Option<Uuid>,
-    refusal: Option<Refusal>,
+    refusal: Option<FailureReason>,
 }
 
 /// Decides each reservation in arrival order against the sale's Postgres stock and the
@@ -416,9 +220,9 @@ fn decide<'a>(sale: &SaleRow, buyers: &[(Uuid, i32)], fresh: &[&'a Reservation])
         .map(|reservation| {
             let holding = held.entry(reservation.user_id).or_default();
             let refusal = if left < reservation.quantity {
-                Some(Refusal::SoldOut)
+                Some(FailureReason::SoldOut)
             } else if *holding + reservation.quantity > sale.per_user_limit {
-                Some(Refusal::LimitReached)
+                Some(FailureReason::LimitReached)
             } else {
                 left -= reservation.quantity;
                 *holding += reservation.quantity;
@@ -463,7 +267,7 @@ impl Decision<'_> {
             user_id: self.reservation.user_id,
             quantity: self.reservation.quantity,
             order_id: self.order_id,
-            reason: self.refusal.map(Refusal::reason),
+            reason: self.refusal.map(FailureReason::as_str),
             reserved_at: self.reservation.reserved_at,
             generation: self.reservation.generation.clone(),
         }
@@ -490,7 +294,7 @@ struct Recorded {
     generation: String,
     version: i64,
     order_id: Option<Uuid>,
-    refusal: Option<Refusal>,
+    refusal: Option<FailureReason>,
 }
 
 impl Recorded {
@@ -502,7 +306,22 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            refusal: (row.status == "failed").then(|| Refusal::parse(row.reason.as_deref())),
+            // The consumer records failures with one of these two reasons only.
+            refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
+                match row.reason.as_deref().map(str::parse) {
+                    Some(Ok(FailureReason::LimitReached)) => FailureReason::LimitReached,
+                    _ => FailureReason::SoldOut,
+                }
+            }),
+        }
+    }
+
+    fn progress(&self, sale_id: Uuid) -> ReservationProgress {
+        match (self.order_id, self.refusal) {
+            (Some(order_id), _) => ReservationProgress::confirmed(self.id, sale_id, self.user_id, order_id),
+            (None, refusal) => {
+                ReservationProgress::failed(self.id, sale_id, self.user_id, refusal.unwrap_or(FailureReason::SoldOut))
+            }
         }
     }
 }
@@ -548,8 +367,8 @@ mod tests {
         let reservations = [reservation(a, 1), reservation(b, 2), reservation(c, 1)];
         let refs: Vec<&Reservation> = reservations.iter().collect();
         let decisions = decide(&sale(2, 5), &[], &refs);
-        let refusals: Vec<Option<Refusal>> = decisions.iter().map(|d| d.refusal).collect();
-        assert_eq!(refusals, [None, Some(Refusal::SoldOut), None]);
+        let refusals: Vec<Option<FailureReason>> = decisions.iter().map(|d| d.refusal).collect();
+        assert_eq!(refusals, [None, Some(FailureReason::SoldOut), None]);
     }
 
     #[test]
@@ -559,7 +378,7 @@ mod tests {
         let refs: Vec<&Reservation> = reservations.iter().collect();
         let decisions = decide(&sale(10, 2), &[(a, 1)], &refs);
         assert_eq!(decisions[0].refusal, None);
-        assert_eq!(decisions[1].refusal, Some(Refusal::LimitReached));
+        assert_eq!(decisions[1].refusal, Some(FailureReason::LimitReached));
         assert_eq!(holdings(&decisions), vec![(a, 1)]);
     }
 

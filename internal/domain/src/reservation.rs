@@ -1,0 +1,151 @@
+//! A flash-sale reservation after the 202: queued until the order consumer decides, then
+//! confirmed with an order or failed with a reason.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::Invalid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Queued,
+    Confirmed,
+    Failed,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Queued => "queued",
+            ReservationStatus::Confirmed => "confirmed",
+            ReservationStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Why a reservation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Postgres had no units left: Redis had drifted ahead. The unit does not exist, so it
+    /// is not put back on sale.
+    SoldOut,
+    /// The database's per-user limit said no (Redis had forgotten a holding): the unit is
+    /// real and goes back on sale.
+    LimitReached,
+    /// The broker did not confirm the message; the reservation was undone (the buyer got 503).
+    BrokerUnavailable,
+    /// The order consumer gave up after its last attempt; the units were released.
+    NotProcessed,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::SoldOut => "sold_out",
+            FailureReason::LimitReached => "limit_reached",
+            FailureReason::BrokerUnavailable => "broker_unavailable",
+            FailureReason::NotProcessed => "not_processed",
+        }
+    }
+}
+
+impl fmt::Display for ReservationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ReservationStatus {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(ReservationStatus::Queued),
+            "confirmed" => Ok(ReservationStatus::Confirmed),
+            "failed" => Ok(ReservationStatus::Failed),
+            _ => Err(Invalid::new("status", format!("unknown reservation status `{s}`"))),
+        }
+    }
+}
+
+impl FromStr for FailureReason {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sold_out" => Ok(FailureReason::SoldOut),
+            "limit_reached" => Ok(FailureReason::LimitReached),
+            "broker_unavailable" => Ok(FailureReason::BrokerUnavailable),
+            "not_processed" => Ok(FailureReason::NotProcessed),
+            _ => Err(Invalid::new("reason", format!("unknown failure reason `{s}`"))),
+        }
+    }
+}
+
+/// Where one reservation stands, as its buyer polls it. Built only through the
+/// constructors, so a confirmed one always has its order and a failed one its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationProgress {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: Uuid,
+    pub status: ReservationStatus,
+    pub order_id: Option<Uuid>,
+    pub reason: Option<FailureReason>,
+}
+
+impl ReservationProgress {
+    pub fn queued(id: Uuid, sale_id: Uuid, user_id: Uuid) -> Self {
+        Self { id, sale_id, user_id, status: ReservationStatus::Queued, order_id: None, reason: None }
+    }
+
+    pub fn confirmed(id: Uuid, sale_id: Uuid, user_id: Uuid, order_id: Uuid) -> Self {
+        Self { id, sale_id, user_id, status: ReservationStatus::Confirmed, order_id: Some(order_id), reason: None }
+    }
+
+    pub fn failed(id: Uuid, sale_id: Uuid, user_id: Uuid, reason: FailureReason) -> Self {
+        Self { id, sale_id, user_id, status: ReservationStatus::Failed, order_id: None, reason: Some(reason) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons_round_trip_through_their_names() {
+        for status in [ReservationStatus::Queued, ReservationStatus::Confirmed, ReservationStatus::Failed] {
+            assert_eq!(status.to_string().parse::<ReservationStatus>().unwrap(), status);
+        }
+        for reason in [
+            FailureReason::SoldOut,
+            FailureReason::LimitReached,
+            FailureReason::BrokerUnavailable,
+            FailureReason::NotProcessed,
+        ] {
+            assert_eq!(reason.to_string().parse::<FailureReason>().unwrap(), reason);
+        }
+        assert_eq!("pending".parse::<ReservationStatus>().unwrap_err().field, "status");
+    }
+
+    #[test]
+    fn a_confirmed_reservation_carries_its_order_and_a_failed_one_its_reason() {
+        let (id, sale, user, order) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let confirmed = ReservationProgress::confirmed(id, sale, user, order);
+        assert_eq!(
+            (confirmed.status, confirmed.order_id, confirmed.reason),
+            (ReservationStatus::Confirmed, Some(order), None)
+        );
+        let failed = ReservationProgress::failed(id, sale, user, FailureReason::NotProcessed);
+        assert_eq!((failed.status, failed.order_id), (ReservationStatus::Failed, None));
+        assert_eq!(failed.reason.map(|r| r.to_string()).as_deref(), Some("not_processed"));
+    }
+}
