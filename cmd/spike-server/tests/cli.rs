@@ -48,3 +48,32 @@ fn help_lists_the_commands_of_the_spec() {
         assert!(stdout.contains(command), "{command} missing from:\n{stdout}");
     }
 }
+
+#[tokio::test]
+async fn redriving_dead_letters_logs_no_error() {
+    let prefix = format!("test.cli.{}", uuid::Uuid::now_v7().simple());
+    let env = [("SPIKE__AMQP__PREFIX", prefix.as_str()), ("SPIKE__AMQP__QUEUE_EXPIRES_MS", "120000")];
+    let configs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let vars = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let settings = platform::Settings::load_with(Some(&configs), Some("test"), &vars).unwrap();
+    let broker = std::sync::Arc::new(platform::Broker::connect(&settings.amqp, "spike-cli-test").await.unwrap());
+    let topology = repo::mq::Topology::new(&prefix, 120_000, settings.amqp.retry_delays_ms.clone());
+    let channel = broker.channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    channel.close(200, "declared".into()).await.unwrap();
+    let publisher = repo::mq::ConfirmPublisher::new(broker.clone(), std::time::Duration::from_secs(5));
+    let dead = repo::mq::Message {
+        routing_key: topology.dead_letters(repo::mq::topology::ORDER_CLOSE),
+        body: br#"{"order_ids":[]}"#.to_vec(),
+        mandatory: true,
+        ..Default::default()
+    };
+    publisher.publish_all(&[dead]).await.unwrap();
+    publisher.close().await;
+    broker.close().await;
+
+    let (ok, stdout, stderr) = spike(&["dlq", "redrive", "--queue", "order.close"], &env);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("re-drove 1 message(s)"), "{stdout}");
+    assert!(!stderr.contains("ERROR"), "an expected end logged an error:\n{stderr}");
+}

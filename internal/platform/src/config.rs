@@ -24,7 +24,24 @@ pub enum ConfigError {
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: String, message: String },
     #[error("invalid configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    /// A value its type refuses (`http.addr = "nowhere"`, a zero where zero makes no
+    /// sense) reads like the checks in `validate`: `invalid configuration: <key>: <why>`.
+    fn from(err: config::ConfigError) -> Self {
+        match err {
+            config::ConfigError::At { error, origin, key: Some(key) } => match *error {
+                config::ConfigError::Message(message) if message.contains("expected a nonzero") => {
+                    invalid(&key, "must be greater than 0")
+                }
+                config::ConfigError::Message(message) => invalid(&key, message),
+                error => ConfigError::Load(config::ConfigError::At { error: Box::new(error), origin, key: Some(key) }),
+            },
+            other => ConfigError::Load(other),
+        }
+    }
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -384,7 +401,7 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_key() {
         let err = load(None, &[("SPIKE__HTTP__ADDR", "nowhere")]).unwrap_err();
-        assert!(err.to_string().contains("http.addr"), "{err}");
+        assert!(err.to_string().starts_with("invalid configuration: http.addr: "), "{err}");
         let err = load(None, &[("SPIKE__JWT__SECRET", "short")]).unwrap_err();
         assert!(err.to_string().contains("jwt.secret"), "{err}");
         let err = load(None, &[("SPIKE__DATABASE__MAX_CONNECTIONS", "lots")]).unwrap_err();
@@ -400,14 +417,14 @@ mod tests {
             ("SPIKE__AUCTIONS__SWEEP_INTERVAL_SECS", "auctions.sweep_interval_secs"),
         ] {
             let err = load(None, &[(var, "0")]).unwrap_err();
-            assert!(err.to_string().contains(key), "{err}");
+            assert_eq!(err.to_string(), format!("invalid configuration: {key}: must be greater than 0"));
         }
     }
 
     #[test]
     fn only_known_environments_and_log_formats_load() {
         let err = load(None, &[("SPIKE__APP__ENV", "production")]).unwrap_err();
-        assert!(err.to_string().contains("app.env"), "{err}");
+        assert_eq!(err.to_string(), "invalid configuration: app.env: must be dev, test, staging or prod");
         let err = load(None, &[("SPIKE__TELEMETRY__LOG_FORMAT", "xml")]).unwrap_err();
         assert!(err.to_string().contains("telemetry.log_format"), "{err}");
         assert_eq!(

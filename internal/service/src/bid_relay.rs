@@ -45,6 +45,11 @@ pub struct BidRelay {
 impl BidRelay {
     pub async fn run(self, stop: CancellationToken) {
         let publisher = ConfirmPublisher::new(self.broker.clone(), self.confirm_timeout);
+        self.relay_until_stopped(&publisher, &stop).await;
+        publisher.close().await;
+    }
+
+    async fn relay_until_stopped(&self, publisher: &ConfirmPublisher, stop: &CancellationToken) {
         let consumer = format!("relay-{}", Uuid::new_v4().simple());
         let mut conn = None;
         let mut streams: HashMap<String, Uuid> = HashMap::new();
@@ -61,7 +66,7 @@ impl BidRelay {
                     Ok(c) => conn = Some(c),
                     Err(err) => {
                         tracing::warn!(error = %err, "bid relay cannot reach redis");
-                        pause(&stop, Duration::from_secs(1)).await;
+                        pause(stop, Duration::from_secs(1)).await;
                         continue;
                     }
                 }
@@ -77,7 +82,7 @@ impl BidRelay {
                 refreshed = Instant::now();
             }
             if streams.is_empty() {
-                pause(&stop, Duration::from_millis(500)).await;
+                pause(stop, Duration::from_millis(500)).await;
                 continue;
             }
             if claimed.elapsed() > Duration::from_secs(10) {
@@ -87,10 +92,10 @@ impl BidRelay {
                 claimed = Instant::now();
             }
             let keys: Vec<String> = streams.keys().cloned().collect();
-            match self.relay_once(redis, &publisher, &keys, &streams, &consumer).await {
-                Ok(Some(moved)) if moved < self.batch => pause(&stop, LINGER).await,
+            match self.relay_once(redis, publisher, &keys, &streams, &consumer).await {
+                Ok(Some(moved)) if moved < self.batch => pause(stop, LINGER).await,
                 Ok(Some(_)) => {}
-                Ok(None) => pause(&stop, Duration::from_millis(500)).await,
+                Ok(None) => pause(stop, Duration::from_millis(500)).await,
                 Err(err) => {
                     tracing::warn!(error = %err, "bid relay round failed; retrying");
                     if err.code() == Some("NOGROUP") {
@@ -98,7 +103,7 @@ impl BidRelay {
                     } else if err.is_io_error() || err.is_connection_dropped() {
                         conn = None;
                     }
-                    pause(&stop, Duration::from_millis(500)).await;
+                    pause(stop, Duration::from_millis(500)).await;
                 }
             }
         }

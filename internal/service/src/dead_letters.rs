@@ -84,6 +84,7 @@ pub async fn redrive(
         message.delivery.ack(BasicAckOptions::default()).await?;
         moved += 1;
     }
+    publisher.close().await;
     channel.close(200, "re-driven".into()).await?;
     Ok(moved)
 }

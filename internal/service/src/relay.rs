@@ -62,10 +62,11 @@ impl OutboxRelay {
                 last_housekeeping = Instant::now();
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 _ = wait_for_notification(&mut listener, poll) => {}
             }
         }
+        self.publisher.close().await;
     }
 
     async fn listen(&self) -> Option<PgListener> {

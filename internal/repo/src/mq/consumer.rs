@@ -106,14 +106,14 @@ pub async fn run_batches<H, Fut>(
 {
     let publisher = ConfirmPublisher::new(broker.clone(), confirm_timeout);
     let mut delays = platform::connect::backoff().build();
-    loop {
-        let Err(err) = session(&broker, &topology, route, intake, &publisher, &stop, &handler).await else { return };
+    while let Err(err) = session(&broker, &topology, route, intake, &publisher, &stop, &handler).await {
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tracing::warn!(queue = route.queue, error = %err, "consumer lost its channel; reconnecting in {delay:?}");
         if stop.run_until_cancelled(tokio::time::sleep(delay)).await.is_none() {
-            return;
+            break;
         }
     }
+    publisher.close().await;
 }
 
 async fn session<H, Fut>(

@@ -49,6 +49,17 @@ impl ConfirmPublisher {
         Self { broker, channel: Mutex::new(None), timeout }
     }
 
+    /// Closes the channel and waits for the broker's answer; the owner calls it when it
+    /// stops. A channel that is simply dropped is closed in the background, and if the
+    /// connection closes first, lapin reports that close as an ERROR "Connection error".
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take()
+            && channel.status().connected()
+        {
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+
     /// A channel to use for declarations next to this publisher's publishes.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
         let mut slot = self.channel.lock().await;
