@@ -1,4 +1,4 @@
-//! `spike-server bots`: FlashBid's "crazy robots". N bidders each read the price and bid
+//! `spike-server bots`: bidding robots. N bidders each read the price and bid
 //! +1..+10 over it, as fast as the server lets them, while a watcher on the live WebSocket
 //! checks that the price never goes backwards. Then a summary and `verify --auction`.
 

@@ -1,4 +1,4 @@
-//! The command line (SPEC §2).
+//! The command line: one binary, one subcommand per job (docs/runbook.md).
 
 use clap::{Parser, Subcommand};
 
@@ -50,7 +50,7 @@ pub enum Command {
         #[arg(long)]
         auction: Option<uuid::Uuid>,
     },
-    /// FlashBid's bidding robots: N bidders outbid each other over HTTP, with live progress,
+    /// Bidding robots: N bidders outbid each other over HTTP, with live progress,
     /// then a summary and the invariant check.
     Bots {
         #[arg(long)]

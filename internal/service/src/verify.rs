@@ -1,4 +1,5 @@
-//! `spike-server verify`: the invariants of SPEC §6, checked against Postgres and Redis.
+//! `spike-server verify`: the books of a sale or an auction, checked against Postgres and
+//! Redis (docs/runbook.md lists the invariants).
 
 use std::fmt;
 
