@@ -5,11 +5,9 @@
 //! in one place only: the Lua scripts in `repo` (`place_bid.lua`, `close_auction.lua`),
 //! atomically and in integer cents. Their tests run the scripts against Redis.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, SubsecRound, Utc};
 
+use crate::names::named;
 use crate::{Invalid, Money};
 
 pub const MAX_EXTEND_SECS: i64 = 3600;
@@ -102,39 +100,17 @@ pub enum AuctionStatus {
     Unsold,
 }
 
-impl AuctionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuctionStatus::Scheduled => "scheduled",
-            AuctionStatus::Live => "live",
-            AuctionStatus::Sold => "sold",
-            AuctionStatus::Unsold => "unsold",
-        }
-    }
+named!(AuctionStatus, "status", "auction status", {
+    Scheduled => "scheduled",
+    Live => "live",
+    Sold => "sold",
+    Unsold => "unsold",
+});
 
+impl AuctionStatus {
     /// Whether the auction has ended (the scripts and Postgres say `sold` or `unsold`).
     pub fn is_closed(self) -> bool {
         matches!(self, AuctionStatus::Sold | AuctionStatus::Unsold)
-    }
-}
-
-impl fmt::Display for AuctionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuctionStatus {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "scheduled" => Ok(AuctionStatus::Scheduled),
-            "live" => Ok(AuctionStatus::Live),
-            "sold" => Ok(AuctionStatus::Sold),
-            "unsold" => Ok(AuctionStatus::Unsold),
-            _ => Err(Invalid::new("status", format!("unknown auction status `{s}`"))),
-        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod error;
 pub mod idempotency;
 pub mod money;
+mod names;
 pub mod order;
 pub mod page;
 pub mod reservation;

@@ -1,10 +1,9 @@
 //! Orders: what they are for, where they are in their life, and what a new one may hold.
 
-use std::str::FromStr;
-
 use uuid::Uuid;
 
 use crate::Invalid;
+use crate::names::named;
 
 /// Where an order came from; it decides where a closed order's stock goes back to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,28 +16,7 @@ pub enum OrderKind {
     Auction,
 }
 
-impl OrderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderKind::Standard => "standard",
-            OrderKind::Sale => "sale",
-            OrderKind::Auction => "auction",
-        }
-    }
-}
-
-impl FromStr for OrderKind {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "standard" => Ok(OrderKind::Standard),
-            "sale" => Ok(OrderKind::Sale),
-            "auction" => Ok(OrderKind::Auction),
-            _ => Err(Invalid::new("kind", format!("unknown order kind `{s}`"))),
-        }
-    }
-}
+named!(OrderKind, "kind", "order kind", { Standard => "standard", Sale => "sale", Auction => "auction" });
 
 /// `pending_payment -> paid | cancelled | closed`. Every transition out of
 /// `pending_payment` is one conditional UPDATE, so exactly one of them wins a race.
@@ -51,33 +29,17 @@ pub enum OrderStatus {
     Closed,
 }
 
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::PendingPayment => "pending_payment",
-            OrderStatus::Paid => "paid",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Closed => "closed",
-        }
-    }
+named!(OrderStatus, "status", "order status", {
+    PendingPayment => "pending_payment",
+    Paid => "paid",
+    Cancelled => "cancelled",
+    Closed => "closed",
+});
 
+impl OrderStatus {
     /// Closed and cancelled orders gave their stock back; pending and paid ones hold it.
     pub fn holds_stock(self) -> bool {
         matches!(self, OrderStatus::PendingPayment | OrderStatus::Paid)
-    }
-}
-
-impl FromStr for OrderStatus {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending_payment" => Ok(OrderStatus::PendingPayment),
-            "paid" => Ok(OrderStatus::Paid),
-            "cancelled" => Ok(OrderStatus::Cancelled),
-            "closed" => Ok(OrderStatus::Closed),
-            _ => Err(Invalid::new("status", format!("unknown order status `{s}`"))),
-        }
     }
 }
 

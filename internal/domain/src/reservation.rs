@@ -1,12 +1,9 @@
 //! A flash-sale reservation after the 202: queued until the order consumer decides, then
 //! confirmed with an order or failed with a reason.
 
-use std::fmt;
-use std::str::FromStr;
-
 use uuid::Uuid;
 
-use crate::Invalid;
+use crate::names::named;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationStatus {
@@ -15,15 +12,11 @@ pub enum ReservationStatus {
     Failed,
 }
 
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::Queued => "queued",
-            ReservationStatus::Confirmed => "confirmed",
-            ReservationStatus::Failed => "failed",
-        }
-    }
-}
+named!(ReservationStatus, "status", "reservation status", {
+    Queued => "queued",
+    Confirmed => "confirmed",
+    Failed => "failed",
+});
 
 /// Why a reservation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,58 +33,15 @@ pub enum FailureReason {
     NotProcessed,
 }
 
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::SoldOut => "sold_out",
-            FailureReason::LimitReached => "limit_reached",
-            FailureReason::BrokerUnavailable => "broker_unavailable",
-            FailureReason::NotProcessed => "not_processed",
-        }
-    }
-}
+named!(FailureReason, "reason", "failure reason", {
+    SoldOut => "sold_out",
+    LimitReached => "limit_reached",
+    BrokerUnavailable => "broker_unavailable",
+    NotProcessed => "not_processed",
+});
 
-impl fmt::Display for ReservationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ReservationStatus {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "queued" => Ok(ReservationStatus::Queued),
-            "confirmed" => Ok(ReservationStatus::Confirmed),
-            "failed" => Ok(ReservationStatus::Failed),
-            _ => Err(Invalid::new("status", format!("unknown reservation status `{s}`"))),
-        }
-    }
-}
-
-impl FromStr for FailureReason {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "sold_out" => Ok(FailureReason::SoldOut),
-            "limit_reached" => Ok(FailureReason::LimitReached),
-            "broker_unavailable" => Ok(FailureReason::BrokerUnavailable),
-            "not_processed" => Ok(FailureReason::NotProcessed),
-            _ => Err(Invalid::new("reason", format!("unknown failure reason `{s}`"))),
-        }
-    }
-}
-
-/// Where one reservation stands, as its buyer polls it. Built only through the
-/// constructors, so a confirmed one always has its order and a failed one its reason.
+/// Where one reservation stands, as its buyer polls it. Build it with the constructors: a
+/// confirmed one always has its order and a failed one its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationProgress {
     pub id: Uuid,

@@ -3,6 +3,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
+use crate::names::named;
 use crate::{Invalid, Money};
 
 pub const MAX_SALE_STOCK: i64 = 10_000_000;
@@ -83,16 +84,14 @@ impl SaleStatus {
             SaleStatus::Active
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaleStatus::Scheduled => "scheduled",
-            SaleStatus::Active => "active",
-            SaleStatus::SoldOut => "sold_out",
-            SaleStatus::Ended => "ended",
-        }
-    }
 }
+
+named!(SaleStatus, "status", "sale status", {
+    Scheduled => "scheduled",
+    Active => "active",
+    SoldOut => "sold_out",
+    Ended => "ended",
+});
 
 #[cfg(test)]
 mod tests {

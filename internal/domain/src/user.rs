@@ -1,9 +1,9 @@
 //! Who a user is: a normalised email, a password that meets the policy, and a role.
 
 use std::fmt;
-use std::str::FromStr;
 
 use crate::Invalid;
+use crate::names::named;
 
 /// A syntactically valid email address, stored lower-case so `Ann@x.io` and `ann@x.io`
 /// are one account.
@@ -69,26 +69,7 @@ pub enum Role {
     Admin,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = Invalid;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "user" => Ok(Role::User),
-            "admin" => Ok(Role::Admin),
-            _ => Err(Invalid::new("role", "must be user or admin")),
-        }
-    }
-}
+named!(Role, "role", "role", { User => "user", Admin => "admin" });
 
 #[cfg(test)]
 mod tests {

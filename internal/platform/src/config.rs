@@ -85,16 +85,11 @@ pub enum AppEnv {
 }
 
 impl TryFrom<String> for AppEnv {
-    type Error = &'static str;
+    type Error = String;
 
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        match name.as_str() {
-            "dev" => Ok(AppEnv::Dev),
-            "test" => Ok(AppEnv::Test),
-            "staging" => Ok(AppEnv::Staging),
-            "prod" => Ok(AppEnv::Prod),
-            _ => Err("must be dev, test, staging or prod"),
-        }
+    fn try_from(name: String) -> Result<Self, String> {
+        use AppEnv::*;
+        one_of(&name, &[("dev", Dev), ("test", Test), ("staging", Staging), ("prod", Prod)])
     }
 }
 
@@ -253,15 +248,21 @@ pub enum LogFormat {
 }
 
 impl TryFrom<String> for LogFormat {
-    type Error = &'static str;
+    type Error = String;
 
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        match name.as_str() {
-            "pretty" => Ok(LogFormat::Pretty),
-            "json" => Ok(LogFormat::Json),
-            _ => Err("must be pretty or json"),
-        }
+    fn try_from(name: String) -> Result<Self, String> {
+        one_of(&name, &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)])
     }
+}
+
+/// The choice called `name`, or "must be a, b or c".
+fn one_of<T: Copy>(name: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, choice)) = choices.iter().find(|(known, _)| *known == name) {
+        return Ok(*choice);
+    }
+    let names: Vec<&str> = choices.iter().map(|(known, _)| *known).collect();
+    let (last, rest) = names.split_last().expect("at least one choice");
+    Err(format!("must be {} or {last}", rest.join(", ")))
 }
 
 impl Settings {
