@@ -36,7 +36,8 @@ impl Broker {
             tls: OwnedTLSConfig::default(),
             connection: Mutex::new(None),
         };
-        broker.tls = tls_config(&settings.tls).map_err(|err| broker.unreachable(format!("reading amqp.tls files: {err}")))?;
+        broker.tls =
+            tls_config(&settings.tls).map_err(|err| broker.unreachable(format!("reading amqp.tls files: {err}")))?;
         let channel = broker.channel().await.map_err(|err| broker.unreachable(err))?;
         let _ = channel.close(200, "start-up check".into()).await;
         Ok(broker)

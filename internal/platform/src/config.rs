@@ -176,14 +176,20 @@ impl TlsSettings {
             let text = std::fs::read_to_string(path)
                 .map_err(|err| invalid(&key, format!("cannot read {}: {err}", path.display())))?;
             if !text.contains(marker) {
-                return Err(invalid(&key, format!("{} holds no PEM `{}`", path.display(), marker.trim_end_matches('-'))));
+                return Err(invalid(
+                    &key,
+                    format!("{} holds no PEM `{}`", path.display(), marker.trim_end_matches('-')),
+                ));
             }
             if !url_uses_tls {
                 return Err(invalid(&key, format!("is set, but {section}.url would not use it: it needs {needs}")));
             }
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            return Err(invalid(&format!("{section}.tls.client_key_file"), "client_cert_file and client_key_file go together"));
+            return Err(invalid(
+                &format!("{section}.tls.client_key_file"),
+                "client_cert_file and client_key_file go together",
+            ));
         }
         Ok(())
     }
@@ -322,7 +328,11 @@ impl Settings {
                 return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
-        self.database.tls.validate("database", verifies_server(self.database.url.expose_secret()), "sslmode=verify-full")?;
+        self.database.tls.validate(
+            "database",
+            verifies_server(self.database.url.expose_secret()),
+            "sslmode=verify-full",
+        )?;
         self.redis.tls.validate("redis", self.redis.url.expose_secret().starts_with("rediss://"), "rediss://")?;
         self.amqp.tls.validate("amqp", self.amqp.url.expose_secret().starts_with("amqps://"), "amqps://")?;
         positive("database.max_connections", self.database.max_connections.into())?;
@@ -376,9 +386,9 @@ impl Settings {
 /// with any weaker mode a CA file would not be used.
 fn verifies_server(url: &str) -> bool {
     let query = url.split_once('?').map_or("", |(_, query)| query);
-    query.split('&').any(|pair| {
-        matches!(pair.split_once('='), Some(("sslmode" | "ssl-mode", "verify-ca" | "verify-full")))
-    })
+    query
+        .split('&')
+        .any(|pair| matches!(pair.split_once('='), Some(("sslmode" | "ssl-mode", "verify-ca" | "verify-full"))))
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
