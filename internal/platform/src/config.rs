@@ -489,11 +489,21 @@ mod tests {
         }
     }
 
-    /// A file in the temp folder, unique to this test run.
-    fn temp_file(name: &str, text: &str) -> String {
-        let path = std::env::temp_dir().join(format!("spike-config-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
+    /// A file in the temp folder, unique to this test run; removed when dropped.
+    struct TempFile(String);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("spike-config-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path.display().to_string())
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
     const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -501,19 +511,19 @@ mod tests {
 
     #[test]
     fn tls_files_load_for_tls_urls() {
-        let ca = temp_file("ca.pem", PEM_CERT);
-        let key = temp_file("client.key", PEM_KEY);
+        let (ca, key) = (TempFile::new("ca.pem", PEM_CERT), TempFile::new("client.key", PEM_KEY));
+        let (ca, key) = (&ca.0, &key.0);
         let settings = load(
             None,
             &[
                 ("SPIKE__DATABASE__URL", "postgres://u@db:5432/spike?sslmode=verify-full"),
-                ("SPIKE__DATABASE__TLS__CA_FILE", &ca),
+                ("SPIKE__DATABASE__TLS__CA_FILE", ca),
                 ("SPIKE__REDIS__URL", "rediss://cache:6380"),
-                ("SPIKE__REDIS__TLS__CA_FILE", &ca),
+                ("SPIKE__REDIS__TLS__CA_FILE", ca),
                 ("SPIKE__AMQP__URL", "amqps://u:p@mq:5671/%2f"),
-                ("SPIKE__AMQP__TLS__CA_FILE", &ca),
-                ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", &ca),
-                ("SPIKE__AMQP__TLS__CLIENT_KEY_FILE", &key),
+                ("SPIKE__AMQP__TLS__CA_FILE", ca),
+                ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", ca),
+                ("SPIKE__AMQP__TLS__CLIENT_KEY_FILE", key),
             ],
         )
         .unwrap();
@@ -525,13 +535,13 @@ mod tests {
 
     #[test]
     fn a_tls_file_next_to_a_plain_text_url_is_refused() {
-        let ca = temp_file("plain-ca.pem", PEM_CERT);
+        let ca = TempFile::new("plain-ca.pem", PEM_CERT);
         for (url_key, url, file_key) in [
             ("SPIKE__REDIS__URL", "redis://cache:6379", "SPIKE__REDIS__TLS__CA_FILE"),
             ("SPIKE__AMQP__URL", "amqp://u:p@mq:5672/%2f", "SPIKE__AMQP__TLS__CA_FILE"),
             ("SPIKE__DATABASE__URL", "postgres://u@db/spike?sslmode=require", "SPIKE__DATABASE__TLS__CA_FILE"),
         ] {
-            let err = load(None, &[(url_key, url), (file_key, &ca)]).unwrap_err().to_string();
+            let err = load(None, &[(url_key, url), (file_key, &ca.0)]).unwrap_err().to_string();
             let section = file_key.split("__").nth(1).unwrap().to_lowercase();
             assert!(err.contains(&format!("{section}.tls.ca_file")), "{err}");
         }
@@ -542,11 +552,11 @@ mod tests {
         let url = ("SPIKE__AMQP__URL", "amqps://u:p@mq:5671/%2f");
         let err = load(None, &[url, ("SPIKE__AMQP__TLS__CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
         assert!(err.to_string().contains("amqp.tls.ca_file"), "{err}");
-        let key = temp_file("not-a-cert.pem", PEM_KEY);
-        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CA_FILE", &key)]).unwrap_err();
+        let key = TempFile::new("not-a-cert.pem", PEM_KEY);
+        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CA_FILE", &key.0)]).unwrap_err();
         assert!(err.to_string().contains("no PEM `CERTIFICATE`"), "{err}");
-        let cert = temp_file("lonely-cert.pem", PEM_CERT);
-        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", &cert)]).unwrap_err();
+        let cert = TempFile::new("lonely-cert.pem", PEM_CERT);
+        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", &cert.0)]).unwrap_err();
         assert!(err.to_string().contains("amqp.tls.client_key_file"), "{err}");
     }
 

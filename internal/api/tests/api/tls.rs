@@ -25,7 +25,7 @@ use crate::sales::{buy, confirmed, sale};
 async fn a_purchase_goes_end_to_end_over_tls() {
     let pki = Pki::new();
     let rabbit = TlsRabbit::start(&pki);
-    let redis = TlsRedis::start(&pki);
+    let redis = start_tls_redis(&pki);
     wait_for_port(redis.port, "redis-server").await;
     wait_for_port(rabbit.port, "rabbitmq-server").await;
 
@@ -56,7 +56,7 @@ async fn a_purchase_goes_end_to_end_over_tls() {
     assert!(Broker::connect(&amqp, "spike-test-no-cert").await.is_err(), "the broker demands a client certificate");
     let mut redis_settings = app.settings.redis.clone();
     redis_settings.tls.ca_file = Some(pki.path("other-ca.pem"));
-    let err = connect::redis(&redis_settings).await.err().expect("an unknown CA is refused");
+    let err = connect::redis(&redis_settings).await.expect_err("an unknown CA is refused");
     assert_eq!(err.service, "redis");
 
     app.shutdown().await.unwrap();
@@ -75,12 +75,12 @@ async fn amqps_to_a_plain_text_broker_fails_instead_of_falling_back() {
 #[tokio::test]
 async fn postgres_verify_full_trusts_the_configured_ca() {
     let pki = Pki::new();
-    let postgres = TlsPostgres::start(&pki);
+    let postgres = start_tls_postgres(&pki);
     wait_for_port(postgres.port, "postgres").await;
 
     let mut settings = test_settings().database;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-full", postgres.port);
-    let err = connect::postgres_at(&settings, &url).await.err().expect("a private CA is not trusted by default");
+    let err = connect::postgres_at(&settings, &url).await.expect_err("a private CA is not trusted by default");
     assert_eq!(err.service, "postgres");
 
     settings.tls.ca_file = Some(pki.path("ca.pem"));
@@ -166,37 +166,38 @@ fn ca(name: &str) -> (CertificateParams, KeyPair) {
     (params, KeyPair::generate().unwrap())
 }
 
-/// redis-server with only a TLS port, asking clients for a certificate (its default).
-struct TlsRedis {
+/// A server process started by a test, with its own folder. Dropping it sends SIGINT, a fast
+/// shutdown for both redis-server and postgres that does not wait for clients (a failed
+/// test may still hold connections), and removes the folder.
+struct Server {
     port: u16,
     dir: PathBuf,
     child: Child,
 }
 
-impl TlsRedis {
-    fn start(pki: &Pki) -> Self {
-        let dir = pki.server_dir("redis", None);
-        let port = free_port();
-        let file = |name: &str| dir.join(name).display().to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &dir.display().to_string()])
-            .args(["--tls-cert-file", &file("server.pem"), "--tls-key-file", &file("server.key")])
-            .args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        Self { port, dir, child }
-    }
-}
-
-impl Drop for TlsRedis {
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// redis-server with only a TLS port, asking clients for a certificate (its default).
+fn start_tls_redis(pki: &Pki) -> Server {
+    let dir = pki.server_dir("redis", None);
+    let port = free_port();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir", &dir.display().to_string()])
+        .args(["--tls-cert-file", &file("server.pem"), "--tls-key-file", &file("server.key")])
+        .args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    Server { port, dir, child }
 }
 
 /// A RabbitMQ node of its own with only a TLS listener that demands a client certificate.
@@ -270,49 +271,32 @@ impl Drop for TlsRabbit {
 }
 
 /// A Postgres cluster of its own (initdb in a temp folder) that accepts TLS.
-struct TlsPostgres {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl TlsPostgres {
-    fn start(pki: &Pki) -> Self {
-        let owner = as_root().then_some("postgres");
-        let dir = pki.server_dir("postgres", owner);
-        let bin = postgres_bin_dir();
-        let data = dir.join("data");
-        let status = as_user(Command::new(bin.join("initdb")), owner)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb runs");
-        assert!(status.success(), "initdb failed");
-        let port = free_port();
-        let file = |name: &str| dir.join(name).display().to_string();
-        let child = as_user(Command::new(bin.join("postgres")), owner)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k", &file(""), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", file("server.pem"))])
-            .args(["-c", &format!("ssl_key_file={}", file("server.key"))])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres starts");
-        Self { port, dir, child }
-    }
-}
-
-impl Drop for TlsPostgres {
-    fn drop(&mut self) {
-        // SIGQUIT: immediate shutdown, which also ends the backends and frees shared memory.
-        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn start_tls_postgres(pki: &Pki) -> Server {
+    let owner = as_root().then_some("postgres");
+    let dir = pki.server_dir("postgres", owner);
+    let bin = postgres_bin_dir();
+    let data = dir.join("data");
+    let status = as_user(Command::new(bin.join("initdb")), owner)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("initdb runs");
+    assert!(status.success(), "initdb failed");
+    let port = free_port();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let child = as_user(Command::new(bin.join("postgres")), owner)
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k", &file(""), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", file("server.pem"))])
+        .args(["-c", &format!("ssl_key_file={}", file("server.key"))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres starts");
+    Server { port, dir, child }
 }
 
 /// The newest installed server's binaries, e.g. /usr/lib/postgresql/15/bin.
