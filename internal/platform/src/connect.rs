@@ -90,10 +90,10 @@ pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, Connectio
     let url = settings.url.expose_secret();
     let unreachable =
         |err: redis::RedisError| Unreachable { service: "redis", address: address_of(url), detail: err.to_string() };
+    use_ring_for_tls();
     let client = if settings.tls.is_empty() {
         redis::Client::open(url)
     } else {
-        use_ring_for_tls();
         let certificates = redis_certificates(&settings.tls).map_err(|err| Unreachable {
             service: "redis",
             address: address_of(url),
