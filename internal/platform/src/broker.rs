@@ -8,18 +8,20 @@
 
 use std::time::Duration;
 
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
-use crate::config::AmqpSettings;
-use crate::connect::{Unreachable, address_of};
+use crate::config::{AmqpSettings, TlsSettings};
+use crate::connect::{Unreachable, address_of, use_ring_for_tls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Broker {
     url: SecretString,
     name: String,
+    tls: OwnedTLSConfig,
     connection: Mutex<Option<Connection>>,
 }
 
@@ -27,7 +29,15 @@ impl Broker {
     /// Connects once, so that start-up fails fast with a clear message when RabbitMQ is
     /// unreachable. `name` shows up in the management UI's connection list.
     pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Self, Unreachable> {
-        let broker = Self { url: settings.url.clone(), name: name.to_owned(), connection: Mutex::new(None) };
+        use_ring_for_tls();
+        let mut broker = Self {
+            url: settings.url.clone(),
+            name: name.to_owned(),
+            tls: OwnedTLSConfig::default(),
+            connection: Mutex::new(None),
+        };
+        broker.tls =
+            tls_config(&settings.tls).map_err(|err| broker.unreachable(format!("reading amqp.tls files: {err}")))?;
         let channel = broker.channel().await.map_err(|err| broker.unreachable(err))?;
         let _ = channel.close(200, "start-up check".into()).await;
         Ok(broker)
@@ -55,7 +65,11 @@ impl Broker {
             return opened;
         }
         let properties = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let fresh = bounded("connecting", Connection::connect(self.url.expose_secret(), properties)).await?;
+        let builder = DefaultConnectionBuilder::new()?
+            .with_uri_str(self.url.expose_secret().to_owned())
+            .with_properties(properties)
+            .with_tls_config(self.tls.clone());
+        let fresh = bounded("connecting", builder.connect()).await?;
         let channel = bounded("opening a channel", fresh.create_channel()).await?;
         *connection = Some(fresh);
         Ok(channel)
@@ -68,6 +82,14 @@ impl Broker {
             let _ = connection.close(200, "shutting down".into()).await;
         }
     }
+}
+
+/// The CA and client certificate for `amqps://`. The CA is trusted on top of the system's
+/// roots.
+fn tls_config(tls: &TlsSettings) -> std::io::Result<OwnedTLSConfig> {
+    let cert_chain = tls.ca_pem()?.map(|pem| String::from_utf8_lossy(&pem).into_owned());
+    let identity = tls.client_pem()?.map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key });
+    Ok(OwnedTLSConfig { identity, cert_chain })
 }
 
 /// `step`, or a timed-out error after [`CONNECT_TIMEOUT`].

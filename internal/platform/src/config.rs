@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../../../configs/default.toml");
 
-/// The development JWT secret from `default.toml`; `prod` refuses to start with it.
+/// The development JWT secret from `default.toml`; every environment but `dev` and `test`
+/// refuses to start with it.
 const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,8 @@ pub struct DatabaseSettings {
     pub min_connections: u32,
     pub connect_timeout_secs: u64,
     pub acquire_timeout_secs: u64,
+    #[serde(default)]
+    pub tls: TlsSettings,
 }
 
 impl DatabaseSettings {
@@ -140,6 +143,8 @@ pub struct RedisSettings {
     pub prefix: String,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+    #[serde(default)]
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +161,70 @@ pub struct AmqpSettings {
     pub max_batch: NonZeroUsize,
     pub retry_delays_ms: Vec<u64>,
     pub queue_expires_ms: u64,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// PEM files for a TLS connection (`sslmode=verify-full`, `rediss://`, `amqps://`): the CA
+/// that signed the server's certificate, for a private CA the system does not trust, and a
+/// client certificate with its key, for servers that ask for one. All optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_cert_file.is_none()
+    }
+
+    /// The CA file's contents, if one is set.
+    pub fn ca_pem(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.ca_file.as_ref().map(std::fs::read).transpose()
+    }
+
+    /// The client certificate and key files' contents, if they are set.
+    pub fn client_pem(&self) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Ok(Some((std::fs::read(cert)?, std::fs::read(key)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Each file must hold what its name says, and the URL must actually use TLS: a CA file
+    /// next to a plain-text URL would be ignored without a word.
+    fn validate(&self, section: &str, url_uses_tls: bool, needs: &str) -> Result<(), ConfigError> {
+        let files = [
+            ("ca_file", &self.ca_file, "CERTIFICATE-----"),
+            ("client_cert_file", &self.client_cert_file, "CERTIFICATE-----"),
+            ("client_key_file", &self.client_key_file, "PRIVATE KEY-----"),
+        ];
+        for (name, path, marker) in files {
+            let Some(path) = path else { continue };
+            let key = format!("{section}.tls.{name}");
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| invalid(&key, format!("cannot read {}: {err}", path.display())))?;
+            if !text.contains(marker) {
+                return Err(invalid(
+                    &key,
+                    format!("{} holds no PEM `{}`", path.display(), marker.trim_end_matches('-')),
+                ));
+            }
+            if !url_uses_tls {
+                return Err(invalid(&key, format!("is set, but {section}.url would not use it: it needs {needs}")));
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                &format!("{section}.tls.client_key_file"),
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +390,13 @@ impl Settings {
                 return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
+        self.database.tls.validate(
+            "database",
+            verifies_server(self.database.url.expose_secret()),
+            "sslmode=verify-full",
+        )?;
+        self.redis.tls.validate("redis", self.redis.url.expose_secret().starts_with("rediss://"), "rediss://")?;
+        self.amqp.tls.validate("amqp", self.amqp.url.expose_secret().starts_with("amqps://"), "amqps://")?;
         if self.database.min_connections > self.database.max_connections.get() {
             return Err(invalid("database.min_connections", "must not exceed max_connections"));
         }
@@ -333,7 +409,8 @@ impl Settings {
         if self.jwt.secret.expose_secret().len() < 32 {
             return Err(invalid("jwt.secret", "must be at least 32 bytes"));
         }
-        if self.app.env == AppEnv::Prod && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
+        let shared = !matches!(self.app.env, AppEnv::Dev | AppEnv::Test);
+        if shared && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
             return Err(invalid("jwt.secret", "is the development secret; set SPIKE__JWT__SECRET"));
         }
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.get() {
@@ -341,6 +418,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether a Postgres URL checks the server's certificate (`sslmode=verify-ca|verify-full`):
+/// with any weaker mode a CA file would not be used.
+fn verifies_server(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    query
+        .split('&')
+        .any(|pair| matches!(pair.split_once('='), Some(("sslmode" | "ssl-mode", "verify-ca" | "verify-full"))))
 }
 
 /// The nearest `configs/` folder holding a `default.toml`, from the current directory up.
@@ -450,11 +536,87 @@ mod tests {
     }
 
     #[test]
-    fn production_refuses_the_development_secret() {
-        let err = load(Some("prod"), &[]).unwrap_err();
-        assert!(err.to_string().contains("jwt.secret"), "{err}");
-        let ok = load(Some("prod"), &[("SPIKE__JWT__SECRET", "a-real-secret-that-is-long-enough-123")]);
-        assert!(ok.is_ok());
+    fn every_shared_environment_refuses_the_development_secret() {
+        for env in ["staging", "prod"] {
+            let err = load(Some(env), &[]).unwrap_err();
+            assert!(err.to_string().contains("jwt.secret"), "{env}: {err}");
+            let ok = load(Some(env), &[("SPIKE__JWT__SECRET", "a-real-secret-that-is-long-enough-123")]);
+            assert!(ok.is_ok(), "{env}");
+        }
+        for env in ["dev", "test"] {
+            assert!(load(Some(env), &[]).is_ok(), "{env}");
+        }
+    }
+
+    /// A file in the temp folder, unique to this test run; removed when dropped.
+    struct TempFile(String);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("spike-config-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path.display().to_string())
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn tls_files_load_for_tls_urls() {
+        let (ca, key) = (TempFile::new("ca.pem", PEM_CERT), TempFile::new("client.key", PEM_KEY));
+        let (ca, key) = (&ca.0, &key.0);
+        let settings = load(
+            None,
+            &[
+                ("SPIKE__DATABASE__URL", "postgres://u@db:5432/spike?sslmode=verify-full"),
+                ("SPIKE__DATABASE__TLS__CA_FILE", ca),
+                ("SPIKE__REDIS__URL", "rediss://cache:6380"),
+                ("SPIKE__REDIS__TLS__CA_FILE", ca),
+                ("SPIKE__AMQP__URL", "amqps://u:p@mq:5671/%2f"),
+                ("SPIKE__AMQP__TLS__CA_FILE", ca),
+                ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", ca),
+                ("SPIKE__AMQP__TLS__CLIENT_KEY_FILE", key),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.amqp.tls.ca_pem().unwrap().unwrap(), PEM_CERT.as_bytes());
+        assert_eq!(settings.amqp.tls.client_pem().unwrap().unwrap().1, PEM_KEY.as_bytes());
+        assert!(settings.database.tls.client_pem().unwrap().is_none());
+        assert!(load(None, &[]).unwrap().redis.tls.is_empty());
+    }
+
+    #[test]
+    fn a_tls_file_next_to_a_plain_text_url_is_refused() {
+        let ca = TempFile::new("plain-ca.pem", PEM_CERT);
+        for (url_key, url, file_key) in [
+            ("SPIKE__REDIS__URL", "redis://cache:6379", "SPIKE__REDIS__TLS__CA_FILE"),
+            ("SPIKE__AMQP__URL", "amqp://u:p@mq:5672/%2f", "SPIKE__AMQP__TLS__CA_FILE"),
+            ("SPIKE__DATABASE__URL", "postgres://u@db/spike?sslmode=require", "SPIKE__DATABASE__TLS__CA_FILE"),
+        ] {
+            let err = load(None, &[(url_key, url), (file_key, &ca.0)]).unwrap_err().to_string();
+            let section = file_key.split("__").nth(1).unwrap().to_lowercase();
+            assert!(err.contains(&format!("{section}.tls.ca_file")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_wrong_tls_file_names_its_key() {
+        let url = ("SPIKE__AMQP__URL", "amqps://u:p@mq:5671/%2f");
+        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.tls.ca_file"), "{err}");
+        let key = TempFile::new("not-a-cert.pem", PEM_KEY);
+        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CA_FILE", &key.0)]).unwrap_err();
+        assert!(err.to_string().contains("no PEM `CERTIFICATE`"), "{err}");
+        let cert = TempFile::new("lonely-cert.pem", PEM_CERT);
+        let err = load(None, &[url, ("SPIKE__AMQP__TLS__CLIENT_CERT_FILE", &cert.0)]).unwrap_err();
+        assert!(err.to_string().contains("amqp.tls.client_key_file"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Connection builders for Postgres and Redis, with a clear "cannot reach X" error and an
-//! optional wait-and-retry for processes that start before their dependencies.
+//! optional wait-and-retry for processes that start before their dependencies. TLS settings
+//! (`*.tls.ca_file`, client certificates) are applied here.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use secrecy::ExposeSecret;
 
-use crate::config::{DatabaseSettings, RedisSettings};
+use crate::config::{DatabaseSettings, RedisSettings, TlsSettings};
 
 /// A dependency that did not answer. The message names the service and its host, never
 /// the credentials in its URL.
@@ -69,6 +70,16 @@ pub async fn postgres_at(settings: &DatabaseSettings, url: &str) -> Result<Datab
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false);
+    let tls = settings.tls.clone();
+    options.map_sqlx_postgres_opts(move |mut options| {
+        if let Some(ca) = &tls.ca_file {
+            options = options.ssl_root_cert(ca);
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            options = options.ssl_client_cert(cert).ssl_client_key(key);
+        }
+        options
+    });
     Database::connect(options).await.map_err(|err| Unreachable {
         service: "postgres",
         address: address_of(url),
@@ -83,7 +94,18 @@ pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, Connectio
     let url = settings.url.expose_secret();
     let unreachable =
         |err: redis::RedisError| Unreachable { service: "redis", address: address_of(url), detail: err.to_string() };
-    let client = redis::Client::open(url).map_err(unreachable)?;
+    use_ring_for_tls();
+    let client = if settings.tls.is_empty() {
+        redis::Client::open(url)
+    } else {
+        let certificates = redis_certificates(&settings.tls).map_err(|err| Unreachable {
+            service: "redis",
+            address: address_of(url),
+            detail: format!("reading redis.tls files: {err}"),
+        })?;
+        redis::Client::build_with_tls(url, certificates)
+    }
+    .map_err(unreachable)?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500))
@@ -91,6 +113,18 @@ pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, Connectio
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
     let manager = ConnectionManager::new_with_config(client.clone(), config).await.map_err(unreachable)?;
     Ok((client, manager))
+}
+
+fn redis_certificates(tls: &TlsSettings) -> std::io::Result<redis::TlsCertificates> {
+    let client_tls =
+        tls.client_pem()?.map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key });
+    Ok(redis::TlsCertificates { client_tls, root_cert: tls.ca_pem()? })
+}
+
+/// Makes ring rustls' process-wide provider. Every TLS stack here is built on ring, but a
+/// crate that enabled a second provider would make rustls refuse to pick one by itself.
+pub(crate) fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

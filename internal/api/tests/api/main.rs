@@ -18,3 +18,4 @@ mod http;
 mod orders;
 mod pipeline;
 mod sales;
+mod tls;

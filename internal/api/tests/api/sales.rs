@@ -13,7 +13,7 @@ use crate::proxy::TcpProxy;
 use crate::redis_server::PrivateRedis;
 
 /// An admin creates a product with `stock + 10` units and a sale of `stock` of them.
-async fn sale(app: &TestApp, admin: &Session, stock: i64, limit: i64, timeout_secs: i64) -> String {
+pub(crate) async fn sale(app: &TestApp, admin: &Session, stock: i64, limit: i64, timeout_secs: i64) -> String {
     let product = app.product(admin, "100.00", stock + 10).await;
     let now = Utc::now();
     let body = json!({
@@ -24,7 +24,7 @@ async fn sale(app: &TestApp, admin: &Session, stock: i64, limit: i64, timeout_se
     app.post("/api/v1/sales", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned()
 }
 
-async fn buy(app: &TestApp, session: &Session, sale: &str, quantity: i64) -> Reply {
+pub(crate) async fn buy(app: &TestApp, session: &Session, sale: &str, quantity: i64) -> Reply {
     app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({"quantity": quantity}), session.token()).await
 }
 
@@ -32,7 +32,7 @@ async fn reservation(app: &TestApp, session: &Session, id: &str) -> Value {
     app.get(&format!("/api/v1/reservations/{id}"), session.token()).await.data(200).clone()
 }
 
-async fn confirmed(app: &TestApp, session: &Session, id: &str) -> Value {
+pub(crate) async fn confirmed(app: &TestApp, session: &Session, id: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..100 {
         last = reservation(app, session, id).await;
