@@ -341,3 +341,77 @@ async fn an_idempotency_key_repeats_the_same_bid() {
     assert_eq!(first, again);
     assert_eq!(state(&app, &lot).await["bid_count"], 1);
 }
+
+#[tokio::test]
+async fn the_bid_history_and_the_current_list_come_from_postgres() {
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
+    let admin = app.admin().await;
+    let (ann, bob) = (app.shopper().await, app.shopper().await);
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    let ended = auction(&app, &admin, Lot { end_in_ms: 500, ..OPEN_FOR_AN_HOUR }).await;
+    app.services.auction_closer.close(ended.parse().unwrap()).await.unwrap();
+    app.eventually(15, "the short auction ends", || async { state(&app, &ended).await["status"] == "unsold" }).await;
+    for (who, amount) in [(&ann, "10.00"), (&bob, "11.00"), (&ann, "13.50")] {
+        bid(&app, who, &lot, amount).await.data(201);
+    }
+    persisted(&app, &lot, 3).await;
+
+    let page = app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=2"), None).await;
+    let data = page.data(200);
+    assert_eq!((data["total"].as_i64(), data["page_size"].as_i64()), (Some(3), Some(2)));
+    let newest: Vec<(i64, &str, &str)> = data["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["seq"].as_i64().unwrap(), b["amount"].as_str().unwrap(), b["user_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(newest, [(3, "13.50", ann.user_id.as_str()), (2, "11.00", bob.user_id.as_str())], "newest first");
+    let oldest = app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=2&page=2"), None).await;
+    assert_eq!(oldest.data(200)["items"][0]["seq"], 1);
+    let missing = uuid::Uuid::now_v7();
+    app.get(&format!("/api/v1/auctions/{missing}/bids"), None).await.error(404, "NOT_FOUND", None);
+    app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=101"), None).await.error(
+        400,
+        "INVALID_REQUEST",
+        Some("page_size"),
+    );
+
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.data(200)["items"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let all = app.get("/api/v1/auctions", None).await;
+    assert_eq!(all.data(200)["total"], 2);
+    let current = app.get("/api/v1/auctions?current=true", None).await;
+    assert_eq!(ids(&current), [lot.clone()], "only the open auction");
+    assert_eq!(current.data(200)["items"][0]["status"], "live");
+}
+
+#[tokio::test]
+async fn verify_fails_on_a_corrupted_auction() {
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    for amount in ["10.00", "11.00", "12.00"] {
+        bid(&app, &shopper, &lot, amount).await.data(201);
+    }
+    persisted(&app, &lot, 3).await;
+    assert!(verify(&app, &lot).await.passed(), "{}", verify(&app, &lot).await);
+    let db = &app.db;
+    let sql = |statement: String| async move {
+        sea_orm::ConnectionTrait::execute_unprepared(db, &statement).await.unwrap();
+    };
+
+    // A price that does not rise.
+    sql(format!("UPDATE bids SET amount = 9.00 WHERE auction_id = '{lot}' AND seq = 2")).await;
+    let report = verify(&app, &lot).await;
+    assert!(!report.passed(), "{report}");
+    assert!(report.to_string().contains("INVARIANTS VIOLATED"), "{report}");
+    sql(format!("UPDATE bids SET amount = 11.00 WHERE auction_id = '{lot}' AND seq = 2")).await;
+    assert!(verify(&app, &lot).await.passed());
+
+    // A lost bid: a gap in seq, and Redis accepted more than Postgres holds.
+    sql(format!("DELETE FROM bids WHERE auction_id = '{lot}' AND seq = 2")).await;
+    let report = verify(&app, &lot).await;
+    assert!(!report.passed(), "{report}");
+}
