@@ -379,3 +379,35 @@ async fn verify_fails_on_a_corrupted_sale() {
     assert!(!report.passed(), "{report}");
     assert!(report.to_string().contains("INVARIANTS VIOLATED"));
 }
+
+#[tokio::test]
+async fn the_sale_list_shows_every_sale_and_current_ones_with_what_is_left() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let active = sale(&app, &admin, 4, 2, 300).await;
+    let product = app.product(&admin, "10.00", 10).await;
+    let now = Utc::now();
+    let ended = json!({"product_id": product, "price": "1.00", "stock": 2, "start_at": now - chrono::Duration::hours(2),
+                       "end_at": now - chrono::Duration::hours(1), "payment_timeout_secs": 60});
+    let ended = app.post("/api/v1/sales", ended, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    let id = buy(&app, &shopper, &active, 2).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    confirmed(&app, &shopper, &id).await;
+
+    let all = app.get("/api/v1/sales", None).await;
+    assert_eq!(all.data(200)["total"], 2);
+    let mut ids: Vec<&str> =
+        all.data(200)["items"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut expected = [active.as_str(), ended.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let current = app.get("/api/v1/sales?current=true", None).await;
+    let data = current.data(200);
+    assert_eq!(data["total"], 1, "{data}");
+    assert_eq!(data["items"][0]["id"], active.as_str());
+    assert_eq!(data["items"][0]["status"], "active");
+    assert_eq!(data["items"][0]["remaining"], 2);
+    app.get("/api/v1/sales?page_size=101", None).await.error(400, "INVALID_REQUEST", Some("page_size"));
+}
