@@ -8,7 +8,7 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, Session, TestApp, spawn_app, spawn_app_with, spawn_sibling};
+use crate::helpers::{Reply, Session, TestApp, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric};
 use crate::proxy::TcpProxy;
 use crate::redis_server::PrivateRedis;
 
@@ -294,20 +294,41 @@ async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
     assert!(replies.iter().all(|r| r.status == 202));
     assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 0, "nothing consumed yet");
 
-    let worker = spawn_sibling(&api, Mode::Worker, |s| s.amqp.order_prefetch = 1.try_into().unwrap()).await;
-    api.eventually(20, "the worker starts draining", || async {
+    // A worker takes a delivery and, held up by the sale's row lock, is inside its
+    // transaction when its broker connection dies: it commits, and its ack is lost.
+    let lock = sea_orm::TransactionTrait::begin(&api.db).await.unwrap();
+    let sql = format!("SELECT id FROM sales WHERE id = '{sale}' FOR UPDATE");
+    sea_orm::ConnectionTrait::execute_unprepared(&lock, &sql).await.unwrap();
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let worker = spawn_sibling(&api, Mode::Worker, |s| {
+        s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
+        s.amqp.order_prefetch = 1.try_into().unwrap();
+    })
+    .await;
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    api.eventually(30, "the worker waits for the sale's row", || async { api.scalar(waiting).await >= 1 }).await;
+    rabbit.cut();
+    lock.commit().await.unwrap();
+    api.eventually(30, "the worker commits what it held", || async {
         api.scalar("SELECT count(*) FROM reservations").await > 0
     })
     .await;
-    worker.shutdown().await.unwrap();
+    let committed = api.scalar("SELECT count(*) FROM reservations").await;
+    assert!(committed < 200, "work is left for the replacement: {committed}");
+
+    let confirmed = r#"reservations_total{outcome="confirmed"}"#;
     let replacement = spawn_sibling(&api, Mode::Worker, |_| {}).await;
     api.eventually(30, "every reservation is confirmed", || async {
         api.scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'").await == 200
     })
     .await;
     assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 200, "one order each");
+    // The committed but unacknowledged delivery came back to the replacement, which found
+    // it recorded and only confirmed it again.
+    wait_for_metric(confirmed, 200.0 + committed as f64).await;
     drained(&api, &sale).await;
-    drop(replacement);
+    drop((worker, replacement));
 }
 
 #[tokio::test]
