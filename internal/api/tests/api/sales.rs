@@ -432,3 +432,43 @@ async fn the_sale_list_shows_every_sale_and_current_ones_with_what_is_left() {
     assert_eq!(data["items"][0]["remaining"], 2);
     app.get("/api/v1/sales?page_size=101", None).await.error(400, "INVALID_REQUEST", Some("page_size"));
 }
+
+#[tokio::test]
+async fn an_undo_and_the_consumers_claim_exclude_each_other() {
+    let first = spawn_app().await;
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap(); // no consumer runs now
+    let admin = api.admin().await;
+    let sale = sale(&api, &admin, 5, 1, 300).await;
+    let (ann, bob) = (api.shopper().await, api.shopper().await);
+    let stored = buy(&api, &ann, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let late = buy(&api, &bob, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let keys = api.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = api.services.deps.redis.clone();
+
+    // "Stored, confirm lost": the consumer claimed Ann's reservation before the API gave up
+    // on the confirm; the undo then refuses, and the API answers 202.
+    let claimed = repo::cache::sales::claim(&mut redis, &keys, &[stored.parse().unwrap()]).await.unwrap();
+    assert_eq!(claimed, [true]);
+    let undone =
+        repo::cache::sales::undo(&mut redis, &keys, ann.user_id.parse().unwrap(), stored.parse().unwrap(), None);
+    assert!(!undone.await.unwrap(), "a claimed reservation is never undone");
+
+    // Bob's publish "failed" first: the undo returns his unit, and his late message must
+    // then be dropped by the consumer.
+    let undone = repo::cache::sales::undo(&mut redis, &keys, bob.user_id.parse().unwrap(), late.parse().unwrap(), None);
+    assert!(undone.await.unwrap());
+    assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
+
+    let worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    assert_eq!(confirmed(&api, &ann, &stored).await["status"], "confirmed");
+    // Both messages (one per purchase) consumed, the late one dropped.
+    wait_for_metric(r#"amqp_consumed_total{queue="sale.reservations",outcome="ack"}"#, 2.0).await;
+    assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 1);
+    assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1, "no order for the undone one");
+    let bobs = format!("SELECT count(*) FROM orders WHERE user_id = '{}'", bob.user_id);
+    assert_eq!(api.scalar(&bobs).await, 0);
+    drained(&api, &sale).await;
+    assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
+    drop(worker);
+}
