@@ -62,6 +62,7 @@ async fn the_first_bid_needs_the_start_price_and_an_equal_bid_is_too_low() {
     assert_eq!(state(&app, &lot).await["current_price"], Value::Null);
 
     let low = bid(&app, &ann, &lot, "9.99").await;
+    assert_eq!(metric(r#"bids_total{outcome="too_low"}"#), 1.0);
     assert_eq!(low.error(409, "BID_TOO_LOW", None)["details"]["min_bid"], "10.00");
     let first = bid(&app, &ann, &lot, "10.00").await;
     assert_eq!(first.data(201)["price"], "10.00");
@@ -194,6 +195,9 @@ async fn the_winner_gets_an_order_when_the_auction_closes() {
     persisted(&app, &lot, 2).await;
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
+    assert_eq!(metric(r#"auctions_closed_total{status="sold"}"#), 1.0, "closed once");
+    assert_eq!(metric(r#"bids_total{outcome="accepted"}"#), 2.0);
+    assert_eq!(metric(r#"bids_total{outcome="closed"}"#), 1.0);
 }
 
 #[tokio::test]
@@ -209,6 +213,7 @@ async fn an_auction_below_its_reserve_or_without_bids_stays_unsold() {
         assert_eq!(state(&app, lot).await["order_id"], Value::Null);
         assert!(verify(&app, lot).await.passed());
     }
+    assert_eq!(metric(r#"auctions_closed_total{status="unsold"}"#), 2.0);
 }
 
 #[tokio::test]
@@ -312,6 +317,7 @@ async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
     let first = next_message(&mut socket).await;
     assert_eq!(first["type"], "state");
+    assert_eq!(metric("websocket_connections"), 1.0);
     assert_eq!(first["current_price"], "10.00");
     assert_eq!(first["seq"], 1);
 
@@ -335,6 +341,7 @@ async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
             Some(Ok(other)) => panic!("a message after closed: {other:?}"),
         }
     }
+    a.eventually(10, "the connection gauge drops", || async { metric("websocket_connections") == 0.0 }).await;
 }
 
 #[tokio::test]

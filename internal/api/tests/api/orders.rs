@@ -126,6 +126,7 @@ async fn pay_is_idempotent_and_cancel_returns_stock() {
     let again = app.post(&format!("/api/v1/orders/{cancelled}/cancel"), json!(null), shopper.token()).await;
     assert_eq!(again.data(200)["status"], "cancelled");
     assert_eq!(app.stock_of(&product).await, 8, "a second cancel returns nothing");
+    assert_eq!(crate::helpers::metric(r#"orders_finished_total{reason="cancelled"}"#), 1.0);
 
     app.post(&format!("/api/v1/orders/{paid}/cancel"), json!(null), shopper.token()).await.error(
         409,

@@ -47,6 +47,7 @@ async fn an_unpaid_order_closes_through_the_delay_queue_and_its_stock_returns() 
     assert!(queue_exists(&app, &format!("{}.delay.order.close.1000", app.settings.amqp.prefix)).await);
     assert_eq!(metric(CLOSE_ACKED), 1.0, "the close consumer closed it");
     assert_eq!(metric("orders_swept_total"), 0.0, "not the sweeper");
+    assert_eq!(metric(r#"orders_finished_total{reason="timeout"}"#), 1.0);
 }
 
 /// Whether the broker has this queue (a passive declare, which fails for a missing one).

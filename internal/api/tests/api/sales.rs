@@ -8,7 +8,7 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, Session, TestApp, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric};
+use crate::helpers::{Reply, Session, TestApp, metric, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric};
 use crate::proxy::TcpProxy;
 use crate::redis_server::PrivateRedis;
 
@@ -79,6 +79,18 @@ async fn many_buyers_on_few_units_get_exact_counts() {
     assert_eq!(view.data(200)["remaining"], 0);
     assert_eq!(view.data(200)["status"], "sold_out");
     assert!(verify(&app, &sale).await.passed());
+
+    // What the dashboard shows for it.
+    assert_eq!(metric(r#"purchases_total{outcome="reserved"}"#), 20.0);
+    let refused =
+        metric(r#"purchases_total{outcome="sold_out"}"#) + metric(r#"purchases_total{outcome="sold_out_flag"}"#);
+    assert_eq!(refused, 180.0, "refused by the script or by the sold-out flag");
+    assert_eq!(metric(r#"reservations_total{outcome="confirmed"}"#), 20.0);
+    assert_eq!(metric(r#"reservations_total{outcome="failed"}"#), 0.0);
+    assert!(metric("reserve_script_seconds_count") >= 20.0);
+    assert_eq!(metric("reservation_publish_seconds_count"), 20.0, "one publish wait per reservation");
+    assert_eq!(metric("reservation_batch_size_sum"), 20.0, "every reservation in some batch");
+    assert!(metric("reservation_confirm_seconds_count") >= 1.0);
 }
 
 #[tokio::test]
