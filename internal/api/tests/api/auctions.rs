@@ -549,3 +549,42 @@ async fn a_relay_takes_over_the_bids_a_dead_relay_left_pending() {
     assert!(report.passed(), "{report}");
     drop(worker);
 }
+
+#[tokio::test]
+async fn the_live_socket_pings_a_watcher_and_drops_a_silent_one() {
+    let app = spawn_app_with(|s| {
+        s.http.ws_ping_ms = 100.try_into().unwrap();
+        s.http.ws_idle_ms = 400.try_into().unwrap();
+    })
+    .await;
+    let admin = app.admin().await;
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    let url = format!("{}/api/v1/auctions/{lot}/live", app.address.replace("http", "ws"));
+
+    // A watcher that keeps reading answers every ping (the client sends the pong), so it
+    // outlives the idle limit many times over.
+    let (mut live, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    assert_eq!(next_message(&mut live).await["type"], "state");
+    let mut pings = 0;
+    while pings < 20 {
+        match tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("a ping in time") {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("the connection stays open and pings: {other:?}"),
+        }
+    }
+    drop(live);
+    app.eventually(10, "the closed socket is gone", || async { metric("websocket_connections") == 0.0 }).await;
+
+    // One that stops reading sends no pong: the server drops it.
+    let (mut silent, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    assert_eq!(next_message(&mut silent).await["type"], "state");
+    assert_eq!(metric("websocket_connections"), 1.0);
+    app.eventually(30, "the silent watcher is dropped", || async { metric("websocket_connections") == 0.0 }).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), silent.next()).await.expect("the end in time") {
+            Some(Ok(Message::Ping(_))) => {}
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+}
