@@ -405,7 +405,7 @@ async fn the_bid_history_and_the_current_list_come_from_postgres() {
     let all = app.get("/api/v1/auctions", None).await;
     assert_eq!(all.data(200)["total"], 2);
     let current = app.get("/api/v1/auctions?current=true", None).await;
-    assert_eq!(ids(&current), [lot.clone()], "only the open auction");
+    assert_eq!(ids(&current), [lot.as_str()], "only the open auction");
     assert_eq!(current.data(200)["items"][0]["status"], "live");
 }
 
