@@ -338,3 +338,13 @@ pub async fn wait_for_metric(series: &str, at_least: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An API-only node with nothing consuming behind it: the app that declared the topology
+/// has stopped, so messages wait in their queues and bids in their streams until a test
+/// starts a worker.
+pub async fn spawn_api_only() -> TestApp {
+    let first = spawn_app().await;
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap();
+    api
+}

@@ -8,7 +8,9 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, Session, TestApp, metric, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric};
+use crate::helpers::{
+    Reply, Session, TestApp, metric, spawn_api_only, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric,
+};
 use crate::proxy::TcpProxy;
 use crate::redis_server::PrivateRedis;
 
@@ -291,9 +293,7 @@ async fn a_flushed_redis_is_rebuilt_without_selling_a_unit_twice() {
 
 #[tokio::test]
 async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
-    let first = spawn_app().await;
-    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
-    first.shutdown().await.unwrap(); // no consumer runs now
+    let api = spawn_api_only().await;
     let admin = api.admin().await;
     let sale = sale(&api, &admin, 300, 1, 300).await;
     let tokens = api.services.auth.create_shoppers(200, Duration::from_secs(600)).await.unwrap();
@@ -447,9 +447,7 @@ async fn the_sale_list_shows_every_sale_and_current_ones_with_what_is_left() {
 
 #[tokio::test]
 async fn an_undo_and_the_consumers_claim_exclude_each_other() {
-    let first = spawn_app().await;
-    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
-    first.shutdown().await.unwrap(); // no consumer runs now
+    let api = spawn_api_only().await;
     let admin = api.admin().await;
     let sale = sale(&api, &admin, 5, 1, 300).await;
     let (ann, bob) = (api.shopper().await, api.shopper().await);
