@@ -257,9 +257,11 @@ async fn pending_outbox_rows_are_sent_when_a_relay_comes_back() {
     assert_eq!(api_only.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await, 10);
     assert_eq!(api_only.scalar("SELECT count(*) FROM orders WHERE status = 'pending_payment'").await, 5);
 
-    // Two relays start together: every row is published once.
+    // Two relays start together, taking one row per round so that they keep reaching for
+    // the same rows at the same time: every row is published once.
+    let one_row = |s: &mut platform::Settings| s.outbox.batch_size = 1.try_into().unwrap();
     let (worker_a, worker_b) =
-        tokio::join!(spawn_sibling(&api_only, Mode::Worker, |_| {}), spawn_sibling(&api_only, Mode::Worker, |_| {}));
+        tokio::join!(spawn_sibling(&api_only, Mode::Worker, one_row), spawn_sibling(&api_only, Mode::Worker, one_row));
     api_only
         .eventually(15, "all orders close", || async {
             api_only.scalar("SELECT count(*) FROM orders WHERE status = 'closed'").await == 5
