@@ -269,7 +269,8 @@ impl AuctionsApi {
     /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
     /// bid (a slow client may skip to the latest) and
     /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
-    /// closes the socket. It pings every 20 s and drops a client silent for 60 s.
+    /// closes the socket. It pings every `http.ws_ping_ms` (20 s by default) and drops a
+    /// client silent for `http.ws_idle_ms` (60 s).
     #[oai(path = "/:id/live", method = "get")]
     async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
         let auction = self.auctions.get(id.0).await?;
