@@ -493,6 +493,7 @@ async fn a_redelivered_bid_batch_inserts_nothing() {
 
     let sql = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}'");
     assert_eq!(app.scalar(&sql).await, 2, "nothing inserted twice");
+    assert_eq!(metric("bids_persisted_total"), 2.0, "and nothing counted twice");
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
 }
