@@ -235,10 +235,9 @@ async function main() {
     step('B bids 16.00, below the 16.50 minimum: BID_TOO_LOW is explained');
     await byTestId(cardB, 'bid-amount').fill('16.00');
     await byTestId(cardB, 'bid-custom-button').click();
-    // With the error envelope the page words it from details.min_bid; when the server
-    // answers in plain text (its CORS layer does that to requests with an Origin), the
-    // page shows the server's message.
-    const tooLow = /^Too low: the minimum bid is now 16\.50\.$|^Bid too low: the minimum bid is 16\.50\.$/;
+    // The page words it from the error envelope's details.min_bid: only that wording
+    // passes, so a plain-text error (no envelope) fails the test.
+    const tooLow = /^Too low: the minimum bid is now 16\.50\.$/;
     await expectText(byTestId(cardB, 'auction-message'), tooLow, 'page B bid message', 5_000);
     await expectText(byTestId(cardB, 'live-price'), '15.50', 'page B live price', 1_000);
 

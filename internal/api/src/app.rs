@@ -17,7 +17,13 @@ use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
 use crate::routes::{
-    auctions::AuctionsApi, auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, page, sales::SalesApi,
+    auctions::{AuctionsApi, KeepAlive},
+    auth::AuthApi,
+    catalog::CatalogApi,
+    health,
+    orders::OrdersApi,
+    page,
+    sales::SalesApi,
     users::UsersApi,
 };
 
@@ -144,7 +150,14 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
             CatalogApi { catalog: services.catalog.clone() },
             OrdersApi { orders: services.orders.clone() },
             SalesApi { sales: services.sales.clone() },
-            AuctionsApi { auctions: services.auctions.clone(), live: services.live.clone() },
+            AuctionsApi {
+                auctions: services.auctions.clone(),
+                live: services.live.clone(),
+                keep_alive: KeepAlive {
+                    ping: Duration::from_millis(settings.http.ws_ping_ms.get()),
+                    idle: Duration::from_millis(settings.http.ws_idle_ms.get()),
+                },
+            },
         ),
         "Spike",
         env!("CARGO_PKG_VERSION"),

@@ -103,6 +103,10 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     pub shutdown_grace_secs: u64,
     pub trust_forwarded_for: bool,
+    /// A WebSocket watcher gets a ping this often ...
+    pub ws_ping_ms: NonZeroU64,
+    /// ... and is dropped when nothing (not even a pong) came from it for this long.
+    pub ws_idle_ms: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

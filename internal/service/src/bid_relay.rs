@@ -185,12 +185,13 @@ pub async fn handle_bids(db: &DatabaseConnection, delivery: Delivery) -> Outcome
         .collect();
     let written = async {
         let txn = db.begin().await?;
-        auctions::record_bids(&txn, batch.auction_id, &bids).await?;
-        txn.commit().await
+        let inserted = auctions::record_bids(&txn, batch.auction_id, &bids).await?;
+        txn.commit().await.map(|()| inserted)
     };
     match written.await {
-        Ok(()) => {
-            metrics::counter!("bids_persisted_total").increment(bids.len() as u64);
+        // Only the rows written: a redelivered batch inserts (and counts) nothing.
+        Ok(inserted) => {
+            metrics::counter!("bids_persisted_total").increment(inserted);
             Outcome::Ack
         }
         Err(err) => Outcome::Retry(anyhow::anyhow!("persisting bids: {err}")),

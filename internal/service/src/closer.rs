@@ -129,7 +129,7 @@ impl AuctionCloser {
         let txn = self.db.begin().await?;
         let winner = if sold { leader } else { None };
         let finished = auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
-        if let (Some(row), Some(winner), Some(price)) = (finished, winner, price) {
+        if let (Some(row), Some(winner), Some(price)) = (&finished, winner, price) {
             let order_id = Uuid::now_v7();
             let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
             let order = NewOrder {
@@ -151,7 +151,10 @@ impl AuctionCloser {
             tracing::info!(auction_id = %id, %winner, %price, "auction sold");
         }
         txn.commit().await?;
-        metrics::counter!("auctions_closed_total", "status" => if sold { "sold" } else { "unsold" }).increment(1);
+        // Counted by the close that recorded the outcome, not by a redelivered message.
+        if finished.is_some() {
+            metrics::counter!("auctions_closed_total", "status" => if sold { "sold" } else { "unsold" }).increment(1);
+        }
         Ok(Closing::Closed { sold })
     }
 }

@@ -26,6 +26,14 @@ use crate::error::ApiResult;
 pub struct AuctionsApi {
     pub auctions: AuctionService,
     pub live: Arc<LiveHub>,
+    pub keep_alive: KeepAlive,
+}
+
+/// WebSocket keep-alive: a ping every `ping`; a watcher silent for `idle` is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub ping: Duration,
+    pub idle: Duration,
 }
 
 #[derive(Debug, Object, Deserialize)]
@@ -261,18 +269,17 @@ impl AuctionsApi {
     /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
     /// bid (a slow client may skip to the latest) and
     /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
-    /// closes the socket. It pings every 20 s and drops a client silent for 60 s.
+    /// closes the socket. It pings every `http.ws_ping_ms` (20 s by default) and drops a
+    /// client silent for `http.ws_idle_ms` (60 s).
     #[oai(path = "/:id/live", method = "get")]
     async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
         let auction = self.auctions.get(id.0).await?;
         let events = self.live.subscribe(id.0);
         let auctions = self.auctions.clone();
-        Ok(ws.on_upgrade(move |socket| watch_auction(socket, auctions, auction, events)).boxed())
+        let keep_alive = self.keep_alive;
+        Ok(ws.on_upgrade(move |socket| watch_auction(socket, auctions, auction, events, keep_alive)).boxed())
     }
 }
-
-const PING_EVERY: Duration = Duration::from_secs(20);
-const DEAD_AFTER: Duration = Duration::from_secs(60);
 
 /// Serves one watcher: the state first, then every newer event, with keep-alive pings.
 async fn watch_auction(
@@ -280,13 +287,14 @@ async fn watch_auction(
     auctions: AuctionService,
     subscribed_at: AuctionView,
     mut events: watch::Receiver<Option<Event>>,
+    keep_alive: KeepAlive,
 ) {
     metrics::gauge!("websocket_connections").increment(1.0);
     let (mut sink, mut incoming) = socket.split();
     // Subscribed before reading the state: nothing can fall between the two.
     let state = auctions.get(subscribed_at.id).await.unwrap_or(subscribed_at);
     let mut last_seq = state.bid_count;
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut ping = tokio::time::interval(keep_alive.ping);
     ping.tick().await;
     let mut last_heard = Instant::now();
     if sink.send(Message::Text(state_message(&state).to_string())).await.is_ok() {
@@ -308,7 +316,7 @@ async fn watch_auction(
                     Some(Ok(_)) => last_heard = Instant::now(),
                 },
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > DEAD_AFTER || sink.send(Message::Ping(Vec::new())).await.is_err() {
+                    if last_heard.elapsed() > keep_alive.idle || sink.send(Message::Ping(Vec::new())).await.is_err() {
                         break;
                     }
                 }

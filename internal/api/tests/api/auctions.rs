@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Reply, Session, TestApp, spawn_app, spawn_app_with, spawn_sibling};
+use crate::helpers::{Reply, Session, TestApp, metric, spawn_api_only, spawn_app, spawn_app_with, spawn_sibling};
 use crate::proxy::TcpProxy;
 
 struct Lot {
@@ -62,6 +62,7 @@ async fn the_first_bid_needs_the_start_price_and_an_equal_bid_is_too_low() {
     assert_eq!(state(&app, &lot).await["current_price"], Value::Null);
 
     let low = bid(&app, &ann, &lot, "9.99").await;
+    assert_eq!(metric(r#"bids_total{outcome="too_low"}"#), 1.0);
     assert_eq!(low.error(409, "BID_TOO_LOW", None)["details"]["min_bid"], "10.00");
     let first = bid(&app, &ann, &lot, "10.00").await;
     assert_eq!(first.data(201)["price"], "10.00");
@@ -130,7 +131,16 @@ async fn bids_are_refused_before_the_start_and_from_the_end() {
 
     let soon = auction(&app, &admin, Lot { end_in_ms: 1500, ..OPEN_FOR_AN_HOUR }).await;
     bid(&app, &shopper, &soon, "10.00").await.data(201);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Until the end an equal bid is too low; from the end every bid is refused as closed.
+    app.eventually(15, "the auction reaches its end", || async {
+        let again = bid(&app, &shopper, &soon, "10.00").await;
+        match again.body["error"].as_str() {
+            Some("BID_TOO_LOW") => false,
+            Some("AUCTION_CLOSED") => true,
+            _ => panic!("unexpected answer: {}", again.body),
+        }
+    })
+    .await;
     let late = bid(&app, &shopper, &soon, "20.00").await;
     assert_eq!(late.error(409, "AUCTION_CLOSED", None)["details"]["current_price"], "10.00");
 }
@@ -148,7 +158,9 @@ async fn a_bid_in_the_last_seconds_moves_the_end() {
     assert_eq!(state(&app, &lot).await["end_at"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(), after);
 
     // Past the original end the auction still takes bids, until the new end.
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let past_the_end = (before - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(200);
+    tokio::time::sleep(past_the_end).await;
+    assert!(Utc::now() > before);
     let sniped = bid(&app, &app.shopper().await, &lot, "11.00").await;
     let extended: DateTime<Utc> = sniped.data(201)["end_at"].as_str().unwrap().parse().unwrap();
     assert_eq!((extended - after).num_milliseconds(), 3000);
@@ -183,6 +195,9 @@ async fn the_winner_gets_an_order_when_the_auction_closes() {
     persisted(&app, &lot, 2).await;
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
+    assert_eq!(metric(r#"auctions_closed_total{status="sold"}"#), 1.0, "closed once");
+    assert_eq!(metric(r#"bids_total{outcome="accepted"}"#), 2.0);
+    assert_eq!(metric(r#"bids_total{outcome="closed"}"#), 1.0);
 }
 
 #[tokio::test]
@@ -193,11 +208,15 @@ async fn an_auction_below_its_reserve_or_without_bids_stays_unsold() {
     let reserved = auction(&app, &admin, Lot { end_in_ms: 1500, reserve: Some("50.00"), ..OPEN_FOR_AN_HOUR }).await;
     let quiet = auction(&app, &admin, Lot { end_in_ms: 1500, ..OPEN_FOR_AN_HOUR }).await;
     bid(&app, &shopper, &reserved, "20.00").await.data(201);
+    // verify counts a bid still on its way to Postgres (in the broker) as lost: wait for it.
+    persisted(&app, &reserved, 1).await;
     for lot in [&reserved, &quiet] {
         app.eventually(15, "the auction closes", || async { state(&app, lot).await["status"] == "unsold" }).await;
         assert_eq!(state(&app, lot).await["order_id"], Value::Null);
-        assert!(verify(&app, lot).await.passed());
+        let report = verify(&app, lot).await;
+        assert!(report.passed(), "{report}");
     }
+    assert_eq!(metric(r#"auctions_closed_total{status="unsold"}"#), 2.0);
 }
 
 #[tokio::test]
@@ -270,12 +289,9 @@ async fn bids_accepted_while_the_broker_is_away_are_not_lost() {
     for amount in ["11.00", "12.00", "13.00", "14.00", "15.00"] {
         bid(&app, &shopper, &lot, amount).await.data(201);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sql = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}'");
-    assert_eq!(app.scalar(&sql).await, 1, "the broker path is down: nothing new reaches Postgres");
-
     rabbit.restore();
     persisted(&app, &lot, 6).await;
+    assert_eq!(metric("bids_persisted_total"), 6.0, "each bid written once");
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
 }
@@ -304,6 +320,7 @@ async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
     let first = next_message(&mut socket).await;
     assert_eq!(first["type"], "state");
+    assert_eq!(metric("websocket_connections"), 1.0);
     assert_eq!(first["current_price"], "10.00");
     assert_eq!(first["seq"], 1);
 
@@ -319,6 +336,15 @@ async fn a_watcher_on_one_instance_sees_bids_placed_on_another() {
     assert_eq!(closed["type"], "closed");
     assert_eq!(closed["status"], "sold");
     assert_eq!(closed["price"], "15.00");
+    // Nothing more will come: the server ends the connection.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("the server closes") {
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => panic!("a message after closed: {other:?}"),
+        }
+    }
+    a.eventually(10, "the connection gauge drops", || async { metric("websocket_connections") == 0.0 }).await;
 }
 
 #[tokio::test]
@@ -340,4 +366,227 @@ async fn an_idempotency_key_repeats_the_same_bid() {
     let again = send().await.data(201).clone();
     assert_eq!(first, again);
     assert_eq!(state(&app, &lot).await["bid_count"], 1);
+}
+
+#[tokio::test]
+async fn the_bid_history_and_the_current_list_come_from_postgres() {
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
+    let admin = app.admin().await;
+    let (ann, bob) = (app.shopper().await, app.shopper().await);
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    let ended = auction(&app, &admin, Lot { end_in_ms: 500, ..OPEN_FOR_AN_HOUR }).await;
+    app.services.auction_closer.close(ended.parse().unwrap()).await.unwrap();
+    app.eventually(15, "the short auction ends", || async { state(&app, &ended).await["status"] == "unsold" }).await;
+    for (who, amount) in [(&ann, "10.00"), (&bob, "11.00"), (&ann, "13.50")] {
+        bid(&app, who, &lot, amount).await.data(201);
+    }
+    persisted(&app, &lot, 3).await;
+
+    let page = app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=2"), None).await;
+    let data = page.data(200);
+    assert_eq!((data["total"].as_i64(), data["page_size"].as_i64()), (Some(3), Some(2)));
+    let newest: Vec<(i64, &str, &str)> = data["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["seq"].as_i64().unwrap(), b["amount"].as_str().unwrap(), b["user_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(newest, [(3, "13.50", ann.user_id.as_str()), (2, "11.00", bob.user_id.as_str())], "newest first");
+    let oldest = app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=2&page=2"), None).await;
+    assert_eq!(oldest.data(200)["items"][0]["seq"], 1);
+    let missing = uuid::Uuid::now_v7();
+    app.get(&format!("/api/v1/auctions/{missing}/bids"), None).await.error(404, "NOT_FOUND", None);
+    app.get(&format!("/api/v1/auctions/{lot}/bids?page_size=101"), None).await.error(
+        400,
+        "INVALID_REQUEST",
+        Some("page_size"),
+    );
+
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.data(200)["items"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let all = app.get("/api/v1/auctions", None).await;
+    assert_eq!(all.data(200)["total"], 2);
+    let current = app.get("/api/v1/auctions?current=true", None).await;
+    assert_eq!(ids(&current), [lot.as_str()], "only the open auction");
+    assert_eq!(current.data(200)["items"][0]["status"], "live");
+}
+
+#[tokio::test]
+async fn verify_fails_on_a_corrupted_auction() {
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 600.try_into().unwrap()).await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    for amount in ["10.00", "11.00", "12.00"] {
+        bid(&app, &shopper, &lot, amount).await.data(201);
+    }
+    persisted(&app, &lot, 3).await;
+    assert!(verify(&app, &lot).await.passed(), "{}", verify(&app, &lot).await);
+    let db = &app.db;
+    let sql = |statement: String| async move {
+        sea_orm::ConnectionTrait::execute_unprepared(db, &statement).await.unwrap();
+    };
+
+    // A price that does not rise.
+    sql(format!("UPDATE bids SET amount = 9.00 WHERE auction_id = '{lot}' AND seq = 2")).await;
+    let report = verify(&app, &lot).await;
+    assert!(!report.passed(), "{report}");
+    assert!(report.to_string().contains("INVARIANTS VIOLATED"), "{report}");
+    sql(format!("UPDATE bids SET amount = 11.00 WHERE auction_id = '{lot}' AND seq = 2")).await;
+    assert!(verify(&app, &lot).await.passed());
+
+    // A lost bid: a gap in seq, and Redis accepted more than Postgres holds.
+    sql(format!("DELETE FROM bids WHERE auction_id = '{lot}' AND seq = 2")).await;
+    let report = verify(&app, &lot).await;
+    assert!(!report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_redelivered_bid_batch_inserts_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    for amount in ["10.00", "11.00"] {
+        bid(&app, &shopper, &lot, amount).await.data(201);
+    }
+    persisted(&app, &lot, 2).await;
+
+    // The same batch again, as a redelivery after a lost ack would bring it: to the
+    // handler directly, and through the broker to the consumer.
+    let now = Utc::now().timestamp_millis();
+    let batch = repo::mq::messages::BidBatch {
+        auction_id: lot.parse().unwrap(),
+        bids: [(1, 1000), (2, 1100)]
+            .into_iter()
+            .map(|(seq, amount_cents)| repo::mq::messages::PersistBid {
+                seq,
+                user_id: shopper.user_id.parse().unwrap(),
+                amount_cents,
+                end_ms: now,
+                placed_ms: now,
+            })
+            .collect(),
+    };
+    let body = serde_json::to_vec(&batch).unwrap();
+    let delivery = repo::mq::consumer::Delivery {
+        body: body.clone(),
+        headers: Default::default(),
+        attempt: 2,
+        last_attempt: false,
+    };
+    assert!(matches!(service::bid_relay::handle_bids(&app.db, delivery).await, repo::mq::Outcome::Ack));
+    let acked = r#"amqp_consumed_total{queue="auction.bids",outcome="ack"}"#;
+    let before = metric(acked);
+    let deps = &app.services.deps;
+    let publisher = repo::mq::ConfirmPublisher::new(deps.broker.clone(), Duration::from_secs(2));
+    let copy = repo::mq::Message {
+        exchange: deps.topology().exchange(),
+        routing_key: repo::mq::topology::AUCTION_BIDS.key.into(),
+        body,
+        mandatory: true,
+        ..Default::default()
+    };
+    publisher.publish_all(&[copy]).await.unwrap();
+    crate::helpers::wait_for_metric(acked, before + 1.0).await;
+
+    let sql = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}'");
+    assert_eq!(app.scalar(&sql).await, 2, "nothing inserted twice");
+    assert_eq!(metric("bids_persisted_total"), 2.0, "and nothing counted twice");
+    let report = verify(&app, &lot).await;
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_relay_takes_over_the_bids_a_dead_relay_left_pending() {
+    let api = spawn_api_only().await;
+    let admin = api.admin().await;
+    let shopper = api.shopper().await;
+    let lot = auction(&api, &admin, OPEN_FOR_AN_HOUR).await;
+    for amount in ["10.00", "11.00", "12.00"] {
+        bid(&api, &shopper, &lot, amount).await.data(201);
+    }
+
+    // A relay read them and died before publishing: pending in the group, idle for a minute.
+    let key = api.services.deps.keys().auction(lot.parse().unwrap()).bids;
+    let mut redis = api.services.deps.redis.clone();
+    let group = repo::cache::auctions::RELAY_GROUP;
+    let created: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(group).arg("0").arg("MKSTREAM").query_async(&mut redis).await;
+    assert!(created.is_ok() || created.unwrap_err().code() == Some("BUSYGROUP"));
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("dead-relay")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let pending: Vec<(String, String, i64, i64)> =
+        redis::cmd("XPENDING").arg(&key).arg(group).arg("-").arg("+").arg(10).query_async(&mut redis).await.unwrap();
+    assert_eq!(pending.len(), 3, "the dead relay holds all three: {pending:?}");
+    for (entry, ..) in &pending {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&key)
+            .arg(group)
+            .arg("dead-relay")
+            .arg(0)
+            .arg(entry)
+            .arg("IDLE")
+            .arg(60_000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
+    let worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    persisted(&api, &lot, 3).await;
+    assert_eq!(metric("bids_relayed_total"), 3.0, "each taken over once");
+    let report = verify(&api, &lot).await;
+    assert!(report.passed(), "{report}");
+    drop(worker);
+}
+
+#[tokio::test]
+async fn the_live_socket_pings_a_watcher_and_drops_a_silent_one() {
+    let app = spawn_app_with(|s| {
+        s.http.ws_ping_ms = 100.try_into().unwrap();
+        s.http.ws_idle_ms = 400.try_into().unwrap();
+    })
+    .await;
+    let admin = app.admin().await;
+    let lot = auction(&app, &admin, OPEN_FOR_AN_HOUR).await;
+    let url = format!("{}/api/v1/auctions/{lot}/live", app.address.replace("http", "ws"));
+
+    // A watcher that keeps reading answers every ping (the client sends the pong), so it
+    // outlives the idle limit many times over.
+    let (mut live, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    assert_eq!(next_message(&mut live).await["type"], "state");
+    let mut pings = 0;
+    while pings < 20 {
+        match tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("a ping in time") {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("the connection stays open and pings: {other:?}"),
+        }
+    }
+    drop(live);
+    app.eventually(10, "the closed socket is gone", || async { metric("websocket_connections") == 0.0 }).await;
+
+    // One that stops reading sends no pong: the server drops it.
+    let (mut silent, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    assert_eq!(next_message(&mut silent).await["type"], "state");
+    assert_eq!(metric("websocket_connections"), 1.0);
+    app.eventually(30, "the silent watcher is dropped", || async { metric("websocket_connections") == 0.0 }).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), silent.next()).await.expect("the end in time") {
+            Some(Ok(Message::Ping(_))) => {}
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -101,8 +101,9 @@ async fn concurrent_refreshes_with_one_token_have_one_winner() {
         app.post("/api/v1/auth/refresh", body.clone(), None),
         app.post("/api/v1/auth/refresh", body.clone(), None)
     );
-    let successes = [a.status, b.status].iter().filter(|s| s.is_success()).count();
-    assert!(successes <= 1, "{} {}", a.status, b.status);
+    let (winner, loser) = if a.status == 200 { (a, b) } else { (b, a) };
+    assert!(winner.data(200)["refresh_token"].is_string(), "one refresh wins: {}", winner.body);
+    loser.error(401, "INVALID_REFRESH_TOKEN", None);
 }
 
 #[tokio::test]
@@ -205,4 +206,42 @@ async fn admin_create_promotes_an_existing_user() {
     let tokens = app.login(&session.email, "correct horse").await;
     let me = app.get("/api/v1/users/me", tokens.data(200)["access_token"].as_str()).await;
     assert_eq!(me.data(200)["role"], "admin");
+}
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_refused() {
+    let app = spawn_app().await;
+    let session = app.shopper().await;
+    let sql = format!(
+        "UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE user_id = '{}'",
+        session.user_id
+    );
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &sql).await.unwrap();
+    app.post("/api/v1/auth/refresh", json!({"refresh_token": session.refresh}), None).await.error(
+        401,
+        "INVALID_REFRESH_TOKEN",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn every_signed_in_route_refuses_a_request_without_a_token() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::now_v7();
+    let cases = [
+        (reqwest::Method::GET, "/api/v1/orders".to_owned(), json!(null)),
+        (reqwest::Method::POST, "/api/v1/orders".to_owned(), json!({"items": [{"product_id": id, "quantity": 1}]})),
+        (reqwest::Method::GET, format!("/api/v1/orders/{id}"), json!(null)),
+        (reqwest::Method::POST, format!("/api/v1/orders/{id}/pay"), json!(null)),
+        (reqwest::Method::POST, format!("/api/v1/orders/{id}/cancel"), json!(null)),
+        (reqwest::Method::POST, format!("/api/v1/sales/{id}/purchase"), json!({"quantity": 1})),
+        (reqwest::Method::GET, format!("/api/v1/reservations/{id}"), json!(null)),
+        (reqwest::Method::POST, format!("/api/v1/auctions/{id}/bids"), json!({"amount": "10.00"})),
+        (reqwest::Method::GET, "/api/v1/users/me".to_owned(), json!(null)),
+    ];
+    for (method, path, body) in cases {
+        let reply = app.send_json(method.clone(), &path, body, None).await;
+        assert_eq!(reply.status, 401, "{method} {path}: {}", reply.body);
+        reply.error(401, "UNAUTHORIZED", None);
+    }
 }

@@ -1,8 +1,11 @@
 //! The catalog: admin-only writes, validation, paging and search, and the product cache.
 
+use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{metric, spawn_app, spawn_app_with};
+use crate::proxy::TcpProxy;
+use crate::redis_server::PrivateRedis;
 
 #[tokio::test]
 async fn only_admins_write_the_catalog() {
@@ -102,29 +105,85 @@ async fn a_read_after_a_patch_or_delete_is_fresh() {
     again.error(404, "NOT_FOUND", None);
 }
 
+/// How many SETEX the server has run: the product cache's only write, so one per load from
+/// Postgres.
+async fn cache_fills(redis: &PrivateRedis) -> u64 {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_setex:calls="))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn unknown_ids_are_remembered_briefly() {
-    let app = spawn_app().await;
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(|s| s.redis.url = SecretString::from(redis.url.clone())).await;
     let id = uuid::Uuid::now_v7();
+    let negative_hits = r#"product_cache_requests_total{result="negative_hit"}"#;
+    let before = metric(negative_hits);
     app.get(&format!("/api/v1/products/{id}"), None).await.error(404, "NOT_FOUND", None);
     let key = format!("{}:product:{id}", app.settings.redis.prefix);
-    let mut redis = app.services.deps.redis.clone();
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await.unwrap();
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(
         ttl > 0 && ttl as u64 <= app.settings.cache.negative_ttl_secs.get(),
         "negative entry with a short TTL: {ttl}"
     );
-    app.get(&format!("/api/v1/products/{id}"), None).await.error(404, "NOT_FOUND", None);
+    assert_eq!(cache_fills(&redis).await, 1);
+    for _ in 0..3 {
+        app.get(&format!("/api/v1/products/{id}"), None).await.error(404, "NOT_FOUND", None);
+    }
+    assert_eq!(metric(negative_hits) - before, 3.0, "answered from the negative entry");
+    assert_eq!(cache_fills(&redis).await, 1, "Postgres was asked once");
 }
 
 #[tokio::test]
 async fn concurrent_readers_of_a_cold_product_all_get_it() {
-    let app = spawn_app().await;
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(|s| s.redis.url = SecretString::from(redis.url.clone())).await;
     let admin = app.admin().await;
     let id = app.product(&admin, "3.00", 9).await;
     let path = format!("/api/v1/products/{id}");
+    assert_eq!(cache_fills(&redis).await, 0, "creating a product does not fill the cache");
     let replies = futures::future::join_all((0..40).map(|_| app.get(&path, None))).await;
     for reply in replies {
         assert_eq!(reply.data(200)["stock"], 9);
     }
+    assert_eq!(cache_fills(&redis).await, 1, "one loader read Postgres for all forty");
+}
+
+#[tokio::test]
+async fn reads_fall_through_to_postgres_while_redis_is_down() {
+    let redis = TcpProxy::start("127.0.0.1:6379").await;
+    let app = spawn_app_with(|s| s.redis.url = SecretString::from(format!("redis://{}", redis.addr))).await;
+    let admin = app.admin().await;
+    let id = app.product(&admin, "4.00", 6).await;
+    let errors = r#"product_cache_requests_total{result="error"}"#;
+    let before = metric(errors);
+    redis.cut();
+    let reply = app.get(&format!("/api/v1/products/{id}"), None).await;
+    assert_eq!(reply.data(200)["stock"], 6);
+    assert_eq!(reply.data(200)["price"], "4.00");
+    app.get(&format!("/api/v1/products/{}", uuid::Uuid::now_v7()), None).await.error(404, "NOT_FOUND", None);
+    assert!(metric(errors) - before >= 2.0, "both reads knew the cache was away");
+    redis.restore();
+}
+
+#[tokio::test]
+async fn shoppers_may_not_change_or_delete_products() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let id = app.product(&admin, "8.00", 2).await;
+    let path = format!("/api/v1/products/{id}");
+    let patch = json!({"price": "1.00"});
+    app.send_json(reqwest::Method::PATCH, &path, patch.clone(), shopper.token()).await.error(403, "FORBIDDEN", None);
+    app.send_json(reqwest::Method::DELETE, &path, json!(null), shopper.token()).await.error(403, "FORBIDDEN", None);
+    app.send_json(reqwest::Method::PATCH, &path, patch, None).await.error(401, "UNAUTHORIZED", None);
+    app.send_json(reqwest::Method::DELETE, &path, json!(null), None).await.error(401, "UNAUTHORIZED", None);
+    let product = app.get(&path, None).await;
+    assert_eq!(product.data(200)["price"], "8.00", "unchanged");
 }

@@ -1,6 +1,6 @@
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{metric, spawn_app, spawn_app_with};
 use crate::proxy::TcpProxy;
 
 #[tokio::test]
@@ -21,52 +21,63 @@ async fn readyz_is_ok_when_all_three_services_answer() {
 
 #[tokio::test]
 async fn readyz_names_the_service_that_stopped_answering() {
+    let postgres = TcpProxy::start("127.0.0.1:5432").await;
     let rabbit = TcpProxy::start("127.0.0.1:5672").await;
     let redis = TcpProxy::start("127.0.0.1:6379").await;
     let app = spawn_app_with(|s| {
+        let database = s.database.url.expose_secret().replace("127.0.0.1:5432", &postgres.addr.to_string());
+        s.database.url = SecretString::from(database);
         s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
         s.redis.url = SecretString::from(format!("redis://{}", redis.addr));
     })
     .await;
     assert_eq!(app.get("/readyz", None).await.status, 200);
 
-    rabbit.cut();
-    let reply = app.get("/readyz", None).await;
-    let body = reply.error(503, "SERVICE_UNAVAILABLE", None);
-    assert!(body["message"].as_str().unwrap().contains("rabbitmq"), "{body}");
-    assert_eq!(body["details"]["postgres"], "ok");
-    assert_ne!(body["details"]["rabbitmq"], "ok");
-
-    redis.cut();
-    let body = app.get("/readyz", None).await.body;
-    assert!(body["message"].as_str().unwrap().contains("redis"), "{body}");
-
-    rabbit.restore();
-    redis.restore();
-    let mut ready = false;
-    for _ in 0..50 {
-        if app.get("/readyz", None).await.status == 200 {
-            ready = true;
-            break;
+    // One service at a time, the others answering: the 503 names exactly that one.
+    for (name, proxy) in [("rabbitmq", &rabbit), ("redis", &redis), ("postgres", &postgres)] {
+        proxy.cut();
+        let reply = app.get("/readyz", None).await;
+        let body = reply.error(503, "SERVICE_UNAVAILABLE", None);
+        assert!(body["message"].as_str().unwrap().contains(name), "{body}");
+        for other in ["postgres", "redis", "rabbitmq"] {
+            if other == name {
+                assert_ne!(body["details"][other], "ok", "{body}");
+            } else {
+                assert_eq!(body["details"][other], "ok", "{body}");
+                assert!(!body["message"].as_str().unwrap().contains(other), "{body}");
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        proxy.restore();
+        app.eventually(30, &format!("readyz recovers once {name} answers again"), || async {
+            app.get("/readyz", None).await.status == 200
+        })
+        .await;
     }
-    assert!(ready, "readyz recovers once the services answer again");
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
     let app = spawn_app().await;
+    let healthz = r#"http_requests_total{method="GET",route="/healthz",status="200"}"#;
+    let refused = r#"http_requests_total{method="GET",route="/api/v1/users/me",status="401"}"#;
+    let (healthz_before, refused_before) = (metric(healthz), metric(refused));
+    app.get("/healthz", None).await;
     app.get("/healthz", None).await;
     app.get("/api/v1/users/me", None).await;
     let reply = app.get("/metrics", None).await;
     assert_eq!(reply.status, 200);
     let text = reply.body.as_str().unwrap().to_owned();
-    assert!(text.contains("http_requests_total"), "{text}");
-    assert!(text.contains(r#"route="/healthz""#), "{text}");
-    assert!(text.contains(r#"status="401""#), "{text}");
-    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("db_pool_connections"), "{text}");
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|line| line.starts_with(&format!("{series} "))).unwrap_or_else(|| {
+            panic!("{series} missing from:\n{text}");
+        });
+        line[series.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(value(healthz) - healthz_before, 2.0, "{text}");
+    assert_eq!(value(refused) - refused_before, 1.0, "{text}");
+    let durations = r#"http_request_duration_seconds_count{method="GET",route="/healthz",status="200"}"#;
+    assert!(value(durations) >= 2.0, "{text}");
+    assert!(value("db_pool_max_connections") >= 1.0, "{text}");
 }
 
 #[tokio::test]

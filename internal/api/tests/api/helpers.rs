@@ -312,3 +312,39 @@ impl TestApp {
         row.try_get_by_index::<i64>(0).unwrap()
     }
 }
+
+/// The value of one exact series on /metrics, e.g.
+/// `amqp_consumed_total{queue="order.close",outcome="ack"}`; 0 while it was never recorded.
+/// The recorder is per process and nextest runs every test in a process of its own, so a
+/// count is this test's count.
+pub fn metric(series: &str) -> f64 {
+    let text = platform::metrics::handle().render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+/// Waits until the series has reached `at_least`: the event a test waits on instead of
+/// sleeping (a consumed message, a published row).
+pub async fn wait_for_metric(series: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(series) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 30s: {series} >= {at_least}; it is {}",
+            metric(series)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An API-only node with nothing consuming behind it: the app that declared the topology
+/// has stopped, so messages wait in their queues and bids in their streams until a test
+/// starts a worker.
+pub async fn spawn_api_only() -> TestApp {
+    let first = spawn_app().await;
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap();
+    api
+}

@@ -12,7 +12,7 @@ use poem::test::TestClient;
 use poem::{Route, get, handler};
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{Reply, TestApp, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_given_request_id_is_echoed_and_a_missing_one_is_made() {
@@ -20,7 +20,89 @@ async fn a_given_request_id_is_echoed_and_a_missing_one_is_made() {
     let reply = app.send(app.client.get(app.url("/healthz")).header("x-request-id", "trace-me-42")).await;
     assert_eq!(reply.headers["x-request-id"], "trace-me-42");
     let reply = app.get("/healthz", None).await;
-    assert_eq!(reply.headers["x-request-id"].to_str().unwrap().len(), 36);
+    let made = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+
+    // An unusable id (spaces, too long) is replaced, never echoed; errors carry it too.
+    for bad in ["has spaces", &"x".repeat(129)] {
+        let reply = app.send(app.client.get(app.url("/api/v1/users/me")).header("x-request-id", bad)).await;
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{bad} -> {id}");
+        assert_eq!(reply.error(401, "UNAUTHORIZED", None)["request_id"], id.as_str());
+    }
+}
+
+async fn from(app: &TestApp, ip: &str) -> Reply {
+    app.send(app.client.get(app.url("/healthz")).header("x-forwarded-for", format!("{ip}, 10.0.0.1"))).await
+}
+
+#[tokio::test]
+async fn x_forwarded_for_picks_the_client_only_behind_a_trusted_proxy() {
+    let limited = |trust: bool| {
+        spawn_app_with(move |s| {
+            s.http.trust_forwarded_for = trust;
+            s.rate_limit.enabled = true;
+            s.rate_limit.ip_per_sec = 1.try_into().unwrap();
+            s.rate_limit.ip_burst = 1.try_into().unwrap();
+        })
+    };
+    let trusted = limited(true).await;
+    assert_eq!(from(&trusted, "203.0.113.1").await.status, 200);
+    from(&trusted, "203.0.113.1").await.error(429, "RATE_LIMITED", None);
+    assert_eq!(from(&trusted, "203.0.113.2").await.status, 200, "another client behind the proxy");
+
+    // Not behind a trusted proxy: the header is anyone's to forge, so the peer address counts.
+    let direct = limited(false).await;
+    assert_eq!(from(&direct, "203.0.113.1").await.status, 200);
+    from(&direct, "203.0.113.2").await.error(429, "RATE_LIMITED", None);
+}
+
+#[tokio::test]
+async fn a_request_from_a_disallowed_origin_gets_no_cors_grant() {
+    let app = spawn_app_with(|s| s.http.cors_origins = vec!["https://shop.example".into()]).await;
+    let request = app.client.get(app.url("/healthz")).header("origin", "https://evil.example");
+    let reply = app.send(request).await;
+    let body = reply.error(400, "INVALID_REQUEST", None);
+    assert!(body["message"].as_str().unwrap().contains("origin"), "{body}");
+    assert!(reply.headers.get("access-control-allow-origin").is_none());
+    let allowed = app.send(app.client.get(app.url("/healthz")).header("origin", "https://shop.example")).await;
+    assert_eq!(allowed.headers["access-control-allow-origin"], "https://shop.example");
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_flight_finish() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "1.00", 5).await;
+    // Hold the product's row lock, so an order for it waits inside the server.
+    let db = app.db.clone();
+    let lock = sea_orm::TransactionTrait::begin(&db).await.unwrap();
+    let sql = format!("SELECT id FROM products WHERE id = '{product}' FOR UPDATE");
+    sea_orm::ConnectionTrait::execute_unprepared(&lock, &sql).await.unwrap();
+    let order = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&shopper.access)
+        .json(&json!({"items": [{"product_id": product, "quantity": 2}]}))
+        .send();
+    let in_flight = tokio::spawn(order);
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    app.eventually(30, "the order waits for the row lock", || async { app.scalar(waiting).await == 1 }).await;
+
+    let healthz = app.url("/healthz");
+    let stopping = tokio::spawn(app.shutdown());
+    let closed = || async { reqwest::Client::new().get(&healthz).send().await.is_err() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !closed().await {
+        assert!(std::time::Instant::now() < deadline, "the server stops accepting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.commit().await.unwrap();
+    let response = in_flight.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(response.status(), 201);
+    stopping.await.unwrap().expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -140,8 +222,8 @@ fn boom() -> &'static str {
 
 #[handler]
 async fn slow() -> &'static str {
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    "late"
+    std::future::pending::<()>().await;
+    "never"
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Integration tests: the whole app on a random port, against the real Postgres, Redis and
 //! RabbitMQ. Each test gets its own database, Redis prefix and RabbitMQ prefix (see
-//! `helpers::spawn_app`), so they run in parallel.
+//! `helpers::spawn_app`), so they run in parallel. Run them with cargo-nextest (as
+//! `scripts/test` does): one process per test, so the metrics a test asserts
+//! (`helpers::metric`) are its own.
 
 // The middleware stack nests many generic types; the panic and timeout tests build it in
 // their own test client.

@@ -8,7 +8,9 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, Session, TestApp, spawn_app, spawn_app_with, spawn_sibling};
+use crate::helpers::{
+    Reply, Session, TestApp, metric, spawn_api_only, spawn_app, spawn_app_with, spawn_sibling, wait_for_metric,
+};
 use crate::proxy::TcpProxy;
 use crate::redis_server::PrivateRedis;
 
@@ -79,6 +81,18 @@ async fn many_buyers_on_few_units_get_exact_counts() {
     assert_eq!(view.data(200)["remaining"], 0);
     assert_eq!(view.data(200)["status"], "sold_out");
     assert!(verify(&app, &sale).await.passed());
+
+    // What the dashboard shows for it.
+    assert_eq!(metric(r#"purchases_total{outcome="reserved"}"#), 20.0);
+    let refused =
+        metric(r#"purchases_total{outcome="sold_out"}"#) + metric(r#"purchases_total{outcome="sold_out_flag"}"#);
+    assert_eq!(refused, 180.0, "refused by the script or by the sold-out flag");
+    assert_eq!(metric(r#"reservations_total{outcome="confirmed"}"#), 20.0);
+    assert_eq!(metric(r#"reservations_total{outcome="failed"}"#), 0.0);
+    assert!(metric("reserve_script_seconds_count") >= 20.0);
+    assert_eq!(metric("reservation_publish_seconds_count"), 20.0, "one publish wait per reservation");
+    assert_eq!(metric("reservation_batch_size_sum"), 20.0, "every reservation in some batch");
+    assert!(metric("reservation_confirm_seconds_count") >= 1.0);
 }
 
 #[tokio::test]
@@ -180,9 +194,12 @@ async fn bad_sale_input_names_the_field() {
     assert_eq!(reply.error(409, "INSUFFICIENT_STOCK", None)["details"]["available"], 5);
     assert_eq!(app.stock_of(&product).await, 5, "nothing was taken");
 
+    let shopper = app.shopper().await;
+    app.post("/api/v1/sales", base.clone(), shopper.token()).await.error(403, "FORBIDDEN", None);
+    app.post("/api/v1/sales", base.clone(), None).await.error(401, "UNAUTHORIZED", None);
+    assert_eq!(app.stock_of(&product).await, 5, "a refused sale takes nothing");
     let sale = app.post("/api/v1/sales", base, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
     assert_eq!(app.stock_of(&product).await, 3, "the sale's units left the product");
-    let shopper = app.shopper().await;
     buy(&app, &shopper, &sale, 0).await.error(400, "INVALID_REQUEST", Some("quantity"));
     let reply = app.post(&format!("/api/v1/sales/{}/purchase", uuid::Uuid::now_v7()), json!({}), shopper.token()).await;
     reply.error(404, "NOT_FOUND", None);
@@ -255,12 +272,18 @@ async fn a_flushed_redis_is_rebuilt_without_selling_a_unit_twice() {
     };
     let first = futures::future::join_all(tokens[..20].iter().map(send)).await;
     assert_eq!(first.iter().filter(|r| r.status == 202).count(), 20);
+    drained(&app, &sale).await;
 
     redis.forget_everything().await; // FLUSHALL + SCRIPT FLUSH, mid-sale
-    let second = futures::future::join_all(tokens[20..].iter().map(send)).await;
-    assert!(second.iter().all(|r| r.status == 202 || r.status == 409), "no 5xx after the flush");
+    // Right after the flush, before anything could sell out: the rebuilt state knows them.
     let again = futures::future::join_all(tokens[..20].iter().map(send)).await;
-    assert!(again.iter().all(|r| r.status == 409), "earlier buyers are still at their limit after the rebuild");
+    for reply in &again {
+        reply.error(409, "LIMIT_REACHED", None);
+    }
+    let second = futures::future::join_all(tokens[20..].iter().map(send)).await;
+    let accepted = second.iter().filter(|r| r.status == 202).count();
+    let sold_out = second.iter().filter(|r| r.status == 409 && r.body["error"] == "SOLD_OUT").count();
+    assert_eq!((accepted, sold_out), (10, 50), "the 10 units left sell once; no other answer");
 
     drained(&app, &sale).await;
     let orders = app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale' AND status = 'pending_payment'").await;
@@ -270,9 +293,7 @@ async fn a_flushed_redis_is_rebuilt_without_selling_a_unit_twice() {
 
 #[tokio::test]
 async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
-    let first = spawn_app().await;
-    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
-    first.shutdown().await.unwrap(); // no consumer runs now
+    let api = spawn_api_only().await;
     let admin = api.admin().await;
     let sale = sale(&api, &admin, 300, 1, 300).await;
     let tokens = api.services.auth.create_shoppers(200, Duration::from_secs(600)).await.unwrap();
@@ -285,20 +306,41 @@ async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
     assert!(replies.iter().all(|r| r.status == 202));
     assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 0, "nothing consumed yet");
 
-    let worker = spawn_sibling(&api, Mode::Worker, |s| s.amqp.order_prefetch = 1.try_into().unwrap()).await;
-    api.eventually(20, "the worker starts draining", || async {
+    // A worker takes a delivery and, held up by the sale's row lock, is inside its
+    // transaction when its broker connection dies: it commits, and its ack is lost.
+    let lock = sea_orm::TransactionTrait::begin(&api.db).await.unwrap();
+    let sql = format!("SELECT id FROM sales WHERE id = '{sale}' FOR UPDATE");
+    sea_orm::ConnectionTrait::execute_unprepared(&lock, &sql).await.unwrap();
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let worker = spawn_sibling(&api, Mode::Worker, |s| {
+        s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
+        s.amqp.order_prefetch = 1.try_into().unwrap();
+    })
+    .await;
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    api.eventually(30, "the worker waits for the sale's row", || async { api.scalar(waiting).await >= 1 }).await;
+    rabbit.cut();
+    lock.commit().await.unwrap();
+    api.eventually(30, "the worker commits what it held", || async {
         api.scalar("SELECT count(*) FROM reservations").await > 0
     })
     .await;
-    worker.shutdown().await.unwrap();
+    let committed = api.scalar("SELECT count(*) FROM reservations").await;
+    assert!(committed < 200, "work is left for the replacement: {committed}");
+
+    let confirmed = r#"reservations_total{outcome="confirmed"}"#;
     let replacement = spawn_sibling(&api, Mode::Worker, |_| {}).await;
     api.eventually(30, "every reservation is confirmed", || async {
         api.scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'").await == 200
     })
     .await;
     assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 200, "one order each");
+    // The committed but unacknowledged delivery came back to the replacement, which found
+    // it recorded and only confirmed it again.
+    wait_for_metric(confirmed, 200.0 + committed as f64).await;
     drained(&api, &sale).await;
-    drop(replacement);
+    drop((worker, replacement));
 }
 
 #[tokio::test]
@@ -369,4 +411,74 @@ async fn verify_fails_on_a_corrupted_sale() {
     let report = verify(&app, &sale).await;
     assert!(!report.passed(), "{report}");
     assert!(report.to_string().contains("INVARIANTS VIOLATED"));
+}
+
+#[tokio::test]
+async fn the_sale_list_shows_every_sale_and_current_ones_with_what_is_left() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let active = sale(&app, &admin, 4, 2, 300).await;
+    let product = app.product(&admin, "10.00", 10).await;
+    let now = Utc::now();
+    let ended = json!({"product_id": product, "price": "1.00", "stock": 2, "start_at": now - chrono::Duration::hours(2),
+                       "end_at": now - chrono::Duration::hours(1), "payment_timeout_secs": 60});
+    let ended = app.post("/api/v1/sales", ended, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    let id = buy(&app, &shopper, &active, 2).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    confirmed(&app, &shopper, &id).await;
+
+    let all = app.get("/api/v1/sales", None).await;
+    assert_eq!(all.data(200)["total"], 2);
+    let mut ids: Vec<&str> =
+        all.data(200)["items"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut expected = [active.as_str(), ended.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let current = app.get("/api/v1/sales?current=true", None).await;
+    let data = current.data(200);
+    assert_eq!(data["total"], 1, "{data}");
+    assert_eq!(data["items"][0]["id"], active.as_str());
+    assert_eq!(data["items"][0]["status"], "active");
+    assert_eq!(data["items"][0]["remaining"], 2);
+    app.get("/api/v1/sales?page_size=101", None).await.error(400, "INVALID_REQUEST", Some("page_size"));
+}
+
+#[tokio::test]
+async fn an_undo_and_the_consumers_claim_exclude_each_other() {
+    let api = spawn_api_only().await;
+    let admin = api.admin().await;
+    let sale = sale(&api, &admin, 5, 1, 300).await;
+    let (ann, bob) = (api.shopper().await, api.shopper().await);
+    let stored = buy(&api, &ann, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let late = buy(&api, &bob, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let keys = api.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = api.services.deps.redis.clone();
+
+    // "Stored, confirm lost": the consumer claimed Ann's reservation before the API gave up
+    // on the confirm; the undo then refuses, and the API answers 202.
+    let claimed = repo::cache::sales::claim(&mut redis, &keys, &[stored.parse().unwrap()]).await.unwrap();
+    assert_eq!(claimed, [true]);
+    let undone =
+        repo::cache::sales::undo(&mut redis, &keys, ann.user_id.parse().unwrap(), stored.parse().unwrap(), None);
+    assert!(!undone.await.unwrap(), "a claimed reservation is never undone");
+
+    // Bob's publish "failed" first: the undo returns his unit, and his late message must
+    // then be dropped by the consumer.
+    let undone = repo::cache::sales::undo(&mut redis, &keys, bob.user_id.parse().unwrap(), late.parse().unwrap(), None);
+    assert!(undone.await.unwrap());
+    assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
+
+    let worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    assert_eq!(confirmed(&api, &ann, &stored).await["status"], "confirmed");
+    // Both messages (one per purchase) consumed, the late one dropped.
+    wait_for_metric(r#"amqp_consumed_total{queue="sale.reservations",outcome="ack"}"#, 2.0).await;
+    assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 1);
+    assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1, "no order for the undone one");
+    let bobs = format!("SELECT count(*) FROM orders WHERE user_id = '{}'", bob.user_id);
+    assert_eq!(api.scalar(&bobs).await, 0);
+    drained(&api, &sale).await;
+    assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
+    drop(worker);
 }

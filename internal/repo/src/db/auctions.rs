@@ -127,24 +127,27 @@ pub struct NewBid {
     pub placed_at: DateTime<Utc>,
 }
 
-/// Persists a batch of bids (a redelivered batch inserts nothing: `(auction_id, seq)` is
-/// the key) and moves the auction's copy of the live state forward, never backward.
-pub async fn record_bids(db: &impl ConnectionTrait, auction_id: Uuid, bids: &[NewBid]) -> Result<(), DbErr> {
-    let Some(top) = bids.iter().max_by_key(|b| b.seq) else { return Ok(()) };
+/// Persists a batch of bids and moves the auction's copy of the live state forward, never
+/// backward. Returns how many bids were new: a redelivered batch inserts nothing
+/// (`(auction_id, seq)` is the key).
+pub async fn record_bids(db: &impl ConnectionTrait, auction_id: Uuid, bids: &[NewBid]) -> Result<u64, DbErr> {
+    let Some(top) = bids.iter().max_by_key(|b| b.seq) else { return Ok(0) };
     let seqs: Vec<i64> = bids.iter().map(|b| b.seq).collect();
     let users: Vec<Uuid> = bids.iter().map(|b| b.user_id).collect();
     let amounts: Vec<Decimal> = bids.iter().map(|b| b.amount).collect();
     let ends: Vec<DateTime<Utc>> = bids.iter().map(|b| b.end_at).collect();
     let placed: Vec<DateTime<Utc>> = bids.iter().map(|b| b.placed_at).collect();
-    db.execute_raw(stmt(
-        "INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
+    let inserted = db
+        .execute_raw(stmt(
+            "INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
          SELECT $1, seq, user_id, amount, end_at, placed_at \
          FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[]) \
               AS b(seq, user_id, amount, end_at, placed_at) \
          ON CONFLICT (auction_id, seq) DO NOTHING",
-        [auction_id.into(), seqs.into(), users.into(), amounts.into(), ends.into(), placed.into()],
-    ))
-    .await?;
+            [auction_id.into(), seqs.into(), users.into(), amounts.into(), ends.into(), placed.into()],
+        ))
+        .await?
+        .rows_affected();
     db.execute_raw(stmt(
         "UPDATE auctions SET current_price = $2, leader_id = $3, bid_count = $4, \
          end_at = GREATEST(end_at, $5), updated_at = now() \
@@ -152,7 +155,7 @@ pub async fn record_bids(db: &impl ConnectionTrait, auction_id: Uuid, bids: &[Ne
         [auction_id.into(), top.amount.into(), top.user_id.into(), (top.seq as i32).into(), top.end_at.into()],
     ))
     .await
-    .map(|_| ())
+    .map(|_| inserted)
 }
 
 /// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.
