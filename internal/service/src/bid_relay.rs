@@ -193,6 +193,6 @@ pub async fn handle_bids(db: &DatabaseConnection, delivery: Delivery) -> Outcome
             metrics::counter!("bids_persisted_total").increment(bids.len() as u64);
             Outcome::Ack
         }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("persisting bids: {err}")),
+        Err(err) => crate::Error::from(err).outcome("persisting bids"),
     }
 }

@@ -17,7 +17,7 @@ use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::orders::announce_and_schedule_close;
 
 /// Writes the orders of reserved units.
@@ -53,16 +53,26 @@ impl OrderConsumer {
             }
         }
         for (sale_id, group) in by_sale {
-            let reservations: Vec<Reservation> = group.iter().map(|(_, r)| r.clone()).collect();
-            let Err(err) = self.process(sale_id, &reservations).await else { continue };
+            let Err(err) = self.process(sale_id, &distinct(&group)).await else { continue };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
             for index in failed {
-                if deliveries[index].last_attempt {
+                let outcome = if matches!(err, Error::Unavailable(_)) {
+                    // Postgres or Redis is down: the reservations are fine, they wait.
+                    Outcome::Unavailable(anyhow::anyhow!("sale {sale_id}: {err}"))
+                } else if deliveries[index].last_attempt {
                     let own: Vec<Reservation> =
                         group.iter().filter(|(i, _)| *i == index).map(|(_, r)| r.clone()).collect();
-                    self.give_up(sale_id, &own).await;
+                    match self.give_up(sale_id, &own).await {
+                        Ok(()) => Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")),
+                        Err(unknown) => unknown.outcome(&format!("giving up on sale {sale_id}")),
+                    }
+                } else {
+                    Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}"))
+                };
+                // A message that also carries another sale keeps the outcome that holds it.
+                if !matches!(outcomes[index], Some(Outcome::Unavailable(_))) {
+                    outcomes[index] = Some(outcome);
                 }
-                outcomes[index] = Some(Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")));
             }
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
@@ -150,32 +160,32 @@ impl OrderConsumer {
     }
 
     /// The last attempt failed too: release what Postgres has not recorded, and mark it so
-    /// a re-driven copy of this message cannot resurrect it. If Postgres cannot even say
-    /// what it recorded, release nothing: holding a unit too long is safe, selling it twice
-    /// is not.
-    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) {
+    /// a re-driven copy of this message cannot resurrect it. If Postgres cannot say what it
+    /// recorded, or Redis cannot take the release, nothing is released and the error is
+    /// answered: holding a unit too long is safe, selling it twice is not, and a message
+    /// whose dependency is down is held until it answers.
+    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
-        let recorded = match sales::reservations(&self.db, &ids).await {
-            Ok(rows) => rows.into_iter().map(|r| r.id).collect::<Vec<_>>(),
-            Err(err) => {
-                tracing::error!(%sale_id, error = %err, "giving up on reservations without knowing their outcome");
-                return;
-            }
-        };
+        let recorded: Vec<Uuid> = sales::reservations(&self.db, &ids).await?.into_iter().map(|r| r.id).collect();
         let release: Vec<Uuid> = ids.into_iter().filter(|id| !recorded.contains(id)).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        if let Err(err) = hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &release, true, true).await
-        {
-            tracing::error!(%sale_id, error = %err, "could not release reservations after the last attempt");
-        }
+        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &release, true, true).await?;
         let failed: Vec<ReservationProgress> = group
             .iter()
             .filter(|r| release.contains(&r.id))
             .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
             .collect();
         let _ = reservations::record(&mut redis, &self.keys, &failed, self.status_ttl_secs).await;
+        Ok(())
     }
+}
+
+/// The reservations of a group, each once: the same reservation can arrive twice in one
+/// intake (the original and a redelivered copy), and one transaction may record it once.
+fn distinct(group: &[(usize, Reservation)]) -> Vec<Reservation> {
+    let mut seen = BTreeSet::new();
+    group.iter().filter(|(_, r)| seen.insert(r.id)).map(|(_, r)| r.clone()).collect()
 }
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
@@ -199,7 +209,7 @@ pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: De
             }
             Outcome::Ack
         }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("restocking Redis: {err}")),
+        Err(err) => Error::from(err).outcome("restocking Redis"),
     }
 }
 

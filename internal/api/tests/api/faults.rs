@@ -1,0 +1,132 @@
+//! Faults: what happens to accepted work while a dependency is down, cut or stalled.
+//! Every fault is injected through a private proxy or a private server; the shared
+//! services stay untouched.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::Utc;
+use repo::mq::Route;
+use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::helpers::{Session, TestApp, spawn_app_with};
+use crate::proxy::TcpProxy;
+
+/// `url` with its `host:port` replaced by `proxy`.
+fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
+    let url = url.expose_secret();
+    SecretString::from(url.replacen(&platform::connect::address_of(url), &proxy.to_string(), 1))
+}
+
+/// The `host:port` of the Postgres the tests use, for a proxy in front of it.
+fn postgres_address() -> String {
+    platform::connect::address_of(crate::helpers::test_settings().database.url.expose_secret())
+}
+
+/// An active sale of `stock` units, at most one per buyer, whose orders wait an hour.
+async fn flash_sale(app: &TestApp, admin: &Session, stock: i64) -> String {
+    let product = app.product(admin, "100.00", stock).await;
+    let now = Utc::now();
+    let body = json!({
+        "product_id": product, "price": "9.99", "stock": stock,
+        "start_at": now - chrono::Duration::seconds(1), "end_at": now + chrono::Duration::hours(1),
+        "per_user_limit": 1, "payment_timeout_secs": 3600,
+    });
+    app.post("/api/v1/sales", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned()
+}
+
+async fn dead_letters(app: &TestApp, route: Route) -> usize {
+    let deps = &app.services.deps;
+    service::dead_letters::list(&deps.broker, &deps.topology(), route, 100).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn a_postgres_outage_longer_than_the_retry_budget_loses_no_purchase_and_no_close() {
+    let postgres = TcpProxy::start(&postgres_address()).await;
+    let app = spawn_app_with(|s| {
+        s.database.url = through(&s.database.url, postgres.addr);
+        s.database.acquire_timeout_secs = 1;
+        s.database.connect_timeout_secs = 1;
+        s.orders.payment_timeout_secs = 1.try_into().unwrap();
+    })
+    .await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 10).await;
+    let mut shoppers = Vec::new();
+    for _ in 0..4 {
+        shoppers.push(app.shopper().await);
+    }
+    // An unpaid order whose close message is on its way: it arrives during the outage.
+    let product = app.product(&admin, "5.00", 3).await;
+    let order = app.order(&shoppers[0], &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned();
+    app.eventually(10, "the close message left the outbox", || async {
+        app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+    })
+    .await;
+
+    postgres.cut();
+    let mut reservations = Vec::new();
+    for shopper in &shoppers {
+        let reply = app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), shopper.token()).await;
+        reservations.push(reply.data(202)["reservation_id"].as_str().unwrap().to_owned());
+    }
+    // Every attempt the consumers have (one per retry delay, plus the first) fails within
+    // the pool's acquire timeout; the outage lasts well beyond all of them.
+    let settings = &app.settings;
+    let attempts = settings.amqp.retry_delays_ms.len() as u64 + 1;
+    let budget = settings.amqp.retry_delays_ms.iter().sum::<u64>() + attempts * 1000;
+    tokio::time::sleep(Duration::from_millis(2 * budget)).await;
+    postgres.restore();
+
+    for (shopper, id) in shoppers.iter().zip(&reservations) {
+        app.eventually(20, "the reservation became an order", || async {
+            let reply = app.get(&format!("/api/v1/reservations/{id}"), shopper.token()).await;
+            let status = reply.data(200)["status"].as_str().unwrap().to_owned();
+            assert_ne!(status, "failed", "{}", reply.body);
+            status == "confirmed"
+        })
+        .await;
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 4);
+    assert_eq!(app.scalar("SELECT count(*) FROM reservations WHERE status = 'failed'").await, 0);
+    app.eventually(10, "the unpaid order is closed", || async {
+        app.order_status(&shoppers[0], &order).await == "closed"
+    })
+    .await;
+    assert_eq!(dead_letters(&app, SALE_RESERVE).await, 0, "no reservation was dead-lettered");
+    assert_eq!(dead_letters(&app, ORDER_CLOSE).await, 0, "no close message was dead-lettered");
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_while_rabbitmq_and_postgres_are_stalled() {
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let postgres = TcpProxy::start(&postgres_address()).await;
+    let app = spawn_app_with(|s| {
+        s.amqp.url = through(&s.amqp.url, rabbit.addr);
+        s.database.url = through(&s.database.url, postgres.addr);
+        s.http.shutdown_grace_secs = 1;
+    })
+    .await;
+    // Work in every part of the pipeline first, so that channels and connections are in use.
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let shopper = app.shopper().await;
+    let reply = app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), shopper.token()).await;
+    let id = reply.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    app.eventually(10, "the reservation became an order", || async {
+        app.get(&format!("/api/v1/reservations/{id}"), shopper.token()).await.data(200)["status"] == "confirmed"
+    })
+    .await;
+
+    rabbit.stall();
+    postgres.stall();
+    let grace = Duration::from_secs(app.settings.http.shutdown_grace_secs);
+    // Generous on purpose: the point is that it ends at all while nothing answers.
+    let bound = grace + Duration::from_secs(15);
+    let stopped = tokio::time::timeout(bound, app.shutdown()).await;
+    rabbit.cut();
+    postgres.cut();
+    stopped.expect("shutdown ended although RabbitMQ and Postgres never answer").unwrap();
+}
