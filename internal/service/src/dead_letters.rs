@@ -24,7 +24,9 @@ pub struct DeadLetter {
 /// acknowledgement and return to the queue when the channel closes.
 pub async fn list(broker: &Broker, topology: &Topology, route: Route, limit: usize) -> Result<Vec<DeadLetter>> {
     let channel = broker.channel().await?;
-    let queue = topology.dead_letters(route);
+    // Declared, not assumed: an expiring dead-letter queue that never received a letter
+    // may be gone, which means it is empty.
+    let queue = topology.declare_dead_letters(&channel, route).await?;
     let mut letters = Vec::new();
     while letters.len() < limit {
         let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {

@@ -6,7 +6,7 @@
 //! transaction. Several relays can run at once; a relay that dies mid-round leaves its
 //! rows unmarked and they are sent again (consumers are idempotent).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ pub struct OutboxRelay {
     publisher: ConfirmPublisher,
     topology: Topology,
     settings: OutboxSettings,
-    /// Delay queues this process has declared already.
-    declared: Mutex<HashSet<String>>,
+    /// Delay queues this process has declared, and when (an expiring queue is declared
+    /// again once its lease runs low).
+    declared: Mutex<HashMap<String, Instant>>,
 }
 
 impl OutboxRelay {
@@ -45,7 +46,7 @@ impl OutboxRelay {
             publisher: ConfirmPublisher::new(broker, confirm_timeout),
             topology,
             settings,
-            declared: Mutex::new(HashSet::new()),
+            declared: Mutex::new(HashMap::new()),
         }
     }
 
@@ -160,10 +161,12 @@ impl OutboxRelay {
     async fn delay_queue(&self, key: &str, delay_ms: u64) -> Result<String, lapin::Error> {
         let name = self.topology.delay_queue(key, delay_ms);
         let mut declared = self.declared.lock().await;
-        if !declared.contains(&name) {
+        let lease = self.topology.lease();
+        let fresh = declared.get(&name).is_some_and(|at| lease.is_none_or(|lease| at.elapsed() < lease));
+        if !fresh {
             let channel = self.publisher.channel().await?;
             self.topology.declare_delay_queue(&channel, key, delay_ms).await?;
-            declared.insert(name.clone());
+            declared.insert(name.clone(), Instant::now());
         }
         Ok(name)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use repo::mq::Route;
-use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE};
+use repo::mq::topology::{AUCTION_BIDS, ORDER_CLOSE, SALE_RESERVE};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
@@ -129,4 +129,58 @@ async fn shutdown_is_bounded_while_rabbitmq_and_postgres_are_stalled() {
     rabbit.cut();
     postgres.cut();
     stopped.expect("shutdown ended although RabbitMQ and Postgres never answer").unwrap();
+}
+
+#[tokio::test]
+async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
+    let expires = Duration::from_millis(1000);
+    let app = spawn_app_with(|s| {
+        s.amqp.queue_expires_ms = expires.as_millis() as u64;
+        s.orders.payment_timeout_secs = 1.try_into().unwrap();
+        // Only the delay queue may close these orders.
+        s.orders.sweep_interval_secs = 3600.try_into().unwrap();
+    })
+    .await;
+    let admin = app.admin().await;
+    let shopper = app.shopper().await;
+    let product = app.product(&admin, "5.00", 5).await;
+    let unpaid = || async { app.order(&shopper, &[(&product, 1)]).await.data(201)["id"].as_str().unwrap().to_owned() };
+    let first = unpaid().await;
+    app.eventually(10, "the first order closes", || async { app.order_status(&shopper, &first).await == "closed" })
+        .await;
+
+    // Long enough for every queue this process declared at start, and the delay queue it
+    // declared for the first order, to expire unless it is declared again.
+    tokio::time::sleep(expires * 4).await;
+    let second = unpaid().await;
+    app.eventually(10, "the second order closes", || async { app.order_status(&shopper, &second).await == "closed" })
+        .await;
+
+    // A message that keeps failing for its own reason (a bid for an auction that does not
+    // exist) goes through every retry queue and lands in the dead-letter queue.
+    let deps = &app.services.deps;
+    let batch = repo::mq::messages::BidBatch {
+        auction_id: uuid::Uuid::now_v7(),
+        bids: vec![repo::mq::messages::PersistBid {
+            seq: 1,
+            user_id: uuid::Uuid::now_v7(),
+            amount_cents: 100,
+            end_ms: 0,
+            placed_ms: 0,
+        }],
+    };
+    let message = repo::mq::Message {
+        exchange: deps.topology().exchange(),
+        routing_key: AUCTION_BIDS.key.into(),
+        body: serde_json::to_vec(&batch).unwrap(),
+        mandatory: true,
+        ..Default::default()
+    };
+    let publisher = repo::mq::ConfirmPublisher::new(deps.broker.clone(), Duration::from_secs(2));
+    publisher.publish_all(&[message]).await.unwrap();
+    publisher.close().await;
+    app.eventually(15, "the failing message reaches the dead-letter queue", || async {
+        dead_letters(&app, AUCTION_BIDS).await == 1
+    })
+    .await;
 }

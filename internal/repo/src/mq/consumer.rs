@@ -275,14 +275,21 @@ async fn settle(
         Outcome::Retry(err) if !last_attempt => {
             let delay = topology.retry_delays_ms[attempt as usize - 1];
             span.in_scope(|| tracing::warn!(error = %format!("{err:#}"), "retrying in {delay} ms"));
-            Some((topology.retry_queue(route, delay), err))
+            Some((Some(delay), err))
         }
         Outcome::Retry(err) | Outcome::Dead(err) => {
             span.in_scope(|| tracing::error!(error = %format!("{err:#}"), "dead-lettered"));
-            Some((topology.dead_letters(route), err))
+            Some((None, err))
         }
     };
-    if let Some((queue, err)) = forward {
+    if let Some((delay, err)) = forward {
+        // Declared on use: with `queue_expires_ms` set, a queue this process only publishes
+        // to would otherwise vanish under it.
+        let channel = publisher.channel().await?;
+        let queue = match delay {
+            Some(delay) => topology.declare_retry_queue(&channel, route, delay).await?,
+            None => topology.declare_dead_letters(&channel, route).await?,
+        };
         let mut headers = input.headers;
         headers.insert(ATTEMPT_HEADER.into(), (attempt + 1).to_string());
         headers.insert(ERROR_HEADER.into(), format!("{err:#}"));
