@@ -11,7 +11,7 @@ use repo::mq::topology::{AUCTION_BIDS, ORDER_CLOSE, SALE_RESERVE};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::helpers::{Session, TestApp, spawn_app_with};
+use crate::helpers::{Session, TestApp, spawn_app, spawn_app_with};
 use crate::proxy::TcpProxy;
 
 /// `url` with its `host:port` replaced by `proxy`.
@@ -183,4 +183,107 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
         dead_letters(&app, AUCTION_BIDS).await == 1
     })
     .await;
+}
+
+async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
+    let deps = &app.services.deps;
+    service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
+}
+
+/// What the failed checks of `report` say, one line each.
+fn failures(report: &service::verify::Report) -> Vec<String> {
+    report.checks.iter().filter(|c| !c.ok).map(|c| c.what.clone()).collect()
+}
+
+#[tokio::test]
+async fn verify_fails_on_a_stuck_reservation() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let buyer = app.shopper().await;
+    let keys = app.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = app.services.deps.redis.clone();
+    // A reservation as the Lua script makes it (unit and slot taken, id in flight), whose
+    // message no consumer will ever see.
+    let hold = |id: uuid::Uuid| {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg(&keys.inflight).arg(id.to_string()).arg(format!("{} 1", buyer.user_id));
+        pipe.cmd("HINCRBY").arg(&keys.state).arg("stock").arg(-1);
+        pipe.cmd("HINCRBY").arg(&keys.buyers).arg(&buyer.user_id).arg(1);
+        pipe
+    };
+    let now = uuid::Uuid::now_v7();
+    hold(now).query_async::<()>(&mut redis).await.unwrap();
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "a reservation made just now is in flight, not stuck: {report}");
+
+    redis::cmd("HDEL").arg(&keys.inflight).arg(now.to_string()).query_async::<()>(&mut redis).await.unwrap();
+    let an_hour_ago = Utc::now().timestamp() as u64 - 3600;
+    let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, an_hour_ago, 0));
+    redis::cmd("HSET")
+        .arg(&keys.inflight)
+        .arg(old.to_string())
+        .arg(format!("{} 1", buyer.user_id))
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let report = verify_sale(&app, &sale).await;
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].contains("1 stuck"), "{report}");
+}
+
+#[tokio::test]
+async fn verify_fails_on_an_active_sale_without_hot_state() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    assert!(verify_sale(&app, &sale).await.passed());
+
+    let keys = app.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = app.services.deps.redis.clone();
+    redis::cmd("DEL").arg(&keys.state).query_async::<()>(&mut redis).await.unwrap();
+    let report = verify_sale(&app, &sale).await;
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].contains("an active sale has no hot state"), "{report}");
+}
+
+#[tokio::test]
+async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_reserve() {
+    // Only this test's own changes to Postgres may close the auction.
+    let app = spawn_app_with(|s| s.auctions.sweep_interval_secs = 3600.try_into().unwrap()).await;
+    let admin = app.admin().await;
+    let bidder = app.shopper().await;
+    let now = Utc::now();
+    let body = json!({
+        "title": "Lot", "start_price": "10.00", "min_increment": "1.00", "reserve_price": "20.00",
+        "start_at": now - chrono::Duration::seconds(1), "end_at": now + chrono::Duration::hours(1),
+        "payment_timeout_secs": 300,
+    });
+    let auction = app.post("/api/v1/auctions", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    let bid = json!({"amount": "25.00"});
+    app.post(&format!("/api/v1/auctions/{auction}/bids"), bid, bidder.token()).await.data(201);
+    app.eventually(10, "the bid is in Postgres", || async {
+        app.scalar(&format!("SELECT count(*) FROM bids WHERE auction_id = '{auction}'")).await == 1
+    })
+    .await;
+    let deps = &app.services.deps;
+    let keys = deps.keys();
+    let verify = || service::verify::auction(&deps.db, &deps.redis, &keys, auction.parse().unwrap());
+    assert!(verify().await.unwrap().passed());
+
+    let db = &app.db;
+    let sql = |sql: String| async move { sea_orm::ConnectionTrait::execute_unprepared(db, &sql).await.unwrap() };
+    sql(format!("UPDATE auctions SET start_at = now() - interval '2 hours', end_at = now() - interval '1 hour' WHERE id = '{auction}'")).await;
+    let report = verify().await.unwrap();
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].contains("an open auction is not past its end"), "{report}");
+
+    sql(format!("UPDATE auctions SET status = 'unsold', closed_at = now() WHERE id = '{auction}'")).await;
+    let report = verify().await.unwrap();
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0].contains("unsold: no bid met the reserve"), "{report}");
 }

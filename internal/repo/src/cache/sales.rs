@@ -279,6 +279,8 @@ pub struct HotState {
     pub buyers: HashMap<Uuid, i64>,
     /// Units of reservations not yet settled, per buyer.
     pub inflight: HashMap<Uuid, i64>,
+    /// The ids of those reservations.
+    pub inflight_ids: Vec<Uuid>,
 }
 
 pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<HotState>> {
@@ -291,10 +293,13 @@ pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::R
             state.buyers.insert(user, held);
         }
     }
-    for held in inflight.values() {
+    for (id, held) in &inflight {
         let mut parts = held.split(' ');
         if let (Some(Ok(user)), Some(Ok(qty))) = (parts.next().map(str::parse), parts.next().map(str::parse::<i64>)) {
             *state.inflight.entry(user).or_default() += qty;
+        }
+        if let Ok(id) = id.parse() {
+            state.inflight_ids.push(id);
         }
     }
     Ok(Some(state))
