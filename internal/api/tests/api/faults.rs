@@ -287,3 +287,34 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
     assert_eq!(failed.len(), 1, "{report}");
     assert!(failed[0].contains("unsold: no bid met the reserve"), "{report}");
 }
+
+#[tokio::test]
+async fn the_same_reservation_twice_in_one_intake_makes_one_order_and_acks_both() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let buyer = app.shopper().await;
+    let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
+    let deps = &app.services.deps;
+    let id = uuid::Uuid::now_v7();
+    let reserved = repo::cache::sales::reserve(&mut deps.redis.clone(), &deps.keys().sale(sale_id), user_id, 1, id, None, 60_000)
+        .await
+        .unwrap();
+    let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
+    // The original and its redelivered copy, taken in one intake; no broker involved.
+    let reservation = repo::mq::messages::Reservation {
+        id,
+        sale_id,
+        user_id,
+        quantity: 1,
+        generation,
+        reserved_at: Utc::now(),
+    };
+    let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
+    let copy = repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false };
+    let outcomes = app.services.order_consumer.handle(vec![copy.clone(), copy]).await;
+    assert!(outcomes.iter().all(|o| matches!(o, repo::mq::Outcome::Ack)), "{outcomes:?}");
+    assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1);
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+}
