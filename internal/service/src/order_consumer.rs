@@ -149,31 +149,55 @@ impl OrderConsumer {
         for (version, settled) in by_version {
             hot::settle(redis, &keys, version, &settled).await?;
         }
-        for refusal in [FailureReason::SoldOut, FailureReason::LimitReached] {
+        for refusal in [FailureReason::SoldOut, FailureReason::LimitReached, FailureReason::NotProcessed] {
             let ids: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal == Some(refusal)).map(|o| o.id).collect();
-            // Only a unit refused by the per-user limit is real; see `FailureReason`.
-            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal == FailureReason::LimitReached, false).await?;
+            // A unit refused for lack of Postgres stock does not exist; see `FailureReason`.
+            // One given up on (not processed) does, as does one refused by the per-user limit.
+            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal != FailureReason::SoldOut, false).await?;
         }
         let decided: Vec<ReservationProgress> = outcomes.iter().map(|o| o.progress(sale_id)).collect();
         reservations::record(redis, &self.keys, &decided, self.status_ttl_secs).await?;
         Ok(())
     }
 
-    /// The last attempt failed too: release what Postgres has not recorded, and mark it so
-    /// a re-driven copy of this message cannot resurrect it. If Postgres cannot say what it
-    /// recorded, or Redis cannot take the release, nothing is released and the error is
-    /// answered: holding a unit too long is safe, selling it twice is not, and a message
+    /// The last attempt failed too: release what Postgres has not recorded. The decision is
+    /// made under the sale's row lock and recorded in Postgres (`failed: not_processed`)
+    /// before Redis releases anything: another copy of the same reservation that a consumer
+    /// is turning into an order right now holds that lock, so either its order is seen here
+    /// and nothing is released, or this record is seen there and no order is made. The
+    /// record outlives Redis, so a re-driven copy cannot resurrect the reservation even
+    /// after a flush. If Postgres or Redis cannot answer, nothing is released and the error
+    /// is returned: holding a unit too long is safe, selling it twice is not, and a message
     /// whose dependency is down is held until it answers.
     async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
-        let recorded: Vec<Uuid> = sales::reservations(&self.db, &ids).await?.into_iter().map(|r| r.id).collect();
-        let release: Vec<Uuid> = ids.into_iter().filter(|id| !recorded.contains(id)).collect();
+        let txn = self.db.begin().await?;
+        let sale = sales::lock(&txn, sale_id, true).await?;
+        let recorded: Vec<Uuid> = sales::reservations(&txn, &ids).await?.into_iter().map(|r| r.id).collect();
+        let release: Vec<&Reservation> = group.iter().filter(|r| !recorded.contains(&r.id)).collect();
+        if let Some(sale) = sale {
+            let rows: Vec<NewReservation> = release
+                .iter()
+                .map(|r| NewReservation {
+                    id: r.id,
+                    user_id: r.user_id,
+                    quantity: r.quantity,
+                    order_id: None,
+                    reason: Some(FailureReason::NotProcessed.as_str()),
+                    reserved_at: r.reserved_at,
+                    generation: r.generation.clone(),
+                })
+                .collect();
+            sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+        }
+        txn.commit().await?;
+
+        let ids: Vec<Uuid> = release.iter().map(|r| r.id).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &release, true, true).await?;
-        let failed: Vec<ReservationProgress> = group
+        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true, true).await?;
+        let failed: Vec<ReservationProgress> = release
             .iter()
-            .filter(|r| release.contains(&r.id))
             .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
             .collect();
         let _ = reservations::record(&mut redis, &self.keys, &failed, self.status_ttl_secs).await;
@@ -316,10 +340,10 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            // The consumer records failures with one of these two reasons only.
+            // The consumer records failures with one of these three reasons only.
             refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
                 match row.reason.as_deref().map(str::parse) {
-                    Some(Ok(FailureReason::LimitReached)) => FailureReason::LimitReached,
+                    Some(Ok(reason @ (FailureReason::LimitReached | FailureReason::NotProcessed))) => reason,
                     _ => FailureReason::SoldOut,
                 }
             }),

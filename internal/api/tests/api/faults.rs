@@ -288,33 +288,67 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
     assert!(failed[0].contains("unsold: no bid met the reserve"), "{report}");
 }
 
+/// A reservation made by the Lua script, as the purchase path makes it, and the delivery
+/// that carries it to the order consumer; no broker involved.
+async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session) -> repo::mq::Delivery {
+    let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
+    let deps = &app.services.deps;
+    let id = uuid::Uuid::now_v7();
+    let keys = deps.keys().sale(sale_id);
+    let mut redis = deps.redis.clone();
+    let reserved = repo::cache::sales::reserve(&mut redis, &keys, user_id, 1, id, None, 60_000).await.unwrap();
+    let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
+    let reservation =
+        repo::mq::messages::Reservation { id, sale_id, user_id, quantity: 1, generation, reserved_at: Utc::now() };
+    let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
+    repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false }
+}
+
 #[tokio::test]
 async fn the_same_reservation_twice_in_one_intake_makes_one_order_and_acks_both() {
     let app = spawn_app().await;
     let admin = app.admin().await;
     let sale = flash_sale(&app, &admin, 5).await;
-    let buyer = app.shopper().await;
-    let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
-    let deps = &app.services.deps;
-    let id = uuid::Uuid::now_v7();
-    let reserved = repo::cache::sales::reserve(&mut deps.redis.clone(), &deps.keys().sale(sale_id), user_id, 1, id, None, 60_000)
-        .await
-        .unwrap();
-    let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
-    // The original and its redelivered copy, taken in one intake; no broker involved.
-    let reservation = repo::mq::messages::Reservation {
-        id,
-        sale_id,
-        user_id,
-        quantity: 1,
-        generation,
-        reserved_at: Utc::now(),
-    };
-    let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
-    let copy = repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false };
+    let copy = reserve_directly(&app, &sale, &app.shopper().await).await;
+    // The original and its redelivered copy, taken in one intake.
     let outcomes = app.services.order_consumer.handle(vec![copy.clone(), copy]).await;
     assert!(outcomes.iter().all(|o| matches!(o, repo::mq::Outcome::Ack)), "{outcomes:?}");
     assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1);
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_reservation_given_up_on_stays_released_when_a_copy_returns_after_redis_forgot() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let buyer = app.shopper().await;
+    let copy = reserve_directly(&app, &sale, &buyer).await;
+    let execute = |sql: &'static str| sea_orm::ConnectionTrait::execute_unprepared(&app.db, sql);
+    // Postgres refuses every order: the message fails for its own reason, to the last attempt.
+    execute(
+        "CREATE FUNCTION refuse_orders() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+         CREATE TRIGGER refuse_orders BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_orders();",
+    )
+    .await
+    .unwrap();
+    let last = repo::mq::Delivery { attempt: 3, last_attempt: true, ..copy.clone() };
+    let outcomes = app.services.order_consumer.handle(vec![last]).await;
+    assert!(matches!(outcomes[..], [repo::mq::Outcome::Retry(_)]), "dead-lettered: {outcomes:?}");
+    let remaining = || async { app.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"].clone() };
+    assert_eq!(remaining().await, 5, "the unit is back on sale");
+    execute("DROP TRIGGER refuse_orders ON orders").await.unwrap();
+
+    // Redis forgets which reservations were undone or claimed (a flush of those keys), and
+    // the dead letter is re-driven: it must not become an order for a unit already resold.
+    let keys = app.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = app.services.deps.redis.clone();
+    redis::cmd("DEL").arg(&keys.undone).arg(&keys.claimed).query_async::<()>(&mut redis).await.unwrap();
+    let outcomes = app.services.order_consumer.handle(vec![copy]).await;
+    assert!(matches!(outcomes[..], [repo::mq::Outcome::Ack]), "{outcomes:?}");
+    assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 0);
+    assert_eq!(remaining().await, 5);
     let report = verify_sale(&app, &sale).await;
     assert!(report.passed(), "{report}");
 }
