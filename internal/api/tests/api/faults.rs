@@ -352,3 +352,35 @@ async fn a_reservation_given_up_on_stays_released_when_a_copy_returns_after_redi
     let report = verify_sale(&app, &sale).await;
     assert!(report.passed(), "{report}");
 }
+
+#[tokio::test]
+async fn an_outbox_row_that_cannot_be_published_does_not_hold_back_the_rows_claimed_with_it() {
+    let app = spawn_app().await;
+    let deps = &app.services.deps;
+    // A delay queue declared with other arguments (here: another expiry), which the relay
+    // can therefore never declare (PRECONDITION_FAILED), as after a change of queue arguments.
+    let other = repo::mq::Topology::new(&app.settings.amqp.prefix, 3_600_000, vec![]);
+    let channel = deps.broker.channel().await.unwrap();
+    let broken = other.declare_delay_queue(&channel, "order.close", 12_345).await.unwrap();
+
+    // One statement, so that one relay round claims both rows.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        r#"INSERT INTO outbox (routing_key, payload, delay_ms) VALUES
+             ('order.close', '{"order_ids": []}', 12345),
+             ('order.created', '{"kind": "standard", "order_ids": []}', NULL)"#,
+    )
+    .await
+    .unwrap();
+    app.eventually(10, "the good row is published", || async {
+        app.scalar("SELECT count(*) FROM outbox WHERE routing_key = 'order.created' AND published_at IS NOT NULL")
+            .await
+            == 1
+    })
+    .await;
+    let stuck = "SELECT count(*) FROM outbox WHERE routing_key = 'order.close' AND published_at IS NULL \
+                 AND attempts >= 1 AND last_error LIKE '%PRECONDITION_FAILED%'";
+    assert_eq!(app.scalar(stuck).await, 1, "the broken row waits for its own retry");
+    let _ = channel.queue_delete(broken.as_str().into(), Default::default()).await;
+    let _ = channel.close(200, "done".into()).await;
+}
