@@ -373,8 +373,7 @@ async fn an_outbox_row_that_cannot_be_published_does_not_hold_back_the_rows_clai
     .await
     .unwrap();
     app.eventually(10, "the good row is published", || async {
-        app.scalar("SELECT count(*) FROM outbox WHERE routing_key = 'order.created' AND published_at IS NOT NULL")
-            .await
+        app.scalar("SELECT count(*) FROM outbox WHERE routing_key = 'order.created' AND published_at IS NOT NULL").await
             == 1
     })
     .await;
