@@ -37,13 +37,17 @@ async fn flash_sale(app: &TestApp, admin: &Session, stock: i64) -> String {
     app.post("/api/v1/sales", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned()
 }
 
+async fn bid(app: &TestApp, auction: &str, session: &Session, amount: &str) -> crate::helpers::Reply {
+    app.post(&format!("/api/v1/auctions/{auction}/bids"), json!({ "amount": amount }), session.token()).await
+}
+
 async fn dead_letters(app: &TestApp, route: Route) -> usize {
     let deps = &app.services.deps;
     service::dead_letters::list(&deps.broker, &deps.topology(), route, 100).await.unwrap().len()
 }
 
 #[tokio::test]
-async fn a_postgres_outage_longer_than_the_retry_budget_loses_no_purchase_and_no_close() {
+async fn a_postgres_outage_longer_than_the_retry_budget_loses_no_purchase_close_or_bid() {
     let postgres = TcpProxy::start(&postgres_address()).await;
     let app = spawn_app_with(|s| {
         s.database.url = through(&s.database.url, postgres.addr);
@@ -65,12 +69,26 @@ async fn a_postgres_outage_longer_than_the_retry_budget_loses_no_purchase_and_no
         app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
     })
     .await;
+    // A live auction whose first bid is in Postgres: the bid relay knows its stream.
+    let now = Utc::now();
+    let lot = json!({
+        "title": "Lot", "start_price": "10.00", "min_increment": "1.00",
+        "start_at": now - chrono::Duration::seconds(1), "end_at": now + chrono::Duration::hours(1),
+        "payment_timeout_secs": 300,
+    });
+    let auction = app.post("/api/v1/auctions", lot, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    bid(&app, &auction, &shoppers[0], "10.00").await.data(201);
+    let persisted_bids = format!("SELECT count(*) FROM bids WHERE auction_id = '{auction}'");
+    app.eventually(10, "the first bid is in Postgres", || async { app.scalar(&persisted_bids).await == 1 }).await;
 
     postgres.cut();
     let mut reservations = Vec::new();
     for shopper in &shoppers {
         let reply = app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), shopper.token()).await;
         reservations.push(reply.data(202)["reservation_id"].as_str().unwrap().to_owned());
+    }
+    for (shopper, amount) in shoppers[1..].iter().zip(["11.00", "12.00", "13.00"]) {
+        bid(&app, &auction, shopper, amount).await.data(201);
     }
     // Every attempt the consumers have (one per retry delay, plus the first) fails within
     // the pool's acquire timeout; the outage lasts well beyond all of them.
@@ -95,8 +113,10 @@ async fn a_postgres_outage_longer_than_the_retry_budget_loses_no_purchase_and_no
         app.order_status(&shoppers[0], &order).await == "closed"
     })
     .await;
+    app.eventually(10, "every bid is in Postgres", || async { app.scalar(&persisted_bids).await == 4 }).await;
     assert_eq!(dead_letters(&app, SALE_RESERVE).await, 0, "no reservation was dead-lettered");
     assert_eq!(dead_letters(&app, ORDER_CLOSE).await, 0, "no close message was dead-lettered");
+    assert_eq!(dead_letters(&app, AUCTION_BIDS).await, 0, "no bid was dead-lettered");
 }
 
 #[tokio::test]

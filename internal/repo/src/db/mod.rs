@@ -67,3 +67,25 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub total: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn exec(err: SqlxError) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
+    }
+
+    #[test]
+    fn an_unreachable_postgres_is_told_apart_from_a_failing_statement() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unreachable(&exec(SqlxError::Io(refused))));
+        assert!(is_unreachable(&exec(SqlxError::PoolTimedOut)));
+        assert!(is_unreachable(&DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)));
+        assert!(!is_unreachable(&exec(SqlxError::RowNotFound)));
+        assert!(!is_unreachable(&DbErr::RecordNotFound("sale".into())));
+        assert!(!is_unreachable(&DbErr::Custom("a statement failed".into())));
+    }
+}
