@@ -133,6 +133,9 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
 /// the pipeline has caught up.
 const OVERDUE: chrono::Duration = chrono::Duration::seconds(60);
 
+/// How long verify waits for work in flight (bids on their way to Postgres) to land.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn overdue(since: Option<DateTime<Utc>>) -> bool {
     since.is_some_and(|since| Utc::now() - since > OVERDUE)
 }
@@ -152,11 +155,20 @@ pub async fn auction(
     auction_id: Uuid,
 ) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
-    let ledger = auctions::ledger(db, auction_id).await?;
+    let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
+    // Bids accepted in Redis reach Postgres through RabbitMQ a moment later: wait a bounded
+    // time for them rather than report work in flight as lost.
+    let accepted = live.as_ref().map_or(0, |live| live.seq);
+    let mut ledger = auctions::ledger(db, auction_id).await?;
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    while ledger.bids < accepted && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        ledger = auctions::ledger(db, auction_id).await?;
+    }
     let mut report =
         Report { subject: format!("auction {auction_id} ({}, {})", row.title, row.status), checks: vec![] };
 
-    match live_state::live(&mut redis.clone(), keys, auction_id).await? {
+    match live {
         Some(live) => {
             let queued: usize =
                 redis::cmd("XLEN").arg(keys.auction(auction_id).bids).query_async(&mut redis.clone()).await?;
