@@ -210,9 +210,10 @@ async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
     service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
 }
 
-/// What the failed checks of `report` say, one line each.
-fn failures(report: &service::verify::Report) -> Vec<String> {
-    report.checks.iter().filter(|c| !c.ok).map(|c| c.what.clone()).collect()
+/// Asserts that exactly one check of `report` failed, and that it says `what`.
+fn fails_only_on(report: &service::verify::Report, what: &str) {
+    let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();
+    assert!(matches!(failed[..], [only] if only.contains(what)), "expected one failure about {what:?}: {report}");
 }
 
 #[tokio::test]
@@ -248,9 +249,7 @@ async fn verify_fails_on_a_stuck_reservation() {
         .await
         .unwrap();
     let report = verify_sale(&app, &sale).await;
-    let failed = failures(&report);
-    assert_eq!(failed.len(), 1, "{report}");
-    assert!(failed[0].contains("1 stuck"), "{report}");
+    fails_only_on(&report, "1 stuck");
 }
 
 #[tokio::test]
@@ -264,9 +263,7 @@ async fn verify_fails_on_an_active_sale_without_hot_state() {
     let mut redis = app.services.deps.redis.clone();
     redis::cmd("DEL").arg(&keys.state).query_async::<()>(&mut redis).await.unwrap();
     let report = verify_sale(&app, &sale).await;
-    let failed = failures(&report);
-    assert_eq!(failed.len(), 1, "{report}");
-    assert!(failed[0].contains("an active sale has no hot state"), "{report}");
+    fails_only_on(&report, "an active sale has no hot state");
 }
 
 #[tokio::test]
@@ -297,15 +294,11 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
     let sql = |sql: String| async move { sea_orm::ConnectionTrait::execute_unprepared(db, &sql).await.unwrap() };
     sql(format!("UPDATE auctions SET start_at = now() - interval '2 hours', end_at = now() - interval '1 hour' WHERE id = '{auction}'")).await;
     let report = verify().await.unwrap();
-    let failed = failures(&report);
-    assert_eq!(failed.len(), 1, "{report}");
-    assert!(failed[0].contains("an open auction is not past its end"), "{report}");
+    fails_only_on(&report, "an open auction is not past its end");
 
     sql(format!("UPDATE auctions SET status = 'unsold', closed_at = now() WHERE id = '{auction}'")).await;
     let report = verify().await.unwrap();
-    let failed = failures(&report);
-    assert_eq!(failed.len(), 1, "{report}");
-    assert!(failed[0].contains("unsold: no bid met the reserve"), "{report}");
+    fails_only_on(&report, "unsold: no bid met the reserve");
 }
 
 /// A reservation made by the Lua script, as the purchase path makes it, and the delivery
