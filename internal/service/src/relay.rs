@@ -103,6 +103,12 @@ impl OutboxRelay {
         outbox::mark_published(&txn, &sent).await?;
         metrics::counter!("outbox_published_total").increment(sent.len() as u64);
         for (row, err) in &failed {
+            if row.attempts + 1 >= self.settings.max_attempts.get() as i32 {
+                tracing::error!(error = %err, outbox_id = row.id, routing_key = row.routing_key, "outbox row parked after {} attempts; see `spike-server dlq list --queue outbox`", row.attempts + 1);
+                metrics::counter!("outbox_parked_total").increment(1);
+                outbox::park(&txn, row.id, err).await?;
+                continue;
+            }
             // A failed row waits with a growing delay, so the relay goes back to waiting
             // instead of spinning on a broken broker or a broken row.
             let retry_in = 500_i64 * 2_i64.pow(row.attempts.clamp(0, 6) as u32);
@@ -205,6 +211,9 @@ impl OutboxRelay {
             Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "old outbox rows deleted"),
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "outbox cleanup failed"),
+        }
+        if let Ok(parked) = outbox::parked_count(&self.db).await {
+            metrics::gauge!("outbox_parked").set(parked as f64);
         }
         if let Ok(backlog) = outbox::backlog(&self.db).await {
             metrics::gauge!("outbox_backlog").set(backlog as f64);

@@ -396,3 +396,41 @@ async fn an_outbox_row_that_cannot_be_published_does_not_hold_back_the_rows_clai
     let _ = channel.queue_delete(broken.as_str().into(), Default::default()).await;
     let _ = channel.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn an_outbox_row_that_keeps_failing_is_parked_shown_and_redriven() {
+    let app = spawn_app_with(|s| s.outbox.max_attempts = 2.try_into().unwrap()).await;
+    let deps = &app.services.deps;
+    let other = repo::mq::Topology::new(&app.settings.amqp.prefix, 3_600_000, vec![]);
+    let channel = deps.broker.channel().await.unwrap();
+    let broken = other.declare_delay_queue(&channel, "order.close", 12_345).await.unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        r#"INSERT INTO outbox (routing_key, payload, delay_ms) VALUES ('order.close', '{"order_ids": []}', 12345)"#,
+    )
+    .await
+    .unwrap();
+
+    app.eventually(10, "the row is parked", || async {
+        service::dead_letters::list_outbox(&app.db, 10).await.unwrap().len() == 1
+    })
+    .await;
+    let parked = service::dead_letters::list_outbox(&app.db, 10).await.unwrap();
+    assert_eq!(parked[0].attempts, 2, "{parked:?}");
+    assert!(parked[0].error.contains("PRECONDITION_FAILED"), "{parked:?}");
+    // The counter, not the `outbox_parked` gauge: the recorder is process-wide, and under
+    // `cargo test` other tests' relays set the gauge to their own counts.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let parked_total = metrics.lines().find_map(|line| line.strip_prefix("outbox_parked_total "));
+    assert!(parked_total.and_then(|n| n.parse::<f64>().ok()).is_some_and(|n| n >= 1.0), "{metrics}");
+
+    // The operator fixes the cause and re-drives it.
+    channel.queue_delete(broken.as_str().into(), Default::default()).await.unwrap();
+    assert_eq!(service::dead_letters::redrive_outbox(&app.db).await.unwrap(), 1);
+    app.eventually(10, "the row is published", || async {
+        app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND routing_key = 'order.close'").await
+            == 1
+    })
+    .await;
+    let _ = channel.close(200, "done".into()).await;
+}
