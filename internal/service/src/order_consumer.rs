@@ -94,7 +94,7 @@ impl OrderConsumer {
             txn.rollback().await?;
             tracing::error!(%sale_id, "reservations for a sale that does not exist; releasing them");
             let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
-            hot::fail(&mut redis, &keys, &self.keys.sale_restock_channel(), sale_id, &ids, true, true).await?;
+            hot::fail(&mut redis, &keys, &self.keys.sale_restock_channel(), sale_id, &ids, true).await?;
             return Ok(());
         };
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
@@ -149,12 +149,8 @@ impl OrderConsumer {
         for (version, settled) in by_version {
             hot::settle(redis, &keys, version, &settled).await?;
         }
-        for refusal in [FailureReason::SoldOut, FailureReason::LimitReached, FailureReason::NotProcessed] {
-            let ids: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal == Some(refusal)).map(|o| o.id).collect();
-            // A unit refused for lack of Postgres stock does not exist; see `FailureReason`.
-            // One given up on (not processed) does, as does one refused by the per-user limit.
-            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal != FailureReason::SoldOut, false).await?;
-        }
+        let refused: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal.is_some()).map(|o| o.id).collect();
+        hot::fail(redis, &keys, &channel, sale_id, &refused, false).await?;
         let decided: Vec<ReservationProgress> = outcomes.iter().map(|o| o.progress(sale_id)).collect();
         reservations::record(redis, &self.keys, &decided, self.status_ttl_secs).await?;
         Ok(())
@@ -195,7 +191,7 @@ impl OrderConsumer {
         let ids: Vec<Uuid> = release.iter().map(|r| r.id).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true, true).await?;
+        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true).await?;
         let failed: Vec<ReservationProgress> = release
             .iter()
             .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
@@ -340,7 +336,8 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            // The consumer records failures with one of these three reasons only.
+            // The consumer records failures with one of these three reasons only; the reason
+            // is what the buyer sees, the release is the same for all of them.
             refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
                 match row.reason.as_deref().map(str::parse) {
                     Some(Ok(reason @ (FailureReason::LimitReached | FailureReason::NotProcessed))) => reason,

@@ -27,12 +27,16 @@ fn postgres_address() -> String {
 
 /// An active sale of `stock` units, at most one per buyer, whose orders wait an hour.
 async fn flash_sale(app: &TestApp, admin: &Session, stock: i64) -> String {
+    flash_sale_limited(app, admin, stock, 1).await
+}
+
+async fn flash_sale_limited(app: &TestApp, admin: &Session, stock: i64, per_user_limit: i64) -> String {
     let product = app.product(admin, "100.00", stock).await;
     let now = Utc::now();
     let body = json!({
         "product_id": product, "price": "9.99", "stock": stock,
         "start_at": now - chrono::Duration::seconds(1), "end_at": now + chrono::Duration::hours(1),
-        "per_user_limit": 1, "payment_timeout_secs": 3600,
+        "per_user_limit": per_user_limit, "payment_timeout_secs": 3600,
     });
     app.post("/api/v1/sales", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned()
 }
@@ -303,16 +307,17 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
 
 /// A reservation made by the Lua script, as the purchase path makes it, and the delivery
 /// that carries it to the order consumer; no broker involved.
-async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session) -> repo::mq::Delivery {
+async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
     let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
     let deps = &app.services.deps;
     let id = uuid::Uuid::now_v7();
     let keys = deps.keys().sale(sale_id);
     let mut redis = deps.redis.clone();
-    let reserved = repo::cache::sales::reserve(&mut redis, &keys, user_id, 1, id, None, 60_000).await.unwrap();
+    let reserved = repo::cache::sales::reserve(&mut redis, &keys, user_id, quantity, id, None, 60_000).await.unwrap();
     let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
+    let quantity = quantity as i32;
     let reservation =
-        repo::mq::messages::Reservation { id, sale_id, user_id, quantity: 1, generation, reserved_at: Utc::now() };
+        repo::mq::messages::Reservation { id, sale_id, user_id, quantity, generation, reserved_at: Utc::now() };
     let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
     repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false }
 }
@@ -322,7 +327,7 @@ async fn the_same_reservation_twice_in_one_intake_makes_one_order_and_acks_both(
     let app = spawn_app().await;
     let admin = app.admin().await;
     let sale = flash_sale(&app, &admin, 5).await;
-    let copy = reserve_directly(&app, &sale, &app.shopper().await).await;
+    let copy = reserve_directly(&app, &sale, &app.shopper().await, 1).await;
     // The original and its redelivered copy, taken in one intake.
     let outcomes = app.services.order_consumer.handle(vec![copy.clone(), copy]).await;
     assert!(outcomes.iter().all(|o| matches!(o, repo::mq::Outcome::Ack)), "{outcomes:?}");
@@ -337,7 +342,7 @@ async fn a_reservation_given_up_on_stays_released_when_a_copy_returns_after_redi
     let admin = app.admin().await;
     let sale = flash_sale(&app, &admin, 5).await;
     let buyer = app.shopper().await;
-    let copy = reserve_directly(&app, &sale, &buyer).await;
+    let copy = reserve_directly(&app, &sale, &buyer, 1).await;
     let execute = |sql: &'static str| sea_orm::ConnectionTrait::execute_unprepared(&app.db, sql);
     // Postgres refuses every order: the message fails for its own reason, to the last attempt.
     execute(
@@ -433,4 +438,30 @@ async fn an_outbox_row_that_keeps_failing_is_parked_shown_and_redriven() {
     })
     .await;
     let _ = channel.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_multi_unit_refusal_after_a_rebuild_returns_exactly_the_units_redis_took() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale_limited(&app, &admin, 3, 2).await;
+    let sale_id = sale.parse().unwrap();
+    // Two units reserved; their message is still on its way when Redis loses the sale.
+    let before = reserve_directly(&app, &sale, &app.shopper().await, 2).await;
+    let keys = app.services.deps.keys().sale(sale_id);
+    let mut redis = app.services.deps.redis.clone();
+    let hot = [&keys.state, &keys.buyers, &keys.inflight, &keys.claimed, &keys.undone, &keys.settled, &keys.returned];
+    redis::cmd("DEL").arg(&hot[..]).query_async::<()>(&mut redis).await.unwrap();
+    // The rebuilt Redis sees all three units, and sells two of them again.
+    app.services.sales.rebuild(sale_id).await.unwrap();
+    let after = reserve_directly(&app, &sale, &app.shopper().await, 2).await;
+
+    let consumer = &app.services.order_consumer;
+    assert!(matches!(consumer.handle(vec![before]).await[..], [repo::mq::Outcome::Ack]));
+    assert!(matches!(consumer.handle(vec![after]).await[..], [repo::mq::Outcome::Ack]), "refused: sold out");
+    assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1);
+    let view = app.get(&format!("/api/v1/sales/{sale}"), None).await;
+    assert_eq!(view.data(200)["remaining"], 1, "the one unit Postgres still has is on sale again");
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "{report}");
 }

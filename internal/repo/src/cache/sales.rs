@@ -178,14 +178,14 @@ pub async fn settle(
     invocation.invoke_async::<i64>(redis).await.map(|_| ())
 }
 
-/// Releases refused reservations; returns the units put back on sale.
+/// Releases refused reservations: their units and buyer slots go back. Returns the units
+/// put back on sale.
 pub async fn fail(
     redis: &mut ConnectionManager,
     keys: &SaleKeys,
     channel: &str,
     sale_id: Uuid,
     ids: &[Uuid],
-    return_units: bool,
     forget: bool,
 ) -> redis::RedisResult<i64> {
     if ids.is_empty() {
@@ -197,7 +197,6 @@ pub async fn fail(
         .key(&keys.inflight)
         .key(&keys.claimed)
         .key(&keys.undone)
-        .arg(u8::from(return_units))
         .arg(u8::from(forget))
         .arg(channel)
         .arg(sale_id.to_string());

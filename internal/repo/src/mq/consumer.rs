@@ -136,10 +136,11 @@ where
 {
     let channel = broker.channel().await?;
     channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
+    let queue = topology.declare_consumer_queue(&channel, route).await?;
     let tag = format!("spike-{}-{}", route.queue, uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
-            topology.queue(route).as_str().into(),
+            queue.as_str().into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

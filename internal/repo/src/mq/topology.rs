@@ -94,23 +94,31 @@ impl Topology {
             )
             .await?;
         for &route in ROUTES {
-            let queue = self.queue(route);
-            self.declare_queue(channel, &queue, self.base_arguments()).await?;
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.as_str().into(),
-                    route.key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            self.declare_consumer_queue(channel, route).await?;
             self.declare_dead_letters(channel, route).await?;
             for &delay in &self.retry_delays_ms {
                 self.declare_retry_queue(channel, route, delay).await?;
             }
         }
         Ok(())
+    }
+
+    /// The consumer queue of `route`, bound to the exchange: declared at start and again by
+    /// each consumer before it starts consuming, so that an expiring queue left without a
+    /// consumer for a while (a slow start, a reconnect) is there again.
+    pub async fn declare_consumer_queue(&self, channel: &Channel, route: Route) -> Result<String, lapin::Error> {
+        let queue = self.queue(route);
+        self.declare_queue(channel, &queue, self.base_arguments()).await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.exchange().as_str().into(),
+                route.key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue)
     }
 
     /// How often a process declares again the queues it only publishes to: with
