@@ -371,15 +371,27 @@ async fn a_reservation_given_up_on_stays_released_when_a_copy_returns_after_redi
     assert!(report.passed(), "{report}");
 }
 
+/// Declares the delay queue of `order.close` rows delayed 12,345 ms with other arguments
+/// than the app's (another expiry), so that the relay can never declare it
+/// (PRECONDITION_FAILED), as after a change of queue arguments. Returns its name.
+async fn break_a_delay_queue(app: &TestApp) -> String {
+    let other = repo::mq::Topology::new(&app.settings.amqp.prefix, 3_600_000, vec![]);
+    let channel = app.services.deps.broker.channel().await.unwrap();
+    let broken = other.declare_delay_queue(&channel, "order.close", 12_345).await.unwrap();
+    channel.close(200, "declared".into()).await.unwrap();
+    broken
+}
+
+async fn delete_queue(app: &TestApp, name: &str) {
+    let channel = app.services.deps.broker.channel().await.unwrap();
+    channel.queue_delete(name.into(), Default::default()).await.unwrap();
+    channel.close(200, "deleted".into()).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_outbox_row_that_cannot_be_published_does_not_hold_back_the_rows_claimed_with_it() {
     let app = spawn_app().await;
-    let deps = &app.services.deps;
-    // A delay queue declared with other arguments (here: another expiry), which the relay
-    // can therefore never declare (PRECONDITION_FAILED), as after a change of queue arguments.
-    let other = repo::mq::Topology::new(&app.settings.amqp.prefix, 3_600_000, vec![]);
-    let channel = deps.broker.channel().await.unwrap();
-    let broken = other.declare_delay_queue(&channel, "order.close", 12_345).await.unwrap();
+    let broken = break_a_delay_queue(&app).await;
 
     // One statement, so that one relay round claims both rows.
     sea_orm::ConnectionTrait::execute_unprepared(
@@ -398,17 +410,13 @@ async fn an_outbox_row_that_cannot_be_published_does_not_hold_back_the_rows_clai
     let stuck = "SELECT count(*) FROM outbox WHERE routing_key = 'order.close' AND published_at IS NULL \
                  AND attempts >= 1 AND last_error LIKE '%PRECONDITION_FAILED%'";
     assert_eq!(app.scalar(stuck).await, 1, "the broken row waits for its own retry");
-    let _ = channel.queue_delete(broken.as_str().into(), Default::default()).await;
-    let _ = channel.close(200, "done".into()).await;
+    delete_queue(&app, &broken).await;
 }
 
 #[tokio::test]
 async fn an_outbox_row_that_keeps_failing_is_parked_shown_and_redriven() {
     let app = spawn_app_with(|s| s.outbox.max_attempts = 2.try_into().unwrap()).await;
-    let deps = &app.services.deps;
-    let other = repo::mq::Topology::new(&app.settings.amqp.prefix, 3_600_000, vec![]);
-    let channel = deps.broker.channel().await.unwrap();
-    let broken = other.declare_delay_queue(&channel, "order.close", 12_345).await.unwrap();
+    let broken = break_a_delay_queue(&app).await;
     sea_orm::ConnectionTrait::execute_unprepared(
         &app.db,
         r#"INSERT INTO outbox (routing_key, payload, delay_ms) VALUES ('order.close', '{"order_ids": []}', 12345)"#,
@@ -430,14 +438,13 @@ async fn an_outbox_row_that_keeps_failing_is_parked_shown_and_redriven() {
     assert!(parked_total.and_then(|n| n.parse::<f64>().ok()).is_some_and(|n| n >= 1.0), "{metrics}");
 
     // The operator fixes the cause and re-drives it.
-    channel.queue_delete(broken.as_str().into(), Default::default()).await.unwrap();
+    delete_queue(&app, &broken).await;
     assert_eq!(service::dead_letters::redrive_outbox(&app.db).await.unwrap(), 1);
     app.eventually(10, "the row is published", || async {
         app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND routing_key = 'order.close'").await
             == 1
     })
     .await;
-    let _ = channel.close(200, "done".into()).await;
 }
 
 #[tokio::test]
