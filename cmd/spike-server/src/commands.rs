@@ -169,8 +169,11 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
     let queue = match &action {
         DlqAction::List { queue, .. } | DlqAction::Redrive { queue } => queue.as_str(),
     };
+    if queue == OUTBOX {
+        return parked_outbox_rows(settings, action).await;
+    }
     let route = Topology::route_named(queue).ok_or_else(|| {
-        let known: Vec<&str> = ROUTES.iter().map(|r| r.queue).collect();
+        let known: Vec<&str> = ROUTES.iter().map(|r| r.queue).chain([OUTBOX]).collect();
         anyhow::anyhow!("unknown queue `{queue}`; one of: {}", known.join(", "))
     })?;
     let broker = Arc::new(Broker::connect(&settings.amqp, "spike-dlq").await?);
@@ -191,6 +194,28 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
         }
     }
     broker.close().await;
+    Ok(())
+}
+
+/// The name `dlq` takes for the outbox rows the relay parked.
+const OUTBOX: &str = "outbox";
+
+async fn parked_outbox_rows(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
+    let db = connect::postgres(&settings.database).await?;
+    match action {
+        DlqAction::List { limit, .. } => {
+            let letters = service::dead_letters::list_outbox(&db, limit as u64).await?;
+            println!("{} parked outbox row(s) shown", letters.len());
+            for letter in letters {
+                println!("- after {} attempt(s): {}\n  {}", letter.attempts, letter.error, letter.body);
+            }
+        }
+        DlqAction::Redrive { .. } => {
+            let moved = service::dead_letters::redrive_outbox(&db).await?;
+            println!("{moved} parked outbox row(s) are due again");
+        }
+    }
+    db.close().await.ok();
     Ok(())
 }
 

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(commands::run(cli));
+    // Whatever is still running (a task stuck on a stalled dependency, a blocking thread)
+    // must not keep the process alive once `run` has returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             // `{:#}` prints the whole cause chain on one line: "cannot reach postgres at

@@ -57,6 +57,9 @@ pub async fn connect(settings: Arc<Settings>, wait: Duration, name: &str) -> Res
     Ok(Deps { settings, db, redis_client, redis, broker: Arc::new(broker) })
 }
 
+/// How long shutdown waits for a dependency to answer a close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct Application {
     services: Services,
     mode: Mode,
@@ -120,8 +123,16 @@ impl Application {
         if let Some(workers) = workers {
             workers.join(grace).await;
         }
-        self.services.deps.broker.close().await;
-        self.services.deps.db.clone().close().await.ok();
+        // Both closes are bounded and run side by side. A stalled Postgres never answers,
+        // and a request the server stopped waiting for may still hold a connection: the pool
+        // gets a few seconds, then is dropped.
+        let deps = &self.services.deps;
+        let db = async {
+            if tokio::time::timeout(CLOSE_TIMEOUT, deps.db.clone().close()).await.is_err() {
+                tracing::warn!("postgres connections did not close within {CLOSE_TIMEOUT:?}; dropping them");
+            }
+        };
+        tokio::join!(deps.broker.close(), db);
         Ok(())
     }
 }

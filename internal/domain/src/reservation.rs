@@ -21,8 +21,9 @@ named!(ReservationStatus, "status", "reservation status", {
 /// Why a reservation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
-    /// Postgres had no units left: Redis had drifted ahead. The unit does not exist, so it
-    /// is not put back on sale.
+    /// Postgres had no units left: Redis had drifted ahead (a rebuilt Redis sold again the
+    /// units of reservations from before the rebuild). Its units still go back to Redis,
+    /// which counted that drift below zero when those older reservations settled.
     SoldOut,
     /// The database's per-user limit said no (Redis had forgotten a holding): the unit is
     /// real and goes back on sale.

@@ -76,10 +76,19 @@ impl Broker {
     }
 
     /// Closes the connection (on shutdown); in-flight confirms are answered first by the
-    /// broker's close handshake.
+    /// broker's close handshake. Bounded like every other step: a stalled broker never
+    /// answers the close, and a task stuck in [`Broker::channel`] holds the lock; after
+    /// [`CONNECT_TIMEOUT`] the connection is simply dropped and the broker requeues what it
+    /// had not seen acknowledged.
     pub async fn close(&self) {
-        if let Some(connection) = self.connection.lock().await.take() {
-            let _ = connection.close(200, "shutting down".into()).await;
+        let closed = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            if let Some(connection) = self.connection.lock().await.take() {
+                let _ = connection.close(200, "shutting down".into()).await;
+            }
+        })
+        .await;
+        if closed.is_err() {
+            tracing::warn!("rabbitmq did not answer the close within {CONNECT_TIMEOUT:?}; dropping the connection");
         }
     }
 }

@@ -302,6 +302,7 @@ pub struct OutboxSettings {
     pub poll_interval_ms: NonZeroU64,
     pub batch_size: NonZeroU64,
     pub retention_hours: u64,
+    pub max_attempts: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -506,6 +507,7 @@ mod tests {
             ("SPIKE__ORDERS__SWEEP_INTERVAL_SECS", "orders.sweep_interval_secs"),
             ("SPIKE__IDEMPOTENCY__TTL_SECS", "idempotency.ttl_secs"),
             ("SPIKE__AUCTIONS__SWEEP_INTERVAL_SECS", "auctions.sweep_interval_secs"),
+            ("SPIKE__OUTBOX__MAX_ATTEMPTS", "outbox.max_attempts"),
         ] {
             let err = load(None, &[(var, "0")]).unwrap_err();
             assert_eq!(err.to_string(), format!("invalid configuration: {key}: must be greater than 0"));

@@ -194,6 +194,6 @@ pub async fn handle_bids(db: &DatabaseConnection, delivery: Delivery) -> Outcome
             metrics::counter!("bids_persisted_total").increment(inserted);
             Outcome::Ack
         }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("persisting bids: {err}")),
+        Err(err) => crate::Error::from(err).outcome("persisting bids"),
     }
 }

@@ -41,7 +41,7 @@ pub async fn handle_close(orders: &OrderService, delivery: Delivery) -> Outcome 
             }
             Outcome::Ack
         }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("closing orders: {err}")),
+        Err(err) => err.outcome("closing orders"),
     }
 }
 
@@ -168,7 +168,7 @@ pub async fn handle_auction_close(closer: &AuctionCloser, delivery: Delivery) ->
     match closer.close(message.auction_id).await {
         Ok(_) => Outcome::Ack,
         Err(Error::NotFound(_)) => Outcome::Dead(anyhow::anyhow!("no auction {}", message.auction_id)),
-        Err(err) => Outcome::Retry(anyhow::anyhow!("closing auction {}: {err}", message.auction_id)),
+        Err(err) => err.outcome(&format!("closing auction {}", message.auction_id)),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Inspecting and re-driving dead letters (`spike-server dlq list|redrive`).
+//! Inspecting and re-driving dead letters (`spike-server dlq list|redrive`): the
+//! dead-letter queues of the consumers, and the outbox rows the relay parked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,9 +8,11 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use platform::Broker;
+use repo::db::outbox;
 use repo::mq::consumer::{ATTEMPT_HEADER, ERROR_HEADER};
 use repo::mq::publisher::header_map;
 use repo::mq::{ConfirmPublisher, Message, Route, Topology};
+use sea_orm::DatabaseConnection;
 
 use crate::error::{Error, Result};
 
@@ -24,7 +27,9 @@ pub struct DeadLetter {
 /// acknowledgement and return to the queue when the channel closes.
 pub async fn list(broker: &Broker, topology: &Topology, route: Route, limit: usize) -> Result<Vec<DeadLetter>> {
     let channel = broker.channel().await?;
-    let queue = topology.dead_letters(route);
+    // Declared, not assumed: an expiring dead-letter queue that never received a letter
+    // may be gone, which means it is empty.
+    let queue = topology.declare_dead_letters(&channel, route).await?;
     let mut letters = Vec::new();
     while letters.len() < limit {
         let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
@@ -87,4 +92,24 @@ pub async fn redrive(
     publisher.close().await;
     channel.close(200, "re-driven".into()).await?;
     Ok(moved)
+}
+
+/// Outbox rows parked after `outbox.max_attempts` failed publishes, the outbox's dead
+/// letters: up to `limit`, oldest first.
+pub async fn list_outbox(db: &DatabaseConnection, limit: u64) -> Result<Vec<DeadLetter>> {
+    let rows = outbox::parked(db, limit).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| DeadLetter {
+            body: format!("outbox row {} ({}): {}", row.id, row.routing_key, row.payload),
+            attempts: row.attempts.max(0) as u32,
+            error: row.last_error.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Makes the parked outbox rows due again with a fresh attempt count; the relay sends them
+/// in its next round. Returns how many.
+pub async fn redrive_outbox(db: &DatabaseConnection) -> Result<u64> {
+    Ok(outbox::unpark(db).await?)
 }

@@ -2,6 +2,7 @@
 //! status and a stable error code (docs/errors.md); nothing here knows about HTTP.
 
 use domain::{Invalid, Money};
+use repo::mq::Outcome;
 use sea_orm::DbErr;
 use uuid::Uuid;
 
@@ -49,12 +50,23 @@ pub enum Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::error!(error = %err, "postgres unavailable");
-                Error::Unavailable("postgres")
-            }
-            other => Error::Internal(anyhow::Error::new(other).context("postgres")),
+        if repo::db::is_unreachable(&err) {
+            tracing::error!(error = %err, "postgres unavailable");
+            Error::Unavailable("postgres")
+        } else {
+            Error::Internal(anyhow::Error::new(err).context("postgres"))
+        }
+    }
+}
+
+impl Error {
+    /// The consumer outcome of a failed message: a dependency that did not answer holds the
+    /// message until it answers again (the message is not at fault); anything else is
+    /// retried and, when the attempts run out, dead-lettered.
+    pub fn outcome(self, what: &str) -> Outcome {
+        match self {
+            Error::Unavailable(service) => Outcome::Unavailable(anyhow::anyhow!("{what}: {service} is unavailable")),
+            other => Outcome::Retry(anyhow::anyhow!("{what}: {other}")),
         }
     }
 }

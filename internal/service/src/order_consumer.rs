@@ -17,7 +17,7 @@ use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::orders::announce_and_schedule_close;
 
 /// Writes the orders of reserved units.
@@ -53,16 +53,26 @@ impl OrderConsumer {
             }
         }
         for (sale_id, group) in by_sale {
-            let reservations: Vec<Reservation> = group.iter().map(|(_, r)| r.clone()).collect();
-            let Err(err) = self.process(sale_id, &reservations).await else { continue };
+            let Err(err) = self.process(sale_id, &distinct(&group)).await else { continue };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
             for index in failed {
-                if deliveries[index].last_attempt {
+                let outcome = if matches!(err, Error::Unavailable(_)) {
+                    // Postgres or Redis is down: the reservations are fine, they wait.
+                    Outcome::Unavailable(anyhow::anyhow!("sale {sale_id}: {err}"))
+                } else if deliveries[index].last_attempt {
                     let own: Vec<Reservation> =
                         group.iter().filter(|(i, _)| *i == index).map(|(_, r)| r.clone()).collect();
-                    self.give_up(sale_id, &own).await;
+                    match self.give_up(sale_id, &own).await {
+                        Ok(()) => Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")),
+                        Err(unknown) => unknown.outcome(&format!("giving up on sale {sale_id}")),
+                    }
+                } else {
+                    Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}"))
+                };
+                // A message that also carries another sale keeps the outcome that holds it.
+                if !matches!(outcomes[index], Some(Outcome::Unavailable(_))) {
+                    outcomes[index] = Some(outcome);
                 }
-                outcomes[index] = Some(Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")));
             }
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
@@ -84,7 +94,7 @@ impl OrderConsumer {
             txn.rollback().await?;
             tracing::error!(%sale_id, "reservations for a sale that does not exist; releasing them");
             let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
-            hot::fail(&mut redis, &keys, &self.keys.sale_restock_channel(), sale_id, &ids, true, true).await?;
+            hot::fail(&mut redis, &keys, &self.keys.sale_restock_channel(), sale_id, &ids, true).await?;
             return Ok(());
         };
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
@@ -139,43 +149,63 @@ impl OrderConsumer {
         for (version, settled) in by_version {
             hot::settle(redis, &keys, version, &settled).await?;
         }
-        for refusal in [FailureReason::SoldOut, FailureReason::LimitReached] {
-            let ids: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal == Some(refusal)).map(|o| o.id).collect();
-            // Only a unit refused by the per-user limit is real; see `FailureReason`.
-            hot::fail(redis, &keys, &channel, sale_id, &ids, refusal == FailureReason::LimitReached, false).await?;
-        }
+        let refused: Vec<Uuid> = outcomes.iter().filter(|o| o.refusal.is_some()).map(|o| o.id).collect();
+        hot::fail(redis, &keys, &channel, sale_id, &refused, false).await?;
         let decided: Vec<ReservationProgress> = outcomes.iter().map(|o| o.progress(sale_id)).collect();
         reservations::record(redis, &self.keys, &decided, self.status_ttl_secs).await?;
         Ok(())
     }
 
-    /// The last attempt failed too: release what Postgres has not recorded, and mark it so
-    /// a re-driven copy of this message cannot resurrect it. If Postgres cannot even say
-    /// what it recorded, release nothing: holding a unit too long is safe, selling it twice
-    /// is not.
-    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) {
+    /// The last attempt failed too: release what Postgres has not recorded. The decision is
+    /// made under the sale's row lock and recorded in Postgres (`failed: not_processed`)
+    /// before Redis releases anything: another copy of the same reservation that a consumer
+    /// is turning into an order right now holds that lock, so either its order is seen here
+    /// and nothing is released, or this record is seen there and no order is made. The
+    /// record outlives Redis, so a re-driven copy cannot resurrect the reservation even
+    /// after a flush. If Postgres or Redis cannot answer, nothing is released and the error
+    /// is returned: holding a unit too long is safe, selling it twice is not, and a message
+    /// whose dependency is down is held until it answers.
+    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
-        let recorded = match sales::reservations(&self.db, &ids).await {
-            Ok(rows) => rows.into_iter().map(|r| r.id).collect::<Vec<_>>(),
-            Err(err) => {
-                tracing::error!(%sale_id, error = %err, "giving up on reservations without knowing their outcome");
-                return;
-            }
-        };
-        let release: Vec<Uuid> = ids.into_iter().filter(|id| !recorded.contains(id)).collect();
+        let txn = self.db.begin().await?;
+        let sale = sales::lock(&txn, sale_id, true).await?;
+        let recorded: Vec<Uuid> = sales::reservations(&txn, &ids).await?.into_iter().map(|r| r.id).collect();
+        let release: Vec<&Reservation> = group.iter().filter(|r| !recorded.contains(&r.id)).collect();
+        if let Some(sale) = sale {
+            let rows: Vec<NewReservation> = release
+                .iter()
+                .map(|r| NewReservation {
+                    id: r.id,
+                    user_id: r.user_id,
+                    quantity: r.quantity,
+                    order_id: None,
+                    reason: Some(FailureReason::NotProcessed.as_str()),
+                    reserved_at: r.reserved_at,
+                    generation: r.generation.clone(),
+                })
+                .collect();
+            sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+        }
+        txn.commit().await?;
+
+        let ids: Vec<Uuid> = release.iter().map(|r| r.id).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        if let Err(err) = hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &release, true, true).await
-        {
-            tracing::error!(%sale_id, error = %err, "could not release reservations after the last attempt");
-        }
-        let failed: Vec<ReservationProgress> = group
+        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true).await?;
+        let failed: Vec<ReservationProgress> = release
             .iter()
-            .filter(|r| release.contains(&r.id))
             .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
             .collect();
         let _ = reservations::record(&mut redis, &self.keys, &failed, self.status_ttl_secs).await;
+        Ok(())
     }
+}
+
+/// The reservations of a group, each once: the same reservation can arrive twice in one
+/// intake (the original and a redelivered copy), and one transaction may record it once.
+fn distinct(group: &[(usize, Reservation)]) -> Vec<Reservation> {
+    let mut seen = BTreeSet::new();
+    group.iter().filter(|(_, r)| seen.insert(r.id)).map(|(_, r)| r.clone()).collect()
 }
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
@@ -199,7 +229,7 @@ pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: De
             }
             Outcome::Ack
         }
-        Err(err) => Outcome::Retry(anyhow::anyhow!("restocking Redis: {err}")),
+        Err(err) => Error::from(err).outcome("restocking Redis"),
     }
 }
 
@@ -306,10 +336,11 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            // The consumer records failures with one of these two reasons only.
+            // The consumer records failures with one of these three reasons only; the reason
+            // is what the buyer sees, the release is the same for all of them.
             refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
                 match row.reason.as_deref().map(str::parse) {
-                    Some(Ok(FailureReason::LimitReached)) => FailureReason::LimitReached,
+                    Some(Ok(reason @ (FailureReason::LimitReached | FailureReason::NotProcessed))) => reason,
                     _ => FailureReason::SoldOut,
                 }
             }),

@@ -6,7 +6,7 @@
 //! transaction. Several relays can run at once; a relay that dies mid-round leaves its
 //! rows unmarked and they are sent again (consumers are idempotent).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use platform::Broker;
 use platform::config::OutboxSettings;
 use repo::db::outbox::{self, PendingRow};
 use repo::mq::topology::ROUTES;
-use repo::mq::{ConfirmPublisher, Message, Topology};
+use repo::mq::{ConfirmPublisher, Message, PublishError, Topology};
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::Mutex;
@@ -28,8 +28,9 @@ pub struct OutboxRelay {
     publisher: ConfirmPublisher,
     topology: Topology,
     settings: OutboxSettings,
-    /// Delay queues this process has declared already.
-    declared: Mutex<HashSet<String>>,
+    /// Delay queues this process has declared, and when (an expiring queue is declared
+    /// again once its lease runs low).
+    declared: Mutex<HashMap<String, Instant>>,
 }
 
 impl OutboxRelay {
@@ -45,7 +46,7 @@ impl OutboxRelay {
             publisher: ConfirmPublisher::new(broker, confirm_timeout),
             topology,
             settings,
-            declared: Mutex::new(HashSet::new()),
+            declared: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,75 +96,112 @@ impl OutboxRelay {
             txn.commit().await?;
             return Ok(0);
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         // A span only for rounds that found rows: the relay also polls, and an empty round
         // is not worth a trace.
-        let published = async {
-            match self.messages(&rows).await {
-                Ok(messages) => self.publisher.publish_all(&messages).await.map_err(|e| e.to_string()),
-                Err(err) => Err(err.to_string()),
+        let span = tracing::info_span!("outbox.publish", rows = rows.len());
+        let (sent, failed) = self.publish(&rows).instrument(span).await;
+        outbox::mark_published(&txn, &sent).await?;
+        metrics::counter!("outbox_published_total").increment(sent.len() as u64);
+        for (row, err) in &failed {
+            if row.attempts + 1 >= self.settings.max_attempts.get() as i32 {
+                tracing::error!(error = %err, outbox_id = row.id, routing_key = row.routing_key, "outbox row parked after {} attempts; see `spike-server dlq list --queue outbox`", row.attempts + 1);
+                metrics::counter!("outbox_parked_total").increment(1);
+                outbox::park(&txn, row.id, err).await?;
+                continue;
             }
+            // A failed row waits with a growing delay, so the relay goes back to waiting
+            // instead of spinning on a broken broker or a broken row.
+            let retry_in = 500_i64 * 2_i64.pow(row.attempts.clamp(0, 6) as u32);
+            tracing::warn!(error = %err, outbox_id = row.id, "outbox publish failed; retrying in {retry_in} ms");
+            outbox::mark_failed(&txn, &[row.id], err, retry_in).await?;
         }
-        .instrument(tracing::info_span!("outbox.publish", rows = ids.len()))
-        .await;
-        let sent = match published {
-            Ok(()) => {
-                outbox::mark_published(&txn, &ids).await?;
-                metrics::counter!("outbox_published_total").increment(ids.len() as u64);
-                ids.len() as u64
-            }
-            Err(err) => {
-                // Failed rows wait with a growing delay; this round counts as empty so the
-                // relay goes back to waiting instead of spinning on a broken broker.
-                let attempts = rows.iter().map(|r| r.attempts).max().unwrap_or(0).clamp(0, 6) as u32;
-                let retry_in = 500_i64 * 2_i64.pow(attempts);
-                tracing::warn!(error = %err, rows = ids.len(), "outbox publish failed; retrying in {retry_in} ms");
-                outbox::mark_failed(&txn, &ids, &err, retry_in).await?;
-                0
-            }
-        };
         txn.commit().await?;
-        Ok(sent)
+        Ok(sent.len() as u64)
     }
 
-    async fn messages(&self, rows: &[PendingRow]) -> Result<Vec<Message>, lapin::Error> {
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in rows {
-            let body = serde_json::to_vec(&row.payload).unwrap_or_default();
-            let mut headers = row.trace_headers();
-            headers.insert("x-outbox-id".into(), row.id.to_string());
-            let message = match row.delay_ms {
-                Some(delay) => Message {
-                    exchange: String::new(),
-                    routing_key: self.delay_queue(&row.routing_key, delay as u64).await?,
-                    body,
-                    headers,
-                    message_id: Some(format!("outbox-{}", row.id)),
-                    mandatory: true,
-                },
-                None => Message {
-                    exchange: self.topology.exchange(),
-                    routing_key: row.routing_key.clone(),
-                    body,
-                    headers,
-                    message_id: Some(format!("outbox-{}", row.id)),
-                    // Our own consumer queues must exist; events for integrations may have
-                    // no subscriber at all.
-                    mandatory: ROUTES.iter().any(|r| r.key == row.routing_key),
-                },
-            };
-            messages.push(message);
+    /// Publishes the claimed rows; returns the ids sent and, for each row that was not, why.
+    /// A row's own problem (its delay queue cannot be declared, the broker refuses or cannot
+    /// route its message) fails only that row, and the rows claimed with it go on. A broker
+    /// that does not answer fails every row at once, without trying each.
+    async fn publish<'r>(&self, rows: &'r [PendingRow]) -> (Vec<i64>, Vec<(&'r PendingRow, String)>) {
+        let mut built = Vec::with_capacity(rows.len());
+        let mut failed = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
+            match self.message(row).await {
+                Ok(message) => built.push((row, message)),
+                Err(err) if err.is_amqp_soft_error() => failed.push((row, err.to_string())),
+                Err(err) => {
+                    let unsent = built.iter().map(|(row, _)| *row).chain(&rows[index..]);
+                    failed.extend(unsent.map(|row| (row, err.to_string())));
+                    return (Vec::new(), failed);
+                }
+            }
         }
-        Ok(messages)
+        let messages: Vec<Message> = built.iter().map(|(_, message)| message.clone()).collect();
+        let err = match self.publisher.publish_all(&messages).await {
+            Ok(()) => return (built.iter().map(|(row, _)| row.id).collect(), failed),
+            Err(err) => err,
+        };
+        if !concerns_one_row(&err) || built.len() == 1 {
+            failed.extend(built.iter().map(|(row, _)| (*row, err.to_string())));
+            return (Vec::new(), failed);
+        }
+        // Some row spoiled the batch: each one alone, to find out which.
+        let mut sent = Vec::new();
+        let mut broker_down = None;
+        for (row, message) in built {
+            if let Some(err) = &broker_down {
+                failed.push((row, format!("{err}")));
+                continue;
+            }
+            match self.publisher.publish_all(std::slice::from_ref(&message)).await {
+                Ok(()) => sent.push(row.id),
+                Err(err) => {
+                    failed.push((row, err.to_string()));
+                    if !concerns_one_row(&err) {
+                        broker_down = Some(err);
+                    }
+                }
+            }
+        }
+        (sent, failed)
+    }
+
+    async fn message(&self, row: &PendingRow) -> Result<Message, lapin::Error> {
+        let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+        let mut headers = row.trace_headers();
+        headers.insert("x-outbox-id".into(), row.id.to_string());
+        Ok(match row.delay_ms {
+            Some(delay) => Message {
+                exchange: String::new(),
+                routing_key: self.delay_queue(&row.routing_key, delay as u64).await?,
+                body,
+                headers,
+                message_id: Some(format!("outbox-{}", row.id)),
+                mandatory: true,
+            },
+            None => Message {
+                exchange: self.topology.exchange(),
+                routing_key: row.routing_key.clone(),
+                body,
+                headers,
+                message_id: Some(format!("outbox-{}", row.id)),
+                // Our own consumer queues must exist; events for integrations may have
+                // no subscriber at all.
+                mandatory: ROUTES.iter().any(|r| r.key == row.routing_key),
+            },
+        })
     }
 
     async fn delay_queue(&self, key: &str, delay_ms: u64) -> Result<String, lapin::Error> {
         let name = self.topology.delay_queue(key, delay_ms);
         let mut declared = self.declared.lock().await;
-        if !declared.contains(&name) {
+        let lease = self.topology.lease();
+        let fresh = declared.get(&name).is_some_and(|at| lease.is_none_or(|lease| at.elapsed() < lease));
+        if !fresh {
             let channel = self.publisher.channel().await?;
             self.topology.declare_delay_queue(&channel, key, delay_ms).await?;
-            declared.insert(name.clone());
+            declared.insert(name.clone(), Instant::now());
         }
         Ok(name)
     }
@@ -173,6 +211,9 @@ impl OutboxRelay {
             Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "old outbox rows deleted"),
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "outbox cleanup failed"),
+        }
+        if let Ok(parked) = outbox::parked_count(&self.db).await {
+            metrics::gauge!("outbox_parked").set(parked as f64);
         }
         if let Ok(backlog) = outbox::backlog(&self.db).await {
             metrics::gauge!("outbox_backlog").set(backlog as f64);
@@ -186,5 +227,16 @@ async fn wait_for_notification(listener: &mut Option<PgListener>, poll: Duration
             let _ = tokio::time::timeout(poll, listener.try_recv()).await;
         }
         None => tokio::time::sleep(poll).await,
+    }
+}
+
+/// Whether a failed publish says something about its messages (refused, unroutable, a
+/// channel-level error such as a queue declared with other arguments) rather than about
+/// the broker (unreachable, timed out).
+fn concerns_one_row(err: &PublishError) -> bool {
+    match err {
+        PublishError::Nacked | PublishError::Unroutable(_) => true,
+        PublishError::Broker(err) => err.is_amqp_soft_error(),
+        PublishError::Timeout(_) => false,
     }
 }

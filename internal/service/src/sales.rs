@@ -249,10 +249,11 @@ impl SaleService {
                 return self.publish(reservation, key).await;
             }
             Reserve::SoldOut { left } => {
-                if left == 0 {
+                // Below zero only while a rebuilt Redis catches up with older reservations.
+                if left <= 0 {
                     self.flags.mark(sale_id, epoch);
                 }
-                let message = if left == 0 { "sold out".to_owned() } else { format!("only {left} left") };
+                let message = if left <= 0 { "sold out".to_owned() } else { format!("only {left} left") };
                 ("sold_out", Error::SoldOut(message))
             }
             Reserve::LimitReached { held, limit } => ("limit_reached", Error::LimitReached { held, limit }),

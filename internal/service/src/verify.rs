@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
@@ -76,8 +77,20 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
     );
 
     match hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
-        None => report.check(true, "redis: no hot state (it is rebuilt from Postgres on the next purchase)"),
+        None if (sale.start_at..sale.end_at).contains(&Utc::now()) => report.check(
+            false,
+            "redis: an active sale has no hot state (the next purchase rebuilds it from Postgres; verify again after one)",
+        ),
+        None => report.check(true, "redis: no hot state, and the sale is not active"),
         Some(state) => {
+            let stuck = state.inflight_ids.iter().filter(|id| overdue(reserved_at(id))).count();
+            report.check(
+                stuck == 0,
+                format!(
+                    "no reservation in flight for more than {}s ({stuck} stuck: reserved, never confirmed or released)",
+                    OVERDUE.num_seconds()
+                ),
+            );
             let queued: i64 = state.inflight.values().sum();
             report.check(
                 ledger.holding_units + queued == stock - state.stock,
@@ -114,6 +127,25 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
     Ok(report)
 }
 
+/// How late work that normally takes well under a second may be before it counts as stuck:
+/// a reservation still in flight, an auction still open past its end. Longer than any retry
+/// delay and than the sweepers' intervals; an outage longer than this shows up here until
+/// the pipeline has caught up.
+const OVERDUE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How long verify waits for work in flight (bids on their way to Postgres) to land.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn overdue(since: Option<DateTime<Utc>>) -> bool {
+    since.is_some_and(|since| Utc::now() - since > OVERDUE)
+}
+
+/// When a reservation was made: its id is a UUIDv7, which carries its creation time.
+fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(secs as i64, nanos)
+}
+
 /// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
 /// the winner holding the highest bid, at most one order.
 pub async fn auction(
@@ -123,11 +155,20 @@ pub async fn auction(
     auction_id: Uuid,
 ) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
-    let ledger = auctions::ledger(db, auction_id).await?;
+    let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
+    // Bids accepted in Redis reach Postgres through RabbitMQ a moment later: wait a bounded
+    // time for them rather than report work in flight as lost.
+    let accepted = live.as_ref().map_or(0, |live| live.seq);
+    let mut ledger = auctions::ledger(db, auction_id).await?;
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    while ledger.bids < accepted && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        ledger = auctions::ledger(db, auction_id).await?;
+    }
     let mut report =
         Report { subject: format!("auction {auction_id} ({}, {})", row.title, row.status), checks: vec![] };
 
-    match live_state::live(&mut redis.clone(), keys, auction_id).await? {
+    match live {
         Some(live) => {
             let queued: usize =
                 redis::cmd("XLEN").arg(keys.auction(auction_id).bids).query_async(&mut redis.clone()).await?;
@@ -146,6 +187,25 @@ pub async fn auction(
         ledger.not_rising == 0,
         format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising),
     );
+    let reserve_met = match (ledger.top_amount, row.reserve_price) {
+        (Some(top), Some(reserve)) => top >= reserve,
+        (top, None) => top.is_some(),
+        (None, Some(_)) => false,
+    };
+    match row.status.as_str() {
+        "open" => report.check(
+            !overdue(Some(row.end_at)),
+            format!("an open auction is not past its end by more than {}s (end {})", OVERDUE.num_seconds(), row.end_at),
+        ),
+        "unsold" => report.check(
+            !reserve_met,
+            format!(
+                "unsold: no bid met the reserve (top bid {:?}, reserve {:?})",
+                ledger.top_amount, row.reserve_price
+            ),
+        ),
+        _ => {}
+    }
     match row.status.as_str() {
         "sold" => {
             let holds_top =

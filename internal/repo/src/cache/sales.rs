@@ -178,14 +178,14 @@ pub async fn settle(
     invocation.invoke_async::<i64>(redis).await.map(|_| ())
 }
 
-/// Releases refused reservations; returns the units put back on sale.
+/// Releases refused reservations: their units and buyer slots go back. Returns the units
+/// put back on sale.
 pub async fn fail(
     redis: &mut ConnectionManager,
     keys: &SaleKeys,
     channel: &str,
     sale_id: Uuid,
     ids: &[Uuid],
-    return_units: bool,
     forget: bool,
 ) -> redis::RedisResult<i64> {
     if ids.is_empty() {
@@ -197,7 +197,6 @@ pub async fn fail(
         .key(&keys.inflight)
         .key(&keys.claimed)
         .key(&keys.undone)
-        .arg(u8::from(return_units))
         .arg(u8::from(forget))
         .arg(channel)
         .arg(sale_id.to_string());
@@ -279,6 +278,8 @@ pub struct HotState {
     pub buyers: HashMap<Uuid, i64>,
     /// Units of reservations not yet settled, per buyer.
     pub inflight: HashMap<Uuid, i64>,
+    /// The ids of those reservations.
+    pub inflight_ids: Vec<Uuid>,
 }
 
 pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<HotState>> {
@@ -291,10 +292,13 @@ pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::R
             state.buyers.insert(user, held);
         }
     }
-    for held in inflight.values() {
+    for (id, held) in &inflight {
         let mut parts = held.split(' ');
         if let (Some(Ok(user)), Some(Ok(qty))) = (parts.next().map(str::parse), parts.next().map(str::parse::<i64>)) {
             *state.inflight.entry(user).or_default() += qty;
+        }
+        if let Ok(id) = id.parse() {
+            state.inflight_ids.push(id);
         }
     }
     Ok(Some(state))

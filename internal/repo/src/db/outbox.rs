@@ -103,6 +103,52 @@ pub async fn mark_failed(db: &impl ConnectionTrait, ids: &[i64], error: &str, re
     .map(|_| ())
 }
 
+/// Parks a row that failed its last allowed attempt: it is not claimed again until
+/// [`unpark`].
+pub async fn park(db: &impl ConnectionTrait, id: i64, error: &str) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = 'infinity' WHERE id = $1",
+        [id.into(), error.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// A parked row, as `dlq list --queue outbox` shows it.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ParkedRow {
+    pub id: i64,
+    pub routing_key: String,
+    pub payload: Value,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+pub async fn parked(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<ParkedRow>, DbErr> {
+    ParkedRow::find_by_statement(stmt(
+        "SELECT id, routing_key, payload, attempts, last_error FROM outbox \
+         WHERE published_at IS NULL AND next_attempt_at = 'infinity' ORDER BY id LIMIT $1",
+        [(limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+pub async fn parked_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    scalar(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND next_attempt_at = 'infinity'", []).await
+}
+
+/// Makes every parked row due again with a fresh attempt count; returns how many.
+pub async fn unpark(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE outbox SET attempts = 0, next_attempt_at = now() \
+         WHERE published_at IS NULL AND next_attempt_at = 'infinity'",
+        [],
+    ))
+    .await
+    .map(|done| done.rows_affected())
+}
+
 /// Deletes published rows older than `hours`; returns how many.
 pub async fn delete_published_before(db: &impl ConnectionTrait, hours: i64) -> Result<u64, DbErr> {
     let result = db

@@ -51,6 +51,11 @@ pub enum Outcome {
     Retry(anyhow::Error),
     /// A message that can never succeed (unparseable, unknown kind): dead-letter it now.
     Dead(anyhow::Error),
+    /// A dependency did not answer (Postgres or Redis unreachable): the message is not at
+    /// fault. The consumer holds it, unacknowledged, and hands it to the handler again after
+    /// a capped backoff, taking nothing new meanwhile; no attempt is used up, so an outage
+    /// of any length never dead-letters or gives up on a message.
+    Unavailable(anyhow::Error),
 }
 
 pub const ATTEMPT_HEADER: &str = "x-attempt";
@@ -131,10 +136,11 @@ where
 {
     let channel = broker.channel().await?;
     channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
+    let queue = topology.declare_consumer_queue(&channel, route).await?;
     let tag = format!("spike-{}-{}", route.queue, uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
-            topology.queue(route).as_str().into(),
+            queue.as_str().into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -144,7 +150,7 @@ where
         let next = tokio::select! {
             _ = stop.cancelled() => {
                 // Unacknowledged prefetched messages go back to the queue.
-                let _ = channel.close(200, "shutting down".into()).await;
+                close_bounded(&channel).await;
                 return Ok(());
             }
             next = consumer.next() => next,
@@ -165,12 +171,80 @@ where
         if let Some(first) = inputs.first() {
             platform::telemetry::adopt_trace_headers(&span, &first.headers);
         }
-        let outcomes = handler(inputs.clone()).instrument(span.clone()).await;
-        for ((delivery, input), outcome) in received.into_iter().zip(inputs).zip(outcomes) {
-            settle(topology, route, publisher, &span, delivery, input, outcome).await?;
+        let held = received.into_iter().zip(inputs).collect();
+        let context = Settling { topology, route, publisher, span: &span };
+        if !handle_until_settled(&context, stop, handler, held).await? {
+            // Stopped while holding: held messages go back to the queue with the prefetch.
+            close_bounded(&channel).await;
+            return Ok(());
         }
     }
 }
+
+#[derive(Clone, Copy)]
+struct Settling<'a> {
+    topology: &'a Topology,
+    route: Route,
+    publisher: &'a ConfirmPublisher,
+    span: &'a tracing::Span,
+}
+
+/// Hands `held` to the handler and settles each outcome. Messages answered `Unavailable`
+/// stay unacknowledged and go to the handler again after a capped backoff, until they get
+/// another outcome; meanwhile this consumer takes nothing new (a circuit breaker: the rest
+/// waits in the broker). Returns `false` when `stop` fired while holding.
+async fn handle_until_settled<H, Fut>(
+    context: &Settling<'_>,
+    stop: &CancellationToken,
+    handler: &H,
+    mut held: Vec<(lapin::message::Delivery, Delivery)>,
+) -> Result<bool, lapin::Error>
+where
+    H: Fn(Vec<Delivery>) -> Fut + Send + Sync,
+    Fut: Future<Output = Vec<Outcome>> + Send,
+{
+    let Settling { topology, route, publisher, span } = *context;
+    let mut pauses = platform::connect::backoff().build();
+    loop {
+        let inputs: Vec<Delivery> = held.iter().map(|(_, input)| input.clone()).collect();
+        let outcomes = handler(inputs).instrument(span.clone()).await;
+        let mut waiting = Vec::new();
+        for ((delivery, input), outcome) in held.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Unavailable(err) => waiting.push((delivery, input, err)),
+                outcome => settle(topology, route, publisher, span, delivery, input, outcome).await?,
+            }
+        }
+        let Some((_, _, err)) = waiting.first() else { return Ok(true) };
+        let delay = pauses.next().unwrap_or(Duration::from_secs(5));
+        span.in_scope(|| {
+            tracing::warn!(
+                error = %format!("{err:#}"),
+                held = waiting.len(),
+                "a dependency is unavailable; holding the messages and trying again in {delay:?}"
+            )
+        });
+        metrics::counter!("amqp_consumed_total", "queue" => route.queue, "outcome" => "held")
+            .increment(waiting.len() as u64);
+        metrics::gauge!("amqp_consumers_waiting", "queue" => route.queue).increment(1);
+        let slept = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
+        metrics::gauge!("amqp_consumers_waiting", "queue" => route.queue).decrement(1);
+        if slept.is_none() {
+            return Ok(false);
+        }
+        held = waiting.into_iter().map(|(delivery, input, _)| (delivery, input)).collect();
+    }
+}
+
+/// Closes the channel, giving up after a few seconds: a stalled broker never answers the
+/// close, and shutdown must not wait for it. The broker requeues whatever this channel had
+/// not acknowledged once it notices the connection is gone.
+async fn close_bounded(channel: &lapin::Channel) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into())).await;
+}
+
+/// How long a shutdown waits for the broker to answer a close.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn delivery_of(delivery: &lapin::message::Delivery, topology: &Topology) -> Delivery {
     let headers = header_map(&delivery.properties);
@@ -193,22 +267,30 @@ async fn settle(
     let (attempt, last_attempt) = (input.attempt, input.last_attempt);
     let label = match &outcome {
         Outcome::Ack => "ack",
+        Outcome::Unavailable(_) => unreachable!("the session holds these; they are never settled"),
         Outcome::Retry(_) if !last_attempt => "retry",
         _ => "dead",
     };
     let forward = match outcome {
-        Outcome::Ack => None,
+        Outcome::Ack | Outcome::Unavailable(_) => None,
         Outcome::Retry(err) if !last_attempt => {
             let delay = topology.retry_delays_ms[attempt as usize - 1];
             span.in_scope(|| tracing::warn!(error = %format!("{err:#}"), "retrying in {delay} ms"));
-            Some((topology.retry_queue(route, delay), err))
+            Some((Some(delay), err))
         }
         Outcome::Retry(err) | Outcome::Dead(err) => {
             span.in_scope(|| tracing::error!(error = %format!("{err:#}"), "dead-lettered"));
-            Some((topology.dead_letters(route), err))
+            Some((None, err))
         }
     };
-    if let Some((queue, err)) = forward {
+    if let Some((delay, err)) = forward {
+        // Declared on use: with `queue_expires_ms` set, a queue this process only publishes
+        // to would otherwise vanish under it.
+        let channel = publisher.channel().await?;
+        let queue = match delay {
+            Some(delay) => topology.declare_retry_queue(&channel, route, delay).await?,
+            None => topology.declare_dead_letters(&channel, route).await?,
+        };
         let mut headers = input.headers;
         headers.insert(ATTEMPT_HEADER.into(), (attempt + 1).to_string());
         headers.insert(ERROR_HEADER.into(), format!("{err:#}"));

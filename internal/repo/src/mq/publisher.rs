@@ -56,7 +56,9 @@ impl ConfirmPublisher {
         if let Some(channel) = self.channel.lock().await.take()
             && channel.status().connected()
         {
-            let _ = channel.close(200, "done".into()).await;
+            // Bounded: a stalled broker never answers, and whoever stops must not hang on it.
+            let close = channel.close(200, "done".into());
+            let _ = tokio::time::timeout(super::consumer::CLOSE_TIMEOUT, close).await;
         }
     }
 

@@ -94,27 +94,59 @@ impl Topology {
             )
             .await?;
         for &route in ROUTES {
-            let queue = self.queue(route);
-            self.declare_queue(channel, &queue, self.base_arguments()).await?;
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.as_str().into(),
-                    route.key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            self.declare_queue(channel, &self.dead_letters(route), self.base_arguments()).await?;
+            self.declare_consumer_queue(channel, route).await?;
+            self.declare_dead_letters(channel, route).await?;
             for &delay in &self.retry_delays_ms {
-                let mut arguments = self.base_arguments();
-                arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
-                arguments.insert("x-dead-letter-exchange".into(), text(""));
-                arguments.insert("x-dead-letter-routing-key".into(), text(&queue));
-                self.declare_queue(channel, &self.retry_queue(route, delay), arguments).await?;
+                self.declare_retry_queue(channel, route, delay).await?;
             }
         }
         Ok(())
+    }
+
+    /// The consumer queue of `route`, bound to the exchange: declared at start and again by
+    /// each consumer before it starts consuming, so that an expiring queue left without a
+    /// consumer for a while (a slow start, a reconnect) is there again.
+    pub async fn declare_consumer_queue(&self, channel: &Channel, route: Route) -> Result<String, lapin::Error> {
+        let queue = self.queue(route);
+        self.declare_queue(channel, &queue, self.base_arguments()).await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.exchange().as_str().into(),
+                route.key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue)
+    }
+
+    /// How often a process declares again the queues it only publishes to: with
+    /// `queue_expires_ms` set, RabbitMQ deletes a queue nobody consumed from or declared for
+    /// that long, and publishing does not count. `None`: queues never expire.
+    pub fn lease(&self) -> Option<std::time::Duration> {
+        (self.queue_expires_ms > 0).then(|| std::time::Duration::from_millis(self.queue_expires_ms / 2))
+    }
+
+    /// The retry queue of `route` for `delay_ms`, declared (again) so that it exists now and
+    /// for its lease; the consumer calls it before every copy it sends there.
+    pub async fn declare_retry_queue(
+        &self,
+        channel: &Channel,
+        route: Route,
+        delay_ms: u64,
+    ) -> Result<String, lapin::Error> {
+        let name = self.retry_queue(route, delay_ms);
+        let arguments = self.delaying(delay_ms, "", &self.queue(route));
+        self.declare_queue(channel, &name, arguments).await?;
+        Ok(name)
+    }
+
+    /// The dead-letter queue of `route`, declared (again) before every message sent there.
+    pub async fn declare_dead_letters(&self, channel: &Channel, route: Route) -> Result<String, lapin::Error> {
+        let name = self.dead_letters(route);
+        self.declare_queue(channel, &name, self.base_arguments()).await?;
+        Ok(name)
     }
 
     /// The TTL queue that delivers messages for `key` after `delay_ms`. Created on demand
@@ -126,17 +158,24 @@ impl Topology {
         delay_ms: u64,
     ) -> Result<String, lapin::Error> {
         let name = self.delay_queue(key, delay_ms);
-        let mut arguments = self.base_arguments();
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
-        arguments.insert("x-dead-letter-exchange".into(), text(&self.exchange()));
-        arguments.insert("x-dead-letter-routing-key".into(), text(key));
-        if self.queue_expires_ms > 0 {
-            // An idle test queue may only vanish once its last message has expired.
-            let expires = self.queue_expires_ms.max(delay_ms + 60_000);
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires as i64));
-        }
+        let arguments = self.delaying(delay_ms, &self.exchange(), key);
         self.declare_queue(channel, &name, arguments).await?;
         Ok(name)
+    }
+
+    /// A TTL queue's arguments: its messages wait `delay_ms`, then go to `exchange` with
+    /// `routing_key`. An expiring queue outlives the last message published to it: its lease
+    /// counts from its last declaration, which comes before each publish.
+    fn delaying(&self, delay_ms: u64, exchange: &str, routing_key: &str) -> FieldTable {
+        let mut arguments = self.base_arguments();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
+        arguments.insert("x-dead-letter-exchange".into(), text(exchange));
+        arguments.insert("x-dead-letter-routing-key".into(), text(routing_key));
+        if self.queue_expires_ms > 0 {
+            let expires = self.queue_expires_ms + delay_ms;
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires as i64));
+        }
+        arguments
     }
 
     fn base_arguments(&self) -> FieldTable {

@@ -1,21 +1,23 @@
 -- fail_reservations.lua: the order consumer refused reservations (or gave up on them).
 --
--- The buyer's slot is always freed. The unit goes back only when `return_units` is 1: a
--- reservation refused because Postgres had no stock left (Redis had drifted ahead, e.g.
--- after a rebuild) must not put a unit back that does not exist. With `forget` set the id
--- is also marked undone, so a dead-lettered message that is re-driven later cannot turn
+-- The buyer's slot is freed and exactly the units the reservation took go back, whatever
+-- the reason. Even a reservation refused because Postgres had no stock left: Redis drifts
+-- ahead of Postgres only when a reservation from before a rebuild is settled after it, and
+-- settle_reservations.lua takes those units off the rebuilt stock in full (down to below
+-- zero if need be), so what comes back here is what was really taken. With `forget` set the
+-- id is also marked undone, so a dead-lettered message that is re-driven later cannot turn
 -- a released reservation into an order.
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] undone
--- ARGV: return_units (0/1), forget (0/1), channel, sale id, then reservation ids
+-- ARGV: forget (0/1), channel, sale id, then reservation ids
 -- Returns the number of units put back (a restock notice is published when > 0).
 
 local state, buyers, inflight, claimed, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local return_units, forget, channel, sale = ARGV[1] == '1', ARGV[2] == '1', ARGV[3], ARGV[4]
+local forget, channel, sale = ARGV[1] == '1', ARGV[2], ARGV[3]
 local loaded = redis.call('EXISTS', state) == 1
 local returned = 0
 
-for i = 5, #ARGV do
+for i = 4, #ARGV do
   local rid = ARGV[i]
   redis.call('SREM', claimed, rid)
   if forget then
@@ -28,10 +30,8 @@ for i = 5, #ARGV do
     if loaded then
       local user, qty = string.match(held, '(%S+) (%d+)')
       redis.call('HINCRBY', buyers, user, -tonumber(qty))
-      if return_units then
-        redis.call('HINCRBY', state, 'stock', tonumber(qty))
-        returned = returned + tonumber(qty)
-      end
+      redis.call('HINCRBY', state, 'stock', tonumber(qty))
+      returned = returned + tonumber(qty)
     end
   end
 end

@@ -5,7 +5,9 @@
 -- all there is to do, its unit and slot were counted when it was reserved. A reservation
 -- from before a rebuild (a FLUSHALL while its message was queued) is not: if its commit
 -- came after the snapshot the rebuild read (version > snap), the rebuilt counters do not
--- include it yet, so it is counted now — once, guarded by the `settled` set.
+-- include it yet, so it is counted now — once, guarded by the `settled` set — and in full:
+-- the stock may go below zero when the rebuilt Redis sold those units again, and the
+-- refusals of the reservations it over-sold (fail_reservations.lua) bring it back.
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] settled
 -- ARGV: commit version, then groups of (reservation id, user, qty, gen)
@@ -22,8 +24,7 @@ for i = 2, #ARGV, 4 do
   if not was_inflight and loaded and gen ~= s[1] and version > tonumber(s[2]) then
     if redis.call('SADD', settled, rid) == 1 then
       redis.call('PEXPIREAT', settled, s[4])
-      local left = tonumber(redis.call('HGET', state, 'stock'))
-      redis.call('HSET', state, 'stock', math.max(0, left - qty))
+      redis.call('HINCRBY', state, 'stock', -qty)
       redis.call('HINCRBY', buyers, user, qty)
     end
   end
