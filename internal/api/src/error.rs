@@ -93,7 +93,7 @@ impl ApiError {
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
-        let message = format!("{field}: {}", message.into());
+        let message = format!("{field} {}", message.into());
         Self { field: Some(field), ..Self::new(INVALID_REQUEST, message) }
     }
 

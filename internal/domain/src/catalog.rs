@@ -15,8 +15,8 @@ pub struct NewProduct {
 impl NewProduct {
     pub fn parse(title: &str, description: &str, price: &str, stock: i64) -> Result<Self, Invalid> {
         Ok(Self {
-            title: crate::page::text("title", title, 1, 200)?,
-            description: crate::page::text("description", description, 0, 5000)?,
+            title: crate::page::text("title", title, 1, crate::page::TITLE_MAX_CHARS)?,
+            description: crate::page::text("description", description, 0, crate::page::DESCRIPTION_MAX_CHARS)?,
             price: Money::parse_positive("price", price)?,
             stock: parse_stock(stock)?,
         })
@@ -40,8 +40,8 @@ impl ProductPatch {
         stock: Option<i64>,
     ) -> Result<Self, Invalid> {
         let patch = Self {
-            title: title.map(|t| crate::page::text("title", t, 1, 200)).transpose()?,
-            description: description.map(|d| crate::page::text("description", d, 0, 5000)).transpose()?,
+            title: title.map(|t| crate::page::text("title", t, 1, crate::page::TITLE_MAX_CHARS)).transpose()?,
+            description: description.map(|d| crate::page::text("description", d, 0, crate::page::DESCRIPTION_MAX_CHARS)).transpose()?,
             price: price.map(|p| Money::parse_positive("price", p)).transpose()?,
             stock: stock.map(parse_stock).transpose()?,
         };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::catalog::{NewProduct, ProductPatch};
+use domain::page::SEARCH_MAX_CHARS;
 use domain::{Money, PageRequest, Sort, SortDir};
 use platform::config::CacheSettings;
 use rand::Rng;
@@ -177,10 +178,13 @@ impl CatalogService {
 
     pub async fn list(&self, page: PageRequest, sort: Option<&str>, q: Option<&str>) -> Result<Page<Product>> {
         let sort = Sort::parse(sort, SORT_FIELDS, Sort { field: "created_at", dir: SortDir::Desc })?;
-        let q = q.map(str::trim).filter(|q| !q.is_empty());
-        if q.is_some_and(|q| q.chars().count() > 100) {
-            return Err(domain::Invalid::new("q", "must be at most 100 characters").into());
+        if let Some(q) = q {
+            domain::page::printable("q", q)?;
+            if q.chars().count() > SEARCH_MAX_CHARS {
+                return Err(domain::Invalid::new("q", format!("must be at most {SEARCH_MAX_CHARS} characters")).into());
+            }
         }
+        let q = q.map(str::trim).filter(|q| !q.is_empty());
         let rows = products::list(
             &self.db,
             ListQuery {

@@ -29,6 +29,7 @@ pub struct AuctionsApi {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateAuctionRequest {
     pub title: String,
     #[serde(default)]
@@ -39,7 +40,9 @@ pub struct CreateAuctionRequest {
     pub min_increment: String,
     /// Below this final price the lot stays unsold.
     pub reserve_price: Option<String>,
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub start_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub end_at: DateTime<Utc>,
     /// A bid in the last `extend_window_secs` pushes the end out by `extend_by_secs` (0: off).
     #[serde(default)]
@@ -51,6 +54,7 @@ pub struct CreateAuctionRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BidRequest {
     /// Decimal string, e.g. "13.00".
     pub amount: String,

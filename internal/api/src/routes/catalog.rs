@@ -20,6 +20,7 @@ pub struct CatalogApi {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     pub title: String,
     #[serde(default)]
@@ -30,6 +31,7 @@ pub struct CreateProductRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
     pub title: Option<String>,
     pub description: Option<String>,

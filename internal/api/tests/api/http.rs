@@ -36,7 +36,7 @@ async fn a_bad_query_parameter_names_itself() {
     let admin = app.admin().await;
     let reply = app.get("/api/v1/admin/users?page_size=lots", admin.token()).await;
     let body = reply.error(400, "INVALID_REQUEST", Some("page_size"));
-    assert!(body["message"].as_str().unwrap().contains("expected integer"), "{body}");
+    assert_eq!(body["message"], "page_size must be a whole number (0 or more)");
 }
 
 #[tokio::test]

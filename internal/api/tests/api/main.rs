@@ -13,6 +13,7 @@ mod redis_server;
 mod auctions;
 mod auth;
 mod catalog;
+mod contract;
 mod health;
 mod http;
 mod orders;
