@@ -51,10 +51,10 @@ pub struct HttpPolicy {
     pub trust_forwarded_for: bool,
 }
 
-/// Marks the response the panic handler made, so the outer layer can envelope it with
-/// the request id.
+/// Marks the response the panic handler made, with the panic's message, so the outer layer
+/// can envelope it and log it once with the request id.
 #[derive(Clone)]
-struct Panicked;
+struct Panicked(String);
 
 pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoint {
     let cors = cors(&policy.cors_origins);
@@ -145,9 +145,8 @@ fn on_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(panic = %what, "a handler panicked");
     let mut response = Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).finish();
-    response.set_data(Panicked);
+    response.set_data(Panicked(what));
     response
 }
 
@@ -177,7 +176,9 @@ async fn envelope_errors<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<
     let request_id = req.data::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
     match ep.call(req).await.map(IntoResponse::into_response) {
         Ok(response) if response.data::<Panicked>().is_some() => {
-            let mut enveloped = ApiError::new(error::INTERNAL, "internal error").to_response(&request_id.0);
+            let what = response.data::<Panicked>().map_or("", |panicked| panicked.0.as_str());
+            let panic = anyhow::anyhow!("a handler panicked: {what}");
+            let mut enveloped = ApiError::internal(panic).to_response(&request_id.0);
             if let Some(pattern) = response.data::<PathPattern>() {
                 enveloped.set_data(pattern.clone());
             }

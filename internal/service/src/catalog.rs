@@ -225,7 +225,7 @@ impl CatalogService {
         }
         metrics::counter!("product_cache_requests_total", "result" => "miss").increment(1);
         let loaded = self.loads.run(id, || self.load(id)).await;
-        loaded.map_err(|_| Error::Unavailable("postgres"))?.ok_or(Error::NotFound("product"))
+        loaded.map_err(|_| Error::unavailable("postgres"))?.ok_or(Error::NotFound("product"))
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<Product>, String> {

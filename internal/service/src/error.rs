@@ -41,18 +41,26 @@ pub enum Error {
     BidTooLow { current: Option<Money>, minimum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
-    #[error("{0} is unavailable")]
-    Unavailable(&'static str),
+    /// A dependency did not answer. The cause goes to the log with the request (once, by
+    /// the API layer), never to the client.
+    #[error("{service} is unavailable")]
+    Unavailable { service: &'static str, cause: Option<anyhow::Error> },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// A dependency that did not answer, with nothing more to say about why.
+    pub fn unavailable(service: &'static str) -> Self {
+        Error::Unavailable { service, cause: None }
+    }
 }
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         match err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::error!(error = %err, "postgres unavailable");
-                Error::Unavailable("postgres")
+                Error::Unavailable { service: "postgres", cause: Some(err.into()) }
             }
             other => Error::Internal(anyhow::Error::new(other).context("postgres")),
         }
@@ -62,8 +70,7 @@ impl From<DbErr> for Error {
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
-            tracing::error!(error = %err, "redis unavailable");
-            Error::Unavailable("redis")
+            Error::Unavailable { service: "redis", cause: Some(err.into()) }
         } else {
             Error::Internal(anyhow::Error::new(err).context("redis"))
         }
@@ -72,7 +79,6 @@ impl From<redis::RedisError> for Error {
 
 impl From<lapin::Error> for Error {
     fn from(err: lapin::Error) -> Self {
-        tracing::error!(error = %err, "rabbitmq unavailable");
-        Error::Unavailable("rabbitmq")
+        Error::Unavailable { service: "rabbitmq", cause: Some(err.into()) }
     }
 }
