@@ -5,14 +5,14 @@
 //! 2. CORS (from `http.cors_origins`);
 //! 3. the error envelope: every error from inside (ours, poem's, poem-openapi's, a caught
 //!    panic) becomes `{"code","error","message","request_id"}`;
-//! 4. the per-IP rate limit;
-//! 5. the body size limit: a declared `Content-Length` above it is refused at once (and the
-//!    connection closed); any other body is read here, up to the limit, so that no refusal
-//!    below leaves a body unread on a keep-alive connection;
-//! 6. the request timeout, which covers reading the body;
-//! 7. the sold-out gate: a purchase of a sale this instance knows is sold out is refused
-//!    here, before authentication and body parsing — after a sell-out nearly every request
-//!    is one of these, and they all get the same answer;
+//! 4. the body size limit: a declared `Content-Length` above it is refused at once (and the
+//!    connection closed);
+//! 5. the request timeout, which covers all that follows, reading the body included;
+//! 6. reading the body, up to the limit, so that no refusal below leaves a body unread on
+//!    a keep-alive connection;
+//! 7. the per-IP rate limit, then the sold-out gate: a purchase of a sale this instance
+//!    knows is sold out is refused here, before authentication and body parsing — after a
+//!    sell-out nearly every request is one of these, and they all get the same answer;
 //! 8. panic catching.
 
 use std::any::Any;
@@ -67,8 +67,7 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
         .around(request_context)
 }
 
-/// Steps 4 to 7 in one layer, since each layer adds to every request's cost: the declared
-/// body size, the timeout, reading the body, the per-IP limit, the sold-out gate.
+/// Steps 4 to 7 in one layer, since each layer adds to every request's cost.
 async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > policy.body_limit) {
