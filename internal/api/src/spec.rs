@@ -38,6 +38,8 @@ pub fn complete(raw: &str) -> String {
     for (name, schema) in schemas(&mut spec).iter_mut() {
         if name.ends_with("Request") {
             close_request_object(schema);
+        } else {
+            mark_optional_nullable(schema);
         }
     }
     for (schema, field, rules) in field_rules() {
@@ -50,6 +52,7 @@ pub fn complete(raw: &str) -> String {
         complete_parameters(&path, operation);
         complete_responses(&path, &method, operation);
     }
+    add_links(&mut spec);
     spec.to_string()
 }
 
@@ -67,6 +70,82 @@ fn close_request_object(schema: &mut Value) {
                 property.insert("nullable".into(), Value::Bool(true));
             }
         }
+    }
+}
+
+/// An answer writes an absent optional field as `null` (`current_price` before the first
+/// bid).
+fn mark_optional_nullable(schema: &mut Value) {
+    let schema = object(schema);
+    let required: Vec<Value> = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        for (name, property) in properties.iter_mut() {
+            if !required.contains(&Value::String(name.clone())) {
+                object(property).insert("nullable".into(), Value::Bool(true));
+            }
+        }
+    }
+}
+
+/// An operation whose answer supplies the `id` of others: (path, method, status, where the
+/// id is in the answer, [(link name, path, method)]).
+type Link = (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str, &'static str)]);
+
+/// OpenAPI links: which answer supplies the id another operation needs, so a client
+/// generator (and schemathesis's stateful phase) can follow a flow: create a sale, buy in
+/// it, poll the reservation.
+const LINKS: &[Link] = &[
+    (
+        "/products",
+        "post",
+        "201",
+        "$response.body#/data/id",
+        &[("GetProduct", "/products/{id}", "get"), ("UpdateProduct", "/products/{id}", "patch")],
+    ),
+    (
+        "/sales",
+        "post",
+        "201",
+        "$response.body#/data/id",
+        &[("GetSale", "/sales/{id}", "get"), ("Purchase", "/sales/{id}/purchase", "post")],
+    ),
+    (
+        "/sales/{id}/purchase",
+        "post",
+        "202",
+        "$response.body#/data/reservation_id",
+        &[("GetReservation", "/reservations/{id}", "get")],
+    ),
+    (
+        "/orders",
+        "post",
+        "201",
+        "$response.body#/data/id",
+        &[("GetOrder", "/orders/{id}", "get"), ("PayOrder", "/orders/{id}/pay", "post"), ("CancelOrder", "/orders/{id}/cancel", "post")],
+    ),
+    (
+        "/auctions",
+        "post",
+        "201",
+        "$response.body#/data/id",
+        &[("GetAuction", "/auctions/{id}", "get"), ("Bid", "/auctions/{id}/bids", "post"), ("ListBids", "/auctions/{id}/bids", "get")],
+    ),
+];
+
+fn add_links(spec: &mut Value) {
+    for (path, method, status, expression, targets) in LINKS {
+        let links: Map<String, Value> = targets
+            .iter()
+            .map(|(name, to_path, to_method)| {
+                let reference = format!("#/paths/{}/{to_method}", to_path.replace('~', "~0").replace('/', "~1"));
+                assert!(spec.pointer(&reference[1..]).is_some(), "a link points to {to_method} {to_path}, which is missing");
+                (name.to_string(), json!({"operationRef": reference, "parameters": {"id": expression}}))
+            })
+            .collect();
+        let response = spec
+            .pointer_mut(&format!("/paths/{}/{method}/responses/{status}", path.replace('/', "~1")))
+            .unwrap_or_else(|| panic!("a link starts at {method} {path} {status}, which is missing"));
+        object(response).insert("links".into(), Value::Object(links));
     }
 }
 
@@ -186,7 +265,9 @@ fn complete_parameters(path: &str, operation: &mut Map<String, Value>) {
             "page" => range(1, MAX_PAGE as i64),
             "page_size" => range(1, MAX_PAGE_SIZE as i64),
             "q" => json!({"maxLength": SEARCH_MAX_CHARS, "pattern": TEXT}),
-            "Idempotency-Key" => json!({"minLength": 1, "maxLength": MAX_KEY_LEN, "pattern": "^[!-~]*$"}),
+            // HTTP drops the spaces around a header's value; the length is in the pattern, so
+            // a space counts as nothing there too.
+            "Idempotency-Key" => json!({ "pattern": format!("^[ \t]*[!-~]{{1,{MAX_KEY_LEN}}}[ \t]*$") }),
             "sort" => names_of(&Sort::choices(sort_fields(path))),
             "status" => names(OrderStatus::NAMES),
             _ => continue,

@@ -156,6 +156,9 @@ impl CatalogService {
 
     pub async fn update(&self, caller: &Caller, id: Uuid, patch: ProductPatch) -> Result<Product> {
         caller.require_admin()?;
+        if patch.is_empty() {
+            return self.get(id).await;
+        }
         let changes = ProductChanges {
             title: patch.title,
             description: patch.description,

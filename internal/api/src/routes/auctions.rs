@@ -46,8 +46,10 @@ pub struct CreateAuctionRequest {
     pub end_at: DateTime<Utc>,
     /// A bid in the last `extend_window_secs` pushes the end out by `extend_by_secs` (0: off).
     #[serde(default)]
+    #[oai(default)]
     pub extend_window_secs: i64,
     #[serde(default)]
+    #[oai(default)]
     pub extend_by_secs: i64,
     /// How long the winner has to pay.
     pub payment_timeout_secs: i64,

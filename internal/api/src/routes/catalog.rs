@@ -140,7 +140,8 @@ impl CatalogApi {
 
     /// Change a product (admin)
     ///
-    /// Only the fields present change.
+    /// Only the fields present (and not `null`) change; `{}` changes nothing and returns the
+    /// product.
     #[oai(path = "/:id", method = "patch")]
     async fn update(
         &self,
