@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::{Broker, Settings, Unreachable, connect};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::endpoint::make_sync;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::Html;
 use poem::{Endpoint, EndpointExt, Route, Server, get};
 use poem_openapi::OpenApiService;
@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthContext;
 use crate::middleware::{self, HttpPolicy};
 use crate::rate_limit::Limits;
-use crate::spec;
 use crate::routes::{
     auctions::AuctionsApi, auth::AuthApi, catalog::CatalogApi, health, orders::OrdersApi, page, sales::SalesApi,
     users::UsersApi,
 };
+use crate::spec;
 
 /// Which parts of Spike a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

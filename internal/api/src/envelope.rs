@@ -238,8 +238,14 @@ mod tests {
 
     #[test]
     fn type_errors_are_said_in_the_api_words() {
-        assert_eq!(message_of(r#"{"items":[{"product_id":"x","quantity":"1"}]}"#), "items[0].quantity must be an integer");
-        assert_eq!(message_of(r#"{"items":[{"product_id":"x","quantity":1.5}]}"#), "items[0].quantity must be an integer");
+        assert_eq!(
+            message_of(r#"{"items":[{"product_id":"x","quantity":"1"}]}"#),
+            "items[0].quantity must be an integer"
+        );
+        assert_eq!(
+            message_of(r#"{"items":[{"product_id":"x","quantity":1.5}]}"#),
+            "items[0].quantity must be an integer"
+        );
         assert_eq!(
             message_of(r#"{"items":[{"product_id":"x","quantity":99999999999999999999}]}"#),
             "items[0].quantity must be an integer"

@@ -97,10 +97,6 @@ impl ApiError {
         Self { field: Some(field), ..Self::new(INVALID_REQUEST, message) }
     }
 
-    pub fn not_found(what: &str) -> Self {
-        Self::new(NOT_FOUND, format!("{what} not found"))
-    }
-
     pub fn internal(source: anyhow::Error) -> Self {
         Self { source: Some(source), ..Self::new(INTERNAL, "internal error") }
     }

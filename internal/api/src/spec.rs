@@ -89,7 +89,8 @@ fn mark_optional_nullable(schema: &mut Value) {
 
 /// An operation whose answer supplies the `id` of others: (path, method, status, where the
 /// id is in the answer, [(link name, path, method)]).
-type Link = (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str, &'static str)]);
+type Link =
+    (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str, &'static str)]);
 
 /// OpenAPI links: which answer supplies the id another operation needs, so a client
 /// generator (and schemathesis's stateful phase) can follow a flow: create a sale, buy in
@@ -121,14 +122,22 @@ const LINKS: &[Link] = &[
         "post",
         "201",
         "$response.body#/data/id",
-        &[("GetOrder", "/orders/{id}", "get"), ("PayOrder", "/orders/{id}/pay", "post"), ("CancelOrder", "/orders/{id}/cancel", "post")],
+        &[
+            ("GetOrder", "/orders/{id}", "get"),
+            ("PayOrder", "/orders/{id}/pay", "post"),
+            ("CancelOrder", "/orders/{id}/cancel", "post"),
+        ],
     ),
     (
         "/auctions",
         "post",
         "201",
         "$response.body#/data/id",
-        &[("GetAuction", "/auctions/{id}", "get"), ("Bid", "/auctions/{id}/bids", "post"), ("ListBids", "/auctions/{id}/bids", "get")],
+        &[
+            ("GetAuction", "/auctions/{id}", "get"),
+            ("Bid", "/auctions/{id}/bids", "post"),
+            ("ListBids", "/auctions/{id}/bids", "get"),
+        ],
     ),
 ];
 
@@ -138,7 +147,10 @@ fn add_links(spec: &mut Value) {
             .iter()
             .map(|(name, to_path, to_method)| {
                 let reference = format!("#/paths/{}/{to_method}", to_path.replace('~', "~0").replace('/', "~1"));
-                assert!(spec.pointer(&reference[1..]).is_some(), "a link points to {to_method} {to_path}, which is missing");
+                assert!(
+                    spec.pointer(&reference[1..]).is_some(),
+                    "a link points to {to_method} {to_path}, which is missing"
+                );
                 (name.to_string(), json!({"operationRef": reference, "parameters": {"id": expression}}))
             })
             .collect();
@@ -172,8 +184,7 @@ fn names(names: &[&str]) -> Value {
 /// (schema, field, keywords to add).
 fn field_rules() -> Vec<(&'static str, &'static str, Value)> {
     let text = json!({ "pattern": TEXT });
-    let password =
-        json!({"minLength": Password::MIN_CHARS, "maxLength": Password::MAX_CHARS, "pattern": TEXT});
+    let password = json!({"minLength": Password::MIN_CHARS, "maxLength": Password::MAX_CHARS, "pattern": TEXT});
     let payment_timeout = range(1, MAX_PAYMENT_TIMEOUT_SECS);
     vec![
         ("RegisterRequest", "email", json!({"format": "email", "maxLength": user::EMAIL_MAX_CHARS})),
@@ -304,9 +315,10 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
         ("get", "/users/me") => &[UNAUTHORIZED, SERVICE_UNAVAILABLE],
         ("get", "/admin/users") => &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, SERVICE_UNAVAILABLE],
         ("get", "/products" | "/sales" | "/auctions") => &[INVALID_REQUEST, SERVICE_UNAVAILABLE],
-        ("get", "/products/{id}" | "/sales/{id}" | "/auctions/{id}" | "/auctions/{id}/bids" | "/auctions/{id}/live") => {
-            &[INVALID_REQUEST, NOT_FOUND, SERVICE_UNAVAILABLE]
-        }
+        (
+            "get",
+            "/products/{id}" | "/sales/{id}" | "/auctions/{id}" | "/auctions/{id}/bids" | "/auctions/{id}/live",
+        ) => &[INVALID_REQUEST, NOT_FOUND, SERVICE_UNAVAILABLE],
         ("post", "/products" | "/auctions") => &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, SERVICE_UNAVAILABLE],
         ("patch" | "delete", "/products/{id}") => {
             &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, SERVICE_UNAVAILABLE]

@@ -10,8 +10,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::TestWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -142,9 +142,7 @@ impl Extractor for MapExtractor<'_> {
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::TraceContextExt;
-    use tracing_subscriber::fmt::writer::BoxMakeWriter;
-use tracing_subscriber::fmt::TestWriter;
-use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
 

@@ -133,8 +133,16 @@ async fn the_openapi_document_carries_the_rules_the_server_applies() {
     assert_eq!(schemas["CreateProductRequest"]["properties"]["title"]["maxLength"], 200);
     assert_eq!(schemas["RegisterRequest"]["properties"]["email"]["format"], "email");
     assert_eq!(schemas["CreateSaleRequest"]["properties"]["start_at"]["format"], "date-time");
-    assert_eq!(schemas["CreateSaleRequest"]["required"].as_array().unwrap().len(), 6, "{}", schemas["CreateSaleRequest"]);
-    assert_eq!(schemas["SaleResponse"]["properties"]["status"]["enum"], json!(["scheduled", "active", "sold_out", "ended"]));
+    assert_eq!(
+        schemas["CreateSaleRequest"]["required"].as_array().unwrap().len(),
+        6,
+        "{}",
+        schemas["CreateSaleRequest"]
+    );
+    assert_eq!(
+        schemas["SaleResponse"]["properties"]["status"]["enum"],
+        json!(["scheduled", "active", "sold_out", "ended"])
+    );
 
     let list = spec["paths"]["/products"]["get"]["parameters"].as_array().unwrap();
     let param = |name: &str| list.iter().find(|p| p["name"] == name).unwrap()["schema"].clone();
