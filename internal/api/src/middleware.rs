@@ -75,8 +75,9 @@ async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -
     }
     let timeout = policy.timeout;
     let answer = async move {
-        let Some(req) = read_body(req, policy.body_limit).await? else {
-            return Ok(None);
+        let req = match read_body(req, policy.body_limit).await? {
+            Ok(req) => req,
+            Err(too_large) => return Ok(too_large),
         };
         if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
             policy.limits.check_ip(ip)?;
@@ -87,12 +88,10 @@ async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -
             metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
             return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
         }
-        ep.call(req).await.map(|response| Some(response.into_response()))
+        ep.call(req).await.map(IntoResponse::into_response)
     };
     match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(Some(response))) => Ok(response),
-        Ok(Ok(None)) => Err(ApiError::new(error::PAYLOAD_TOO_LARGE, "the request body is too large").into()),
-        Ok(Err(err)) => Err(err),
+        Ok(answer) => answer,
         Err(_) => Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into()),
     }
 }
@@ -100,14 +99,14 @@ async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -
 /// Reads the whole body (at most `limit` bytes) before anything can refuse the request.
 /// A refusal that leaves the body unread makes hyper close the connection without saying
 /// so, and a client that sends the body after the headers (many SDKs do) then finds the
-/// connection broken on its next request. `None` when the body is over the limit.
-async fn read_body(mut req: Request, limit: usize) -> poem::Result<Option<Request>> {
+/// connection broken on its next request. `Err` holds the 413 for a body over the limit.
+async fn read_body(mut req: Request, limit: usize) -> poem::Result<Result<Request, Response>> {
     match req.take_body().into_bytes_limit(limit).await {
         Ok(bytes) => {
             req.set_body(bytes);
-            Ok(Some(req))
+            Ok(Ok(req))
         }
-        Err(ReadBodyError::PayloadTooLarge) => Ok(None),
+        Err(ReadBodyError::PayloadTooLarge) => Ok(Err(too_large(&req, limit))),
         Err(err) => Err(ApiError::invalid("body", format!("could not be read: {err}")).into()),
     }
 }

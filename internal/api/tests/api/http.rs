@@ -106,6 +106,7 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
     let big = json!({"email": "a@example.com", "password": "x".repeat(5000)});
     let reply = app.post("/api/v1/auth/register", big, None).await;
     reply.error(413, "PAYLOAD_TOO_LARGE", None);
+    assert_eq!(reply.headers["connection"], "close", "the unread rest of the body ends the connection");
 
     // Without a Content-Length (chunked), the limit cuts the body off while reading it.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
