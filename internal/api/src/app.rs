@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::{Broker, Settings, Unreachable, connect};
+use poem::endpoint::make_sync;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::Html;
 use poem::{Endpoint, EndpointExt, Route, Server, get};
 use poem_openapi::OpenApiService;
 use service::{Deps, Services};
@@ -26,6 +28,7 @@ use crate::routes::{
     sales::SalesApi,
     users::UsersApi,
 };
+use crate::spec;
 
 /// Which parts of Spike a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +178,14 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
     )
     .description("Flash sales and live auctions. Errors use the envelope described in docs/errors.md.")
     .server("/api/v1");
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let raw_spec = api.spec();
+    let spec = spec::complete(&raw_spec);
+    // Swagger UI embeds the document it shows; it shows the completed one.
+    let docs_html = api.swagger_ui_html().replacen(&raw_spec, &spec, 1);
+    let docs = Route::new().at("/", get(make_sync(move |_| Html(docs_html.clone()))));
+    let spec = make_sync(move |_| {
+        poem::Response::builder().content_type("application/json; charset=utf-8").body(spec.clone())
+    });
     let auth_context = Arc::new(AuthContext { jwt: services.auth.jwt().clone(), limits: limits.clone() });
     let policy = HttpPolicy {
         limits,

@@ -93,12 +93,8 @@ impl ApiError {
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
-        let message = format!("{field}: {}", message.into());
+        let message = format!("{field} {}", message.into());
         Self { field: Some(field), ..Self::new(INVALID_REQUEST, message) }
-    }
-
-    pub fn not_found(what: &str) -> Self {
-        Self::new(NOT_FOUND, format!("{what} not found"))
     }
 
     pub fn internal(source: anyhow::Error) -> Self {
@@ -121,13 +117,35 @@ impl ApiError {
         }
     }
 
+    /// One event per 5xx: the message, the request id and the whole cause chain on one line
+    /// (`{:#}` of an `anyhow::Error`). A bug is an ERROR; a dependency that is down or a
+    /// request that ran out of time is a WARN.
+    ///
+    /// The stack trace of the error only with `RUST_LIB_BACKTRACE=1`, std's switch for the
+    /// backtraces of errors: many machines set `RUST_BACKTRACE=1` for panics, and a
+    /// 140-frame trace per failed request buries the log. The cause chain says where.
+    fn log(&self, request_id: &str) {
+        let cause = self.source.as_ref().map(|source| format!("{source:#}"));
+        let cause = cause.as_deref().unwrap_or("");
+        let backtrace = self
+            .source
+            .as_ref()
+            .filter(|_| error_backtraces_wanted())
+            .map(|source| source.backtrace())
+            .filter(|trace| trace.status() == std::backtrace::BacktraceStatus::Captured)
+            .map(|trace| format!("\n{trace}"));
+        let backtrace = backtrace.as_deref().unwrap_or("");
+        if self.code == INTERNAL {
+            tracing::error!(request_id, cause, "{}{backtrace}", self.message);
+        } else {
+            tracing::warn!(request_id, cause, "{}{backtrace}", self.message);
+        }
+    }
+
     /// The response, with the request id known at this point (the middleware's job).
     pub fn to_response(&self, request_id: &str) -> poem::Response {
         if self.code.status.is_server_error() {
-            match &self.source {
-                Some(source) => tracing::error!(request_id, error = ?source, "{}", self.message),
-                None => tracing::warn!(request_id, "{}", self.message),
-            }
+            self.log(request_id);
         }
         let mut response = poem::Response::builder()
             .status(self.code.status)
@@ -138,6 +156,11 @@ impl ApiError {
         }
         response
     }
+}
+
+fn error_backtraces_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var("RUST_LIB_BACKTRACE").is_ok_and(|value| value != "0"))
 }
 
 impl std::fmt::Display for ApiError {
@@ -195,7 +218,10 @@ impl From<Error> for ApiError {
                 return ApiError::new(AUCTION_CLOSED, message)
                     .with_details(serde_json::json!({ "current_price": current.map(|m| m.to_string()) }));
             }
-            Error::Unavailable(_) => SERVICE_UNAVAILABLE,
+            Error::Unavailable { .. } => {
+                let Error::Unavailable { cause, .. } = err else { unreachable!() };
+                return ApiError { source: cause, ..ApiError::new(SERVICE_UNAVAILABLE, message) };
+            }
             Error::Internal(_) => {
                 let Error::Internal(source) = err else { unreachable!() };
                 return ApiError::internal(source);
@@ -265,6 +291,58 @@ mod tests {
                 assert_ne!(a.name, b.name);
             }
         }
+    }
+
+    /// The log lines `f` writes, as plain text.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_server_error_logs_its_cause_chain_once_on_one_line() {
+        let cause = anyhow::anyhow!("connection reset by peer").context("loading sale 7");
+        let lines = logged(|| drop(ApiError::internal(cause).to_response("r-42")));
+        if !error_backtraces_wanted() {
+            assert_eq!(lines.len(), 1, "{lines:#?}");
+        }
+        let line = &lines[0];
+        assert!(line.contains("ERROR") && line.contains("r-42"), "{line}");
+        assert!(line.contains("loading sale 7: connection reset by peer"), "{line}");
+        assert!(!line.contains("Caused by") && !line.contains("Stack backtrace"), "{line}");
+    }
+
+    #[test]
+    fn a_dependency_that_is_down_is_a_warning_with_its_cause() {
+        let down = Error::Unavailable { service: "redis", cause: Some(anyhow::anyhow!("connection refused")) };
+        let lines = logged(|| drop(ApiError::from(down).to_response("r-43")));
+        if !error_backtraces_wanted() {
+            assert_eq!(lines.len(), 1, "{lines:#?}");
+        }
+        assert!(lines[0].contains("WARN") && lines[0].contains("redis is unavailable"), "{}", lines[0]);
+        assert!(lines[0].contains("connection refused"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn a_client_error_logs_nothing() {
+        assert!(logged(|| drop(ApiError::invalid("quantity", "must be an integer").to_response("r-44"))).is_empty());
     }
 
     #[test]

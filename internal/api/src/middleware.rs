@@ -5,13 +5,14 @@
 //! 2. CORS (from `http.cors_origins`);
 //! 3. the error envelope: every error from inside (ours, poem's, poem-openapi's, a caught
 //!    panic) becomes `{"code","error","message","request_id"}`;
-//! 4. the per-IP rate limit;
-//! 5. the sold-out gate: a purchase of a sale this instance knows is sold out is refused
-//!    here, before authentication and body parsing — after a sell-out nearly every request
-//!    is one of these, and they all get the same answer;
-//! 6. the body size limit (a declared `Content-Length` above it is refused here; a chunked
-//!    body is cut off by [`crate::envelope::JsonBody`] while it is read);
-//! 7. the request timeout;
+//! 4. the body size limit: a declared `Content-Length` above it is refused at once (and the
+//!    connection closed);
+//! 5. the request timeout, which covers all that follows, reading the body included;
+//! 6. reading the body, up to the limit, so that no refusal below leaves a body unread on
+//!    a keep-alive connection;
+//! 7. the per-IP rate limit, then the sold-out gate: a purchase of a sale this instance
+//!    knows is sold out is refused here, before authentication and body parsing — after a
+//!    sell-out nearly every request is one of these, and they all get the same answer;
 //! 8. panic catching.
 
 use std::any::Any;
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::PathPattern;
-use poem::error::{MethodNotAllowedError, NotFoundError};
-use poem::http::{HeaderValue, Method, StatusCode};
+use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError};
+use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::middleware::{CatchPanic, Cors};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::error::{
@@ -50,14 +51,10 @@ pub struct HttpPolicy {
     pub trust_forwarded_for: bool,
 }
 
-/// The largest request body accepted, as request data.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
-
-/// Marks the response the panic handler made, so the outer layer can envelope it with
-/// the request id.
+/// Marks the response the panic handler made, with the panic's message, so the outer layer
+/// can envelope it and log it once with the request id.
 #[derive(Clone)]
-struct Panicked;
+struct Panicked(String);
 
 pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoint {
     let cors = cors(&policy.cors_origins);
@@ -70,28 +67,57 @@ pub fn wrap(routes: impl Endpoint + 'static, policy: HttpPolicy) -> impl Endpoin
         .around(request_context)
 }
 
-/// Steps 4 to 7 in one layer, since each layer adds to every request's cost: the per-IP
-/// limit, the sold-out gate, the declared body size, the timeout.
-async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
-    if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
-        policy.limits.check_ip(ip)?;
-    }
-    if let Some(sale_id) = purchase_of(&req)
-        && policy.sold_out.is_sold_out(sale_id)
-    {
-        metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
-        return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
-    }
+/// Steps 4 to 7 in one layer, since each layer adds to every request's cost.
+async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let declared = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > policy.body_limit) {
-        let message = format!("the request body is larger than {} bytes", policy.body_limit);
-        return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, message).into());
+        return Ok(too_large(&req, policy.body_limit));
     }
-    req.set_data(BodyLimit(policy.body_limit));
-    match tokio::time::timeout(policy.timeout, ep.call(req)).await {
-        Ok(result) => result.map(IntoResponse::into_response),
+    let timeout = policy.timeout;
+    let answer = async move {
+        let req = match read_body(req, policy.body_limit).await? {
+            Ok(req) => req,
+            Err(too_large) => return Ok(too_large),
+        };
+        if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
+            policy.limits.check_ip(ip)?;
+        }
+        if let Some(sale_id) = purchase_of(&req)
+            && policy.sold_out.is_sold_out(sale_id)
+        {
+            metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
+            return Err(ApiError::new(error::SOLD_OUT, "sold out").into());
+        }
+        ep.call(req).await.map(IntoResponse::into_response)
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(answer) => answer,
         Err(_) => Err(ApiError::new(error::REQUEST_TIMEOUT, "the request took too long").into()),
     }
+}
+
+/// Reads the whole body (at most `limit` bytes) before anything can refuse the request.
+/// A refusal that leaves the body unread makes hyper close the connection without saying
+/// so, and a client that sends the body after the headers (many SDKs do) then finds the
+/// connection broken on its next request. `Err` holds the 413 for a body over the limit.
+async fn read_body(mut req: Request, limit: usize) -> poem::Result<Result<Request, Response>> {
+    match req.take_body().into_bytes_limit(limit).await {
+        Ok(bytes) => {
+            req.set_body(bytes);
+            Ok(Ok(req))
+        }
+        Err(ReadBodyError::PayloadTooLarge) => Ok(Err(too_large(&req, limit))),
+        Err(err) => Err(ApiError::invalid("body", format!("could not be read: {err}")).into()),
+    }
+}
+
+/// 413, and the connection closes: the rest of the body is not worth reading.
+fn too_large(req: &Request, limit: usize) -> Response {
+    let request_id = req.data::<RequestId>().map_or("", |id| id.0.as_str());
+    let message = format!("the request body is larger than {limit} bytes");
+    let mut response = ApiError::new(error::PAYLOAD_TOO_LARGE, message).to_response(request_id);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The sale id of `POST /api/v1/sales/{id}/purchase`, if this is one.
@@ -117,9 +143,8 @@ fn on_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(panic = %what, "a handler panicked");
     let mut response = Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).finish();
-    response.set_data(Panicked);
+    response.set_data(Panicked(what));
     response
 }
 
@@ -149,7 +174,9 @@ async fn envelope_errors<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<
     let request_id = req.data::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
     match ep.call(req).await.map(IntoResponse::into_response) {
         Ok(response) if response.data::<Panicked>().is_some() => {
-            let mut enveloped = ApiError::new(error::INTERNAL, "internal error").to_response(&request_id.0);
+            let what = response.data::<Panicked>().map_or("", |panicked| panicked.0.as_str());
+            let panic = anyhow::anyhow!("a handler panicked: {what}");
+            let mut enveloped = ApiError::internal(panic).to_response(&request_id.0);
             if let Some(pattern) = response.data::<PathPattern>() {
                 enveloped.set_data(pattern.clone());
             }
@@ -218,8 +245,8 @@ pub fn to_api_error(err: poem::Error) -> ApiError {
     if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         return ApiError::invalid("body", &e.reason);
     }
-    if let Some(e) = err.downcast_ref::<ContentTypeError>() {
-        return ApiError::invalid("Content-Type", e.to_string());
+    if err.is::<ContentTypeError>() {
+        return ApiError::invalid("Content-Type", "must be application/json");
     }
     if err.is::<AuthorizationError>() {
         return ApiError::new(error::UNAUTHORIZED, "missing or invalid access token");
@@ -239,13 +266,19 @@ pub fn to_api_error(err: poem::Error) -> ApiError {
 }
 
 /// poem-openapi says `failed to parse "integer(uint64)": invalid digit found in string
-/// (occurred while parsing "optional_integer(uint64)")`; a client needs "expected
-/// integer(uint64): invalid digit found in string".
+/// (occurred while parsing "optional_integer(uint64)")`; a client needs "must be an
+/// integer".
 fn readable(reason: &str) -> String {
     let reason = reason.split(" (occurred while parsing").next().unwrap_or(reason);
-    match reason.strip_prefix("failed to parse \"").and_then(|rest| rest.split_once("\": ")) {
-        Some((expected, why)) => format!("expected {expected}: {why}"),
-        None => reason.to_owned(),
+    let Some((expected, _why)) = reason.strip_prefix("failed to parse \"").and_then(|rest| rest.split_once('"')) else {
+        return reason.to_owned();
+    };
+    match expected {
+        "string_uuid" => "must be a UUID".to_owned(),
+        "boolean" => "must be true or false".to_owned(),
+        integer if integer.starts_with("integer(u") => "must be a whole number (0 or more)".to_owned(),
+        integer if integer.starts_with("integer") => "must be an integer".to_owned(),
+        other => format!("must be {other}"),
     }
 }
 
@@ -259,8 +292,10 @@ mod tests {
             readable(
                 r#"failed to parse "integer(uint64)": invalid digit found in string (occurred while parsing "optional_integer(uint64)")"#
             ),
-            "expected integer(uint64): invalid digit found in string"
+            "must be a whole number (0 or more)"
         );
+        assert_eq!(readable(r#"failed to parse "string_uuid": invalid character: expected ..."#), "must be a UUID");
+        assert_eq!(readable(r#"failed to parse "boolean": invalid"#), "must be true or false");
         assert_eq!(readable("something else"), "something else");
     }
 

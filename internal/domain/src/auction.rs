@@ -43,8 +43,8 @@ pub struct AuctionFields<'a> {
 
 impl NewAuction {
     pub fn parse(fields: AuctionFields<'_>) -> Result<Self, Invalid> {
-        let title = crate::page::text("title", fields.title, 1, 200)?;
-        let description = crate::page::text("description", fields.description, 0, 5000)?;
+        let title = crate::page::text("title", fields.title, 1, crate::page::TITLE_MAX_CHARS)?;
+        let description = crate::page::text("description", fields.description, 0, crate::page::DESCRIPTION_MAX_CHARS)?;
         let start_price = Money::parse_positive("start_price", fields.start_price)?;
         let min_increment = Money::parse_positive("min_increment", fields.min_increment)?;
         let reserve_price = fields.reserve_price.map(|raw| Money::parse_positive("reserve_price", raw)).transpose()?;

@@ -15,15 +15,16 @@ pub struct NewProduct {
 impl NewProduct {
     pub fn parse(title: &str, description: &str, price: &str, stock: i64) -> Result<Self, Invalid> {
         Ok(Self {
-            title: crate::page::text("title", title, 1, 200)?,
-            description: crate::page::text("description", description, 0, 5000)?,
+            title: crate::page::text("title", title, 1, crate::page::TITLE_MAX_CHARS)?,
+            description: crate::page::text("description", description, 0, crate::page::DESCRIPTION_MAX_CHARS)?,
             price: Money::parse_positive("price", price)?,
             stock: parse_stock(stock)?,
         })
     }
 }
 
-/// A partial update: only the fields that are `Some` change.
+/// A partial update: only the fields that are `Some` change; an empty one changes nothing
+/// (a merge patch of `{}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProductPatch {
     pub title: Option<String>,
@@ -39,16 +40,18 @@ impl ProductPatch {
         price: Option<&str>,
         stock: Option<i64>,
     ) -> Result<Self, Invalid> {
-        let patch = Self {
-            title: title.map(|t| crate::page::text("title", t, 1, 200)).transpose()?,
-            description: description.map(|d| crate::page::text("description", d, 0, 5000)).transpose()?,
+        Ok(Self {
+            title: title.map(|t| crate::page::text("title", t, 1, crate::page::TITLE_MAX_CHARS)).transpose()?,
+            description: description
+                .map(|d| crate::page::text("description", d, 0, crate::page::DESCRIPTION_MAX_CHARS))
+                .transpose()?,
             price: price.map(|p| Money::parse_positive("price", p)).transpose()?,
             stock: stock.map(parse_stock).transpose()?,
-        };
-        if patch == Self::default() {
-            return Err(Invalid::new("body", "must change at least one of title, description, price, stock"));
-        }
-        Ok(patch)
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -72,8 +75,8 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_patch_is_refused() {
-        assert_eq!(ProductPatch::parse(None, None, None, None).unwrap_err().field, "body");
+    fn an_empty_patch_changes_nothing() {
+        assert!(ProductPatch::parse(None, None, None, None).unwrap().is_empty());
         assert_eq!(ProductPatch::parse(None, None, Some("2.50"), None).unwrap().price.unwrap().to_string(), "2.50");
     }
 }

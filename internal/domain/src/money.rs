@@ -16,6 +16,10 @@ use crate::Invalid;
 /// amount can overflow its column, and as cents it is exact in a Lua double (< 2^53).
 pub const MAX_CENTS: i64 = 999_999_999_999;
 
+/// What [`Money::parse_positive`] accepts, as the regular expression the API spec shows:
+/// up to ten digits without a leading zero, up to two decimals, above zero.
+pub const MONEY_PATTERN: &str = r"^([1-9][0-9]{0,9}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money(Decimal);
 
@@ -23,7 +27,7 @@ impl Money {
     pub const ZERO: Money = Money(Decimal::ZERO);
 
     /// Parses a client's amount: a plain decimal string, at most two decimals, above zero
-    /// and not above [`MAX`]. `field` names the input in the error.
+    /// and not above [`MAX_CENTS`] cents. `field` names the input in the error.
     pub fn parse_positive(field: &str, raw: &str) -> Result<Self, Invalid> {
         let money = Self::parse(field, raw)?;
         if money.0.is_zero() {
@@ -32,28 +36,32 @@ impl Money {
         Ok(money)
     }
 
-    /// Like [`Money::parse_positive`] but zero is allowed.
+    /// Like [`Money::parse_positive`] but zero is allowed. The text must match
+    /// [`MONEY_PATTERN`] exactly (no sign, spaces, exponent or leading zeros), so the API
+    /// spec's pattern and this parser accept the same strings.
     pub fn parse(field: &str, raw: &str) -> Result<Self, Invalid> {
-        let text = raw.trim();
-        let well_formed = !text.is_empty()
-            && text.chars().all(|c| c.is_ascii_digit() || c == '.')
-            && text.chars().filter(|&c| c == '.').count() <= 1
-            && !text.starts_with('.')
-            && !text.ends_with('.');
-        if text.starts_with('-') {
+        const FORMAT: &str = "must be a decimal string such as \"199.00\"";
+        if raw.starts_with('-') {
             return Err(Invalid::new(field, "must not be negative"));
         }
-        if !well_formed {
-            return Err(Invalid::new(field, "must be a decimal string such as \"199.00\""));
+        let (whole, fraction) = match raw.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (raw, None),
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || fraction.is_some_and(|f| !digits(f)) {
+            return Err(Invalid::new(field, FORMAT));
         }
-        let value =
-            Decimal::from_str(text).map_err(|_| Invalid::new(field, "must be a decimal string such as \"199.00\""))?;
-        if value.scale() > 2 && value.normalize().scale() > 2 {
+        if whole.len() > 1 && whole.starts_with('0') {
+            return Err(Invalid::new(field, "must not start with a zero"));
+        }
+        if fraction.is_some_and(|f| f.len() > 2) {
             return Err(Invalid::new(field, "must have at most 2 decimals"));
         }
-        if value * Decimal::ONE_HUNDRED > Decimal::from(MAX_CENTS) {
+        if whole.len() > 10 {
             return Err(Invalid::new(field, "must not exceed 9999999999.99"));
         }
+        let value = Decimal::from_str(raw).map_err(|_| Invalid::new(field, FORMAT))?;
         Ok(Self::from_decimal(value))
     }
 
@@ -114,8 +122,12 @@ mod tests {
     }
 
     #[test]
-    fn trailing_zeros_beyond_two_decimals_are_harmless() {
-        assert_eq!(ok("1.500"), "1.50");
+    fn only_the_plain_form_is_accepted() {
+        assert_eq!(err("1.500"), "must have at most 2 decimals");
+        assert_eq!(err("007"), "must not start with a zero");
+        assert!(err(" 1.00").starts_with("must be a decimal string"));
+        assert!(err("+1").starts_with("must be a decimal string"));
+        assert_eq!(ok("0.10"), "0.10");
     }
 
     #[test]

@@ -9,6 +9,9 @@
 macro_rules! named {
     ($ty:ident, $field:literal, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
+            /// Every name, in declaration order (the API spec lists them as an enum).
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name,)+
@@ -28,7 +31,10 @@ macro_rules! named {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($name => Ok($ty::$variant),)+
-                    _ => Err($crate::Invalid::new($field, format!(concat!("unknown ", $what, " `{}`"), s))),
+                    _ => Err($crate::Invalid::new(
+                        $field,
+                        format!(concat!("must be a known ", $what, " ({}), not `{}`"), Self::NAMES.join(", "), s),
+                    )),
                 }
             }
         }

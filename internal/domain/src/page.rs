@@ -4,6 +4,10 @@ use crate::Invalid;
 
 pub const MAX_PAGE_SIZE: u64 = 100;
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
+pub const MAX_PAGE: u64 = 1_000_000;
+pub const TITLE_MAX_CHARS: usize = 200;
+pub const DESCRIPTION_MAX_CHARS: usize = 5000;
+pub const SEARCH_MAX_CHARS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
@@ -19,8 +23,8 @@ impl PageRequest {
         if page == 0 {
             return Err(Invalid::new("page", "must be at least 1"));
         }
-        if page > 1_000_000 {
-            return Err(Invalid::new("page", "must be at most 1000000"));
+        if page > MAX_PAGE {
+            return Err(Invalid::new("page", format!("must be at most {MAX_PAGE}")));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
             return Err(Invalid::new("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
@@ -63,39 +67,55 @@ pub struct Sort {
 }
 
 impl Sort {
+    /// `raw` is exactly `field`, `field,asc` or `field,desc` for a field in `allowed`: the
+    /// values [`Sort::choices`] lists for the API spec.
     pub fn parse(raw: Option<&str>, allowed: &[&'static str], default: Sort) -> Result<Self, Invalid> {
-        let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        let Some(raw) = raw else {
             return Ok(default);
         };
         let (name, dir) = match raw.split_once(',') {
-            Some((name, dir)) => (name.trim(), dir.trim()),
-            None => (raw, "asc"),
-        };
-        let dir = match dir.to_ascii_lowercase().as_str() {
-            "asc" => SortDir::Asc,
-            "desc" => SortDir::Desc,
-            _ => return Err(Invalid::new("sort", "direction must be asc or desc")),
+            Some((name, "asc")) => (name, SortDir::Asc),
+            Some((name, "desc")) => (name, SortDir::Desc),
+            Some(_) => return Err(Invalid::new("sort", "must end in ,asc or ,desc")),
+            None => (raw, SortDir::Asc),
         };
         let field = allowed
             .iter()
             .find(|f| **f == name)
-            .ok_or_else(|| Invalid::new("sort", format!("unknown field `{name}`; allowed: {}", allowed.join(", "))))?;
+            .ok_or_else(|| Invalid::new("sort", format!("must sort by one of {}, not `{name}`", allowed.join(", "))))?;
         Ok(Self { field, dir })
+    }
+
+    /// Every accepted value of `sort` for these fields.
+    pub fn choices(allowed: &[&str]) -> Vec<String> {
+        allowed.iter().flat_map(|f| [f.to_string(), format!("{f},asc"), format!("{f},desc")]).collect()
     }
 }
 
-/// A trimmed piece of text between `min` and `max` characters; used for titles and
-/// descriptions everywhere.
+/// A piece of text between `min` and `max` characters, stored trimmed; used for titles and
+/// descriptions everywhere. The length counts what the client sent, as the API spec's
+/// `maxLength` does; a required text must hold more than white space.
 pub fn text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
+    printable(field, raw)?;
     let text = raw.trim();
-    let chars = text.chars().count();
-    if chars < min {
+    if text.chars().count() < min {
         return Err(Invalid::new(field, "must not be empty"));
     }
-    if chars > max {
+    if raw.chars().count() > max {
         return Err(Invalid::new(field, format!("must be at most {max} characters")));
     }
     Ok(text.to_owned())
+}
+
+/// Refuses control characters other than tab, line feed and carriage return (so NUL,
+/// escape, DEL and the C1 range): Postgres cannot store a NUL, and none of them means
+/// anything in a title, an email or a search. Refused, not stripped, so what is stored is
+/// what was sent. Every JSON string of a request body passes through here.
+pub fn printable(field: &str, raw: &str) -> Result<(), Invalid> {
+    if raw.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+        return Err(Invalid::new(field, "must not contain control characters"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,7 +144,8 @@ mod tests {
             Sort::parse(Some("price,asc"), FIELDS, DEFAULT).unwrap(),
             Sort { field: "price", dir: SortDir::Asc }
         );
-        assert_eq!(Sort::parse(Some("title,DESC"), FIELDS, DEFAULT).unwrap().dir, SortDir::Desc);
+        assert_eq!(Sort::parse(Some("title,desc"), FIELDS, DEFAULT).unwrap().dir, SortDir::Desc);
+        assert_eq!(Sort::parse(Some("title"), FIELDS, DEFAULT).unwrap().dir, SortDir::Asc);
         assert_eq!(Sort::parse(None, FIELDS, DEFAULT).unwrap(), DEFAULT);
     }
 
@@ -134,5 +155,30 @@ mod tests {
         assert_eq!(err.field, "sort");
         assert!(err.message.contains("created_at, price, title"));
         assert!(Sort::parse(Some("price,sideways"), FIELDS, DEFAULT).is_err());
+    }
+
+    #[test]
+    fn sort_accepts_exactly_its_listed_choices() {
+        for choice in Sort::choices(FIELDS) {
+            assert!(Sort::parse(Some(&choice), FIELDS, DEFAULT).is_ok(), "{choice}");
+        }
+        for odd in ["", "price,DESC", " price", "price, asc", "price,"] {
+            assert!(Sort::parse(Some(odd), FIELDS, DEFAULT).is_err(), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn text_refuses_control_characters_but_keeps_line_breaks() {
+        assert_eq!(text("title", "a\u{0}b", 1, 10).unwrap_err().message, "must not contain control characters");
+        assert!(text("title", "a\u{1b}[31m", 1, 10).is_err());
+        assert!(text("title", "a\u{85}", 1, 10).is_err());
+        assert_eq!(text("description", "line\nnext\ttab", 0, 20).unwrap(), "line\nnext\ttab");
+    }
+
+    #[test]
+    fn text_must_hold_more_than_white_space_and_counts_what_was_sent() {
+        assert_eq!(text("title", "   ", 1, 10).unwrap_err().message, "must not be empty");
+        assert_eq!(text("title", " Phone ", 1, 10).unwrap(), "Phone");
+        assert!(text("title", " 1234567890", 1, 10).is_err());
     }
 }

@@ -8,6 +8,7 @@ use crate::{Invalid, Money};
 
 pub const MAX_SALE_STOCK: i64 = 10_000_000;
 pub const MAX_PAYMENT_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
+pub const MAX_PER_USER_LIMIT: i64 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSale {
@@ -41,8 +42,8 @@ impl NewSale {
         if fields.end_at.trunc_subsecs(3) <= fields.start_at.trunc_subsecs(3) {
             return Err(Invalid::new("end_at", "must be after start_at"));
         }
-        if !(1..=1000).contains(&fields.per_user_limit) {
-            return Err(Invalid::new("per_user_limit", "must be between 1 and 1000"));
+        if !(1..=MAX_PER_USER_LIMIT).contains(&fields.per_user_limit) {
+            return Err(Invalid::new("per_user_limit", format!("must be between 1 and {MAX_PER_USER_LIMIT}")));
         }
         if !(1..=MAX_PAYMENT_TIMEOUT_SECS).contains(&fields.payment_timeout_secs) {
             return Err(Invalid::new(

@@ -5,6 +5,8 @@ use std::fmt;
 use crate::Invalid;
 use crate::names::named;
 
+pub const EMAIL_MAX_CHARS: usize = 254;
+
 /// A syntactically valid email address, stored lower-case so `Ann@x.io` and `ann@x.io`
 /// are one account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -13,8 +15,8 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let text = raw.trim().to_lowercase();
-        if text.len() > 254 {
-            return Err(Invalid::new("email", "must be at most 254 characters"));
+        if text.chars().count() > EMAIL_MAX_CHARS {
+            return Err(Invalid::new("email", format!("must be at most {EMAIL_MAX_CHARS} characters")));
         }
         if !email_address::EmailAddress::is_valid(&text) || !text.contains('.') {
             return Err(Invalid::new("email", "must be a valid email address"));

@@ -10,6 +10,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::TestWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -35,9 +37,20 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber. Safe to call more than once (tests start many apps in
-/// one process): only the first call installs anything.
+/// Installs the global subscriber, logging to stderr. Safe to call more than once (tests
+/// start many apps in one process): only the first call installs anything.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    install(settings, BoxMakeWriter::new(std::io::stderr))
+}
+
+/// [`init`] for integration tests: the logs go through the test harness's capture, so a
+/// passing test that provokes errors on purpose prints nothing, and a failing one shows
+/// its own logs next to its panic.
+pub fn init_for_tests(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    install(settings, BoxMakeWriter::new(TestWriter::new()))
+}
+
+fn install(settings: &TelemetrySettings, writer: BoxMakeWriter) -> anyhow::Result<TelemetryGuard> {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard { provider: None });
@@ -51,13 +64,13 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     // piped; containers collect both streams.
     let log = if settings.log_format == LogFormat::Json {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
+        tracing_subscriber::fmt::layer().with_writer(writer).with_target(false).boxed()
     };
 
     let provider = if settings.otlp_endpoint.is_empty() {

@@ -214,7 +214,7 @@ impl AuctionService {
                 Err(Error::BidTooLow { current: current(price_cents), minimum: Money::from_cents(minimum_cents) }),
             ),
             Bid::Closed { price_cents } => ("closed", Err(Error::AuctionClosed { current: current(price_cents) })),
-            Bid::Missing => ("unavailable", Err(Error::Unavailable("redis"))),
+            Bid::Missing => ("unavailable", Err(Error::unavailable("redis"))),
         };
         metrics::counter!("bids_total", "outcome" => outcome).increment(1);
         result
@@ -224,9 +224,9 @@ impl AuctionService {
     /// Bids that were still in a flushed Redis stream are gone: run Redis with an append-only
     /// file in production (docker-compose.yml does) to keep them.
     pub async fn rebuild(&self, id: Uuid) -> Result<()> {
-        let found = self.rebuilds.run(id, || self.load(id)).await.map_err(|e| {
-            tracing::error!(auction_id = %id, error = %e, "rebuilding the auction's live state failed");
-            Error::Unavailable("redis")
+        let found = self.rebuilds.run(id, || self.load(id)).await.map_err(|e| Error::Unavailable {
+            service: "redis",
+            cause: Some(anyhow::anyhow!("rebuilding the live state of auction {id} failed: {e}")),
         })?;
         if found { Ok(()) } else { Err(Error::NotFound("auction")) }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::catalog::{NewProduct, ProductPatch};
+use domain::page::SEARCH_MAX_CHARS;
 use domain::{Money, PageRequest, Sort, SortDir};
 use platform::config::CacheSettings;
 use rand::Rng;
@@ -155,6 +156,9 @@ impl CatalogService {
 
     pub async fn update(&self, caller: &Caller, id: Uuid, patch: ProductPatch) -> Result<Product> {
         caller.require_admin()?;
+        if patch.is_empty() {
+            return self.get(id).await;
+        }
         let changes = ProductChanges {
             title: patch.title,
             description: patch.description,
@@ -177,10 +181,13 @@ impl CatalogService {
 
     pub async fn list(&self, page: PageRequest, sort: Option<&str>, q: Option<&str>) -> Result<Page<Product>> {
         let sort = Sort::parse(sort, SORT_FIELDS, Sort { field: "created_at", dir: SortDir::Desc })?;
-        let q = q.map(str::trim).filter(|q| !q.is_empty());
-        if q.is_some_and(|q| q.chars().count() > 100) {
-            return Err(domain::Invalid::new("q", "must be at most 100 characters").into());
+        if let Some(q) = q {
+            domain::page::printable("q", q)?;
+            if q.chars().count() > SEARCH_MAX_CHARS {
+                return Err(domain::Invalid::new("q", format!("must be at most {SEARCH_MAX_CHARS} characters")).into());
+            }
         }
+        let q = q.map(str::trim).filter(|q| !q.is_empty());
         let rows = products::list(
             &self.db,
             ListQuery {
@@ -221,7 +228,7 @@ impl CatalogService {
         }
         metrics::counter!("product_cache_requests_total", "result" => "miss").increment(1);
         let loaded = self.loads.run(id, || self.load(id)).await;
-        loaded.map_err(|_| Error::Unavailable("postgres"))?.ok_or(Error::NotFound("product"))
+        loaded.map_err(|_| Error::unavailable("postgres"))?.ok_or(Error::NotFound("product"))
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<Product>, String> {

@@ -123,7 +123,7 @@ impl AuctionCloser {
                 return Ok(Closing::NotYet(end_at));
             }
             Close::Closed { price_cents, leader, end_ms, sold, .. } => (price_cents, leader, end_ms, sold),
-            Close::Missing => return Err(Error::Unavailable("redis")),
+            Close::Missing => return Err(Error::unavailable("redis")),
         };
         let price = (price_cents > 0).then(|| Money::from_cents(price_cents));
         let txn = self.db.begin().await?;

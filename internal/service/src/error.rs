@@ -42,31 +42,39 @@ pub enum Error {
     BidTooLow { current: Option<Money>, minimum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
-    #[error("{0} is unavailable")]
-    Unavailable(&'static str),
+    /// A dependency did not answer. The cause goes to the log with the request (once, by
+    /// the API layer), never to the client.
+    #[error("{service} is unavailable")]
+    Unavailable { service: &'static str, cause: Option<anyhow::Error> },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
-impl From<DbErr> for Error {
-    fn from(err: DbErr) -> Self {
-        if repo::db::is_unreachable(&err) {
-            tracing::error!(error = %err, "postgres unavailable");
-            Error::Unavailable("postgres")
-        } else {
-            Error::Internal(anyhow::Error::new(err).context("postgres"))
-        }
-    }
-}
-
 impl Error {
+    /// A dependency that did not answer, with nothing more to say about why.
+    pub fn unavailable(service: &'static str) -> Self {
+        Error::Unavailable { service, cause: None }
+    }
+
     /// The consumer outcome of a failed message: a dependency that did not answer holds the
     /// message until it answers again (the message is not at fault); anything else is
     /// retried and, when the attempts run out, dead-lettered.
     pub fn outcome(self, what: &str) -> Outcome {
         match self {
-            Error::Unavailable(service) => Outcome::Unavailable(anyhow::anyhow!("{what}: {service} is unavailable")),
+            Error::Unavailable { service, .. } => {
+                Outcome::Unavailable(anyhow::anyhow!("{what}: {service} is unavailable"))
+            }
             other => Outcome::Retry(anyhow::anyhow!("{what}: {other}")),
+        }
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        if repo::db::is_unreachable(&err) {
+            Error::Unavailable { service: "postgres", cause: Some(err.into()) }
+        } else {
+            Error::Internal(anyhow::Error::new(err).context("postgres"))
         }
     }
 }
@@ -74,8 +82,7 @@ impl Error {
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
-            tracing::error!(error = %err, "redis unavailable");
-            Error::Unavailable("redis")
+            Error::Unavailable { service: "redis", cause: Some(err.into()) }
         } else {
             Error::Internal(anyhow::Error::new(err).context("redis"))
         }
@@ -84,7 +91,6 @@ impl From<redis::RedisError> for Error {
 
 impl From<lapin::Error> for Error {
     fn from(err: lapin::Error) -> Self {
-        tracing::error!(error = %err, "rabbitmq unavailable");
-        Error::Unavailable("rabbitmq")
+        Error::Unavailable { service: "rabbitmq", cause: Some(err.into()) }
     }
 }

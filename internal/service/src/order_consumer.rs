@@ -56,7 +56,7 @@ impl OrderConsumer {
             let Err(err) = self.process(sale_id, &distinct(&group)).await else { continue };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
             for index in failed {
-                let outcome = if matches!(err, Error::Unavailable(_)) {
+                let outcome = if matches!(err, Error::Unavailable { .. }) {
                     // Postgres or Redis is down: the reservations are fine, they wait.
                     Outcome::Unavailable(anyhow::anyhow!("sale {sale_id}: {err}"))
                 } else if deliveries[index].last_attempt {

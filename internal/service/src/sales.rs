@@ -259,7 +259,7 @@ impl SaleService {
             Reserve::LimitReached { held, limit } => ("limit_reached", Error::LimitReached { held, limit }),
             Reserve::NotStarted => ("not_active", Error::NotActive("the sale has not started")),
             Reserve::Ended => ("not_active", Error::NotActive("the sale has ended")),
-            Reserve::Missing => ("unavailable", Error::Unavailable("redis")),
+            Reserve::Missing => ("unavailable", Error::unavailable("redis")),
         };
         metrics::counter!("purchases_total", "outcome" => outcome.0).increment(1);
         Err(outcome.1)
@@ -286,7 +286,7 @@ impl SaleService {
         let ttl_secs = self.settings.reservation_status_ttl_secs.get();
         let _ = reservations::record(&mut redis, &self.keys, &[failed], ttl_secs).await;
         metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
-        Err(Error::Unavailable("rabbitmq"))
+        Err(Error::unavailable("rabbitmq"))
     }
 
     /// Rebuilds the hot state from Postgres if Redis has none (one rebuild per sale per
@@ -294,9 +294,9 @@ impl SaleService {
     /// harmless). The sale row is share-locked while it is read and loaded, so no commit
     /// of the order consumer or of a close can fall between the snapshot and the load.
     pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
-        let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| {
-            tracing::error!(%sale_id, error = %e, "rebuilding the sale's hot state failed");
-            Error::Unavailable("redis")
+        let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| Error::Unavailable {
+            service: "redis",
+            cause: Some(anyhow::anyhow!("rebuilding the hot state of sale {sale_id} failed: {e}")),
         })?;
         if found { Ok(()) } else { Err(Error::NotFound("sale")) }
     }

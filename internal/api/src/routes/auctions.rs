@@ -37,6 +37,7 @@ pub struct KeepAlive {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateAuctionRequest {
     pub title: String,
     #[serde(default)]
@@ -47,18 +48,23 @@ pub struct CreateAuctionRequest {
     pub min_increment: String,
     /// Below this final price the lot stays unsold.
     pub reserve_price: Option<String>,
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub start_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub end_at: DateTime<Utc>,
     /// A bid in the last `extend_window_secs` pushes the end out by `extend_by_secs` (0: off).
     #[serde(default)]
+    #[oai(default)]
     pub extend_window_secs: i64,
     #[serde(default)]
+    #[oai(default)]
     pub extend_by_secs: i64,
     /// How long the winner has to pay.
     pub payment_timeout_secs: i64,
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BidRequest {
     /// Decimal string, e.g. "13.00".
     pub amount: String,

@@ -15,6 +15,7 @@ pub struct AuthApi {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// A valid email address; it becomes the login name (case-insensitive).
     pub email: String,
@@ -23,12 +24,14 @@ pub struct RegisterRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }

@@ -20,6 +20,7 @@ pub struct CatalogApi {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     pub title: String,
     #[serde(default)]
@@ -30,6 +31,7 @@ pub struct CreateProductRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
     pub title: Option<String>,
     pub description: Option<String>,
@@ -138,7 +140,8 @@ impl CatalogApi {
 
     /// Change a product (admin)
     ///
-    /// Only the fields present change.
+    /// Only the fields present (and not `null`) change; `{}` changes nothing and returns the
+    /// product.
     #[oai(path = "/:id", method = "patch")]
     async fn update(
         &self,

@@ -20,6 +20,7 @@ pub struct OrdersApi {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
     pub product_id: Uuid,
     /// 1 to 10000.
@@ -27,6 +28,7 @@ pub struct OrderLineRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// 1 to 50 lines, each product at most once.
     pub items: Vec<OrderLineRequest>,

@@ -26,14 +26,17 @@ fn one() -> i64 {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSaleRequest {
     pub product_id: Uuid,
     /// The sale price: decimal string, at most 2 decimals.
     pub price: String,
     /// Units for the sale, taken from the product's stock.
     pub stock: i64,
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub start_at: DateTime<Utc>,
     /// After `start_at`.
+    #[serde(deserialize_with = "crate::envelope::date_time")]
     pub end_at: DateTime<Utc>,
     /// Units one buyer may hold (default 1).
     #[serde(default = "one")]
@@ -44,6 +47,7 @@ pub struct CreateSaleRequest {
 }
 
 #[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     /// Units to buy (default 1).
     #[serde(default = "one")]

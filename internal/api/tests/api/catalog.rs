@@ -46,7 +46,7 @@ async fn every_bad_product_field_is_named() {
     let id = app.product(&admin, "5.00", 1).await;
     let patch =
         app.send_json(reqwest::Method::PATCH, &format!("/api/v1/products/{id}"), json!({}), admin.token()).await;
-    patch.error(400, "INVALID_REQUEST", Some("body"));
+    assert_eq!(patch.data(200)["price"], "5.00", "an empty patch changes nothing");
     let bad_id = app.get("/api/v1/products/not-a-uuid", None).await;
     bad_id.error(400, "INVALID_REQUEST", Some("id"));
 }

@@ -59,7 +59,7 @@ pub async fn spawn_sibling(app: &TestApp, mode: Mode, customize: impl FnOnce(&mu
 }
 
 async fn start(settings: Arc<Settings>, mode: Mode) -> TestApp {
-    let _ = platform::telemetry::init(&settings.telemetry);
+    let _ = platform::telemetry::init_for_tests(&settings.telemetry);
     let deps = api::connect(settings.clone(), Duration::ZERO, "spike-test").await.expect("services reachable");
     let db = deps.db.clone();
     let app = Application::build(deps, mode).await.expect("app builds");

@@ -15,6 +15,7 @@ mod redis_server;
 mod auctions;
 mod auth;
 mod catalog;
+mod contract;
 mod faults;
 mod health;
 mod http;
