@@ -19,3 +19,4 @@ mod orders;
 mod pipeline;
 mod sales;
 mod tls;
+mod users;
