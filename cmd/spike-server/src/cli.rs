@@ -64,9 +64,10 @@ pub enum Command {
         bidders: usize,
         #[arg(long, default_value_t = 30)]
         secs: u64,
-        /// The server to bid against.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// The server to bid against [default: http:// and the configured http.addr, e.g.
+        /// http://127.0.0.1:8080].
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Inspect and re-drive dead-lettered messages.
     Dlq {

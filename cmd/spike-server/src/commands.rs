@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
         Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
         Command::Bots { auction, bidders, secs, url } => {
+            let url = url.unwrap_or_else(|| local_url(settings.http.addr));
             return bots::run(settings, auction, bidders, secs, &url).await;
         }
     }
@@ -191,6 +192,13 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
     }
     broker.close().await;
     Ok(())
+}
+
+/// The address a server with these settings answers on, seen from this machine (a server
+/// listening on every interface is reached through loopback).
+fn local_url(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop, Kubernetes).
