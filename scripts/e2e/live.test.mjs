@@ -8,12 +8,14 @@
 //   - buying in the flash sale reaches `confirmed`, a second buy hits the per-user limit,
 //     and the order can be paid from "My orders".
 //
-// Plain node script: exits 0 on success, 1 on failure (with scripts/e2e/failure.png and
-// failure-b.png). Usually run by scripts/e2e/run, which starts a fresh server.
+// Plain node script: exits 0 on success, 1 on failure. Screenshots of both pages at the key
+// steps, and on failure, are saved in scripts/e2e/artifacts/. Usually run by
+// scripts/e2e/run, which starts a fresh server.
 //
 // Env: BASE_URL (default http://127.0.0.1:8080), ADMIN_EMAIL, ADMIN_PASSWORD,
-// CHROMIUM (default /usr/bin/chromium), E2E_SCREENSHOT_DIR (optional: screenshots at the end).
+// CHROMIUM (default /usr/bin/chromium), E2E_SCREENSHOT_DIR (default scripts/e2e/artifacts).
 
+import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -23,7 +25,8 @@ const BASE_URL = (process.env.BASE_URL || 'http://127.0.0.1:8080').replace(/\/$/
 const ADMIN_EMAIL = process.env.ADMIN_EMAIL;
 const ADMIN_PASSWORD = process.env.ADMIN_PASSWORD;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SCREENSHOT_DIR = process.env.E2E_SCREENSHOT_DIR;
+// Screenshots of both pages at the key steps (and on failure) land here.
+const SCREENSHOT_DIR = process.env.E2E_SCREENSHOT_DIR || join(HERE, 'artifacts');
 const WHOLE_TEST_TIMEOUT_MS = 120_000;
 const LIVE_TIMEOUT_MS = 3_000; // a bid must reach the other browser this fast
 
@@ -99,6 +102,13 @@ async function expectEnabled(locator, what, timeoutMs) {
 // --- the page ---------------------------------------------------------------------------
 
 const byTestId = (root, id) => root.locator(`[data-testid="${id}"]`);
+
+/** Saves both pages as <name>-a.png and <name>-b.png in the artifacts folder. */
+async function snap(name, pageA, pageB) {
+  mkdirSync(SCREENSHOT_DIR, { recursive: true });
+  if (pageA) await pageA.screenshot({ path: join(SCREENSHOT_DIR, `${name}-a.png`), fullPage: true });
+  if (pageB) await pageB.screenshot({ path: join(SCREENSHOT_DIR, `${name}-b.png`), fullPage: true });
+}
 
 async function openPage(browser, name) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
@@ -213,7 +223,9 @@ async function main() {
       1_000,
     );
     await expectText(byTestId(cardA, 'auction-leader'), 'You lead', 'page A leader line', LIVE_TIMEOUT_MS);
-    await expectText(byTestId(cardB, 'auction-leader'), /^Leader: bidder/, 'page B leader line', LIVE_TIMEOUT_MS);
+    await expectText(byTestId(cardA, 'auction-message'), 'Your bid of 10.00 was accepted.', 'page A message', LIVE_TIMEOUT_MS);
+    // Bidders appear by their display name (the email before the @), not by an id.
+    await expectText(byTestId(cardB, 'auction-leader'), `Leader: alice-${stamp}`, 'page B leader line', LIVE_TIMEOUT_MS);
     await expectText(byTestId(cardB, 'bid-button'), 'Bid 11.00', 'page B bid button', LIVE_TIMEOUT_MS);
 
     step('B bids 11.00: A sees "You were outbid" and the new price');
@@ -222,7 +234,11 @@ async function main() {
     await expectText(byTestId(cardA, 'live-price'), '11.00', 'page A live price', LIVE_TIMEOUT_MS);
     await expectText(byTestId(cardA, 'outbid-notice'), 'You were outbid!', 'page A outbid notice', LIVE_TIMEOUT_MS);
     if (!(await byTestId(cardA, 'outbid-notice').isVisible())) throw new Error('the outbid notice is not visible');
+    // One current message per card: the outbid notice replaced "Your bid of 10.00 was accepted."
+    await expectText(byTestId(cardA, 'auction-message'), '', 'page A message after the outbid', LIVE_TIMEOUT_MS);
     await expectText(byTestId(cardB, 'auction-leader'), 'You lead', 'page B leader line', LIVE_TIMEOUT_MS);
+    await expectText(byTestId(cardA, 'auction-leader'), `Leader: bob-${stamp}`, 'page A leader line', LIVE_TIMEOUT_MS);
+    await snap('outbid', pageA, pageB);
 
     step('A bids a custom 15.50: A leads again, B sees it and is outbid');
     await byTestId(cardA, 'bid-amount').fill('15.50');
@@ -264,13 +280,9 @@ async function main() {
 
     if (pageErrors.length) throw new Error(`JavaScript errors in the page:\n${pageErrors.join('\n')}`);
 
-    if (SCREENSHOT_DIR) {
-      await pageA.screenshot({ path: join(SCREENSHOT_DIR, 'page-a.png'), fullPage: true });
-      await pageB.screenshot({ path: join(SCREENSHOT_DIR, 'page-b.png'), fullPage: true });
-    }
+    await snap('end', pageA, pageB);
   } catch (err) {
-    if (pageA) await pageA.screenshot({ path: join(HERE, 'failure.png'), fullPage: true }).catch(() => {});
-    if (pageB) await pageB.screenshot({ path: join(HERE, 'failure-b.png'), fullPage: true }).catch(() => {});
+    await snap('failure', pageA, pageB).catch(() => {});
     throw err;
   } finally {
     await browser.close();
@@ -290,7 +302,7 @@ try {
   process.exit(0);
 } catch (err) {
   console.error(`e2e: FAILED at step ${stepNumber}: ${err.stack || err}`);
-  console.error('e2e: screenshots in scripts/e2e/failure.png (page A) and failure-b.png (page B)');
+  console.error(`e2e: screenshots in ${SCREENSHOT_DIR}/failure-a.png (page A) and failure-b.png (page B)`);
   clearTimeout(timer);
   process.exit(1);
 }

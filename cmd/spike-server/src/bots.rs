@@ -1,28 +1,75 @@
 //! `spike-server bots`: bidding robots. N bidders each read the price and bid
 //! +1..+10 over it, as fast as the server lets them, while a watcher on the live WebSocket
-//! checks that the price never goes backwards. Then a summary and `verify --auction`.
+//! checks that the price never goes backwards. Every answer is counted by status and error
+//! name; a 429 makes that robot wait as long as `Retry-After` says. Then a summary and
+//! `verify --auction`.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use platform::Settings;
 use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
+use service::Services;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use crate::setup;
+
+/// How long the robots wait, at most, for the write-behind to put every accepted bid into
+/// Postgres before they report.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Every answer the robots got, by what was asked and how it was answered.
 #[derive(Default)]
 struct Tally {
-    accepted: AtomicU64,
-    too_low: AtomicU64,
-    closed: AtomicU64,
-    other: AtomicU64,
+    /// "bid 201", "bid 409 BID_TOO_LOW", "read 429 RATE_LIMITED", "bid no answer", ...
+    answers: Mutex<BTreeMap<String, u64>>,
     /// Live bid messages the watcher saw, and how many of them went backwards.
     seen: AtomicU64,
     backwards: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, answer: String) {
+        *self.answers.lock().expect("tally lock").entry(answer).or_default() += 1;
+    }
+
+    fn get(&self, answer: &str) -> u64 {
+        self.answers.lock().expect("tally lock").get(answer).copied().unwrap_or(0)
+    }
+
+    /// Answers whose label starts with `prefix` ("bid " counts every bid answer).
+    fn sum(&self, prefix: &str) -> u64 {
+        self.answers.lock().expect("tally lock").iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, n)| n).sum()
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.answers.lock().expect("tally lock").clone()
+    }
+}
+
+const ACCEPTED: &str = "bid 201";
+const TOO_LOW: &str = "bid 409 BID_TOO_LOW";
+const CLOSED: &str = "bid 409 AUCTION_CLOSED";
+const THROTTLED_BIDS: &str = "bid 429";
+const THROTTLED_READS: &str = "read 429";
+
+/// The answers that are part of a healthy run; anything else fails it.
+fn expected(answer: &str) -> bool {
+    answer == ACCEPTED
+        || answer == TOO_LOW
+        || answer == CLOSED
+        || answer.starts_with(THROTTLED_BIDS)
+        || answer.starts_with(THROTTLED_READS)
+        || answer == "read 200"
 }
 
 pub async fn run(
@@ -35,13 +82,14 @@ pub async fn run(
     if bidders == 0 || secs == 0 {
         anyhow::bail!("--bidders and --secs must be at least 1");
     }
-    let services = crate::commands::services(settings).await?;
+    let services = setup::services(settings).await?;
     let tokens = services
         .auth
         .create_shoppers(bidders, Duration::from_secs(secs + 3600))
         .await
         .map_err(|e| anyhow::anyhow!("creating bidders: {e}"))?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(bidders).build()?;
+    // A server that stops answering ends a robot's request, not the whole run.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(bidders).timeout(Duration::from_secs(10)).build()?;
     let base = url.trim_end_matches('/').to_owned();
     let auction_url = format!("{base}/api/v1/auctions/{auction}");
     let first = client.get(&auction_url).send().await?;
@@ -51,61 +99,114 @@ pub async fn run(
 
     let tally = Arc::new(Tally::default());
     let watcher = tokio::spawn(watch_prices(format!("{}/live", auction_url.replacen("http", "ws", 1)), tally.clone()));
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
     let bots: Vec<_> = tokens
         .into_iter()
         .map(|token| tokio::spawn(bidder(client.clone(), auction_url.clone(), token, tally.clone(), deadline)))
         .collect();
 
-    let started = Instant::now();
+    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     while Instant::now() < deadline && !bots.iter().all(|b| b.is_finished()) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick.tick().await;
         let price = current_price(&client, &auction_url).await;
         println!(
-            "{:>4}s  accepted {:>6}  too low {:>7}  closed {:>5}  price {price}",
+            "{:>4}s  accepted {:>6}  too low {:>7}  throttled (429) {:>7}  closed {:>5}  price {price}",
             started.elapsed().as_secs(),
-            tally.accepted.load(Ordering::Relaxed),
-            tally.too_low.load(Ordering::Relaxed),
-            tally.closed.load(Ordering::Relaxed),
+            tally.get(ACCEPTED),
+            tally.get(TOO_LOW),
+            tally.sum(THROTTLED_BIDS) + tally.sum(THROTTLED_READS),
+            tally.get(CLOSED),
         );
     }
     for bot in bots {
         let _ = bot.await;
     }
-    // Give the watcher a moment for the last updates, then stop it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     watcher.abort();
-    let (seen, backwards) = (tally.seen.load(Ordering::Relaxed), tally.backwards.load(Ordering::Relaxed));
-    let final_price = current_price(&client, &auction_url).await;
-    let accepted = tally.accepted.load(Ordering::Relaxed);
     let secs_run = started.elapsed().as_secs_f64();
+    let final_price = current_price(&client, &auction_url).await;
+    let (seen, backwards) = (tally.seen.load(Ordering::Relaxed), tally.backwards.load(Ordering::Relaxed));
+    let answers = tally.snapshot();
+    let accepted = tally.get(ACCEPTED);
     println!();
     println!("bidders           {bidders}");
     println!("accepted bids     {accepted} ({:.0}/s)", accepted as f64 / secs_run);
-    println!("refused: too low  {}", tally.too_low.load(Ordering::Relaxed));
-    println!("refused: closed   {}", tally.closed.load(Ordering::Relaxed));
-    println!("other answers     {}", tally.other.load(Ordering::Relaxed));
     println!("final price       {final_price}");
     println!("live updates seen {seen}; price went backwards {backwards} time(s)");
-
-    // Let the write-behind catch up before checking that every bid reached Postgres.
-    let deps = &services.deps;
-    let mut report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for _ in 0..60 {
-        if report.passed() && !report.to_string().contains("still in the stream") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("answers, by request, status and error:");
+    for (answer, n) in &answers {
+        println!("  {answer:<32} {n:>8}");
     }
+
+    let report = settled_report(&services, auction).await?;
     println!();
     println!("{report}");
-    let ok = report.passed() && backwards == 0 && tally.other.load(Ordering::Relaxed) == 0;
+
+    let unexpected: u64 = answers.iter().filter(|(k, _)| !expected(k)).map(|(_, n)| n).sum();
+    let throttled =
+        Throttled { bids: tally.sum(THROTTLED_BIDS), all_bids: tally.sum("bid "), reads: tally.sum(THROTTLED_READS) };
+    let mut ok = report.passed() && backwards == 0;
+    if unexpected > 0 {
+        println!("\n{unexpected} answer(s) the robots did not expect (listed above).");
+        ok = false;
+    }
+    if let Some(sentence) = throttled.verdict() {
+        println!("\n{sentence}");
+        ok = false;
+    }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The 429s of a run, for the verdict at the end.
+struct Throttled {
+    bids: u64,
+    all_bids: u64,
+    reads: u64,
+}
+
+impl Throttled {
+    /// A sentence when the rate limiter, not the auction, decided most of the run.
+    fn verdict(&self) -> Option<String> {
+        let lift = "The server's rate limits decided this run, not the bidding: restart it with \
+                    SPIKE__RATE_LIMIT__ENABLED=false (scripts/demo already raises the per-IP limit) \
+                    and run the robots again.";
+        if self.all_bids == 0 && self.reads > 0 {
+            return Some(format!(
+                "No bid was sent: all {} reads of the auction were answered 429 (rate limited). {lift}",
+                self.reads
+            ));
+        }
+        (self.bids * 2 > self.all_bids).then(|| {
+            format!(
+                "Most bids were throttled: {} of {} bids were answered 429 (rate limited). {lift}",
+                self.bids, self.all_bids
+            )
+        })
+    }
+}
+
+/// Waits (up to `SETTLE_WAIT`) until the write-behind has drained the auction's bid stream
+/// and the invariants hold, then returns the verify report as it stands.
+async fn settled_report(services: &Services, auction: Uuid) -> anyhow::Result<service::verify::Report> {
+    let deps = &services.deps;
+    let keys = deps.keys();
+    let stream = keys.auction(auction).bids;
+    let until = Instant::now() + SETTLE_WAIT;
+    let mut told = false;
+    loop {
+        let report = service::verify::auction(&deps.db, &deps.redis, &keys, auction)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let in_stream: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut deps.redis.clone()).await?;
+        if (report.passed() && in_stream == 0) || Instant::now() >= until {
+            return Ok(report);
+        }
+        if !told {
+            println!("waiting for the write-behind to store the last bids in Postgres ({in_stream} still in Redis)");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One robot: read the minimum next bid, bid it plus 0..9 (so +1..+10 over the price with
@@ -113,8 +214,12 @@ pub async fn run(
 async fn bidder(client: reqwest::Client, auction_url: String, token: String, tally: Arc<Tally>, deadline: Instant) {
     let bids_url = format!("{auction_url}/bids");
     while Instant::now() < deadline {
-        let Ok(reply) = client.get(&auction_url).send().await else { continue };
-        let Ok(body) = reply.json::<Value>().await else { continue };
+        let reply = client.get(&auction_url).send().await;
+        let Some((body, wait)) = answer(&tally, "read", reply).await else { continue };
+        if let Some(wait) = wait {
+            tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
+            continue;
+        }
         let Some(minimum) = body["data"]["min_next_bid"].as_str().and_then(cents) else { continue };
         let amount = minimum + 100 * rand::thread_rng().gen_range(0..10);
         let reply = client
@@ -123,23 +228,45 @@ async fn bidder(client: reqwest::Client, auction_url: String, token: String, tal
             .json(&json!({ "amount": format!("{}.{:02}", amount / 100, amount % 100) }))
             .send()
             .await;
-        let Ok(reply) = reply else {
-            tally.other.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let status = reply.status().as_u16();
-        let error = reply.json::<Value>().await.ok().and_then(|b| b["error"].as_str().map(str::to_owned));
-        match (status, error.as_deref()) {
-            (201, _) => tally.accepted.fetch_add(1, Ordering::Relaxed),
-            (409, Some("BID_TOO_LOW")) => tally.too_low.fetch_add(1, Ordering::Relaxed),
-            (409, Some("AUCTION_CLOSED")) => {
-                tally.closed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            (429, _) => continue,
-            _ => tally.other.fetch_add(1, Ordering::Relaxed),
-        };
+        let Some((body, wait)) = answer(&tally, "bid", reply).await else { continue };
+        if let Some(wait) = wait {
+            tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
+        } else if body["error"] == "AUCTION_CLOSED" {
+            return;
+        }
     }
+}
+
+/// Counts one answer as "<what> <status> <error name>" and returns its body, plus how long
+/// to wait when it was a 429. `None` when there was no answer at all (counted too; the
+/// robot pauses briefly so a server that is down is not hammered).
+async fn answer(
+    tally: &Tally,
+    what: &str,
+    reply: reqwest::Result<reqwest::Response>,
+) -> Option<(Value, Option<Duration>)> {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            tally.count(format!("{what} no answer"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return None;
+        }
+    };
+    let status = reply.status();
+    let wait = (status == StatusCode::TOO_MANY_REQUESTS).then(|| retry_after(&reply));
+    let body = reply.json::<Value>().await.unwrap_or(Value::Null);
+    match body["error"].as_str() {
+        Some(error) => tally.count(format!("{what} {} {error}", status.as_u16())),
+        None => tally.count(format!("{what} {}", status.as_u16())),
+    }
+    Some((body, wait))
+}
+
+/// The `Retry-After` of a 429 (whole seconds), or one second when it has none.
+fn retry_after(reply: &reqwest::Response) -> Duration {
+    let secs = reply.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Duration::from_secs(secs.unwrap_or(1))
 }
 
 /// Watches the live WebSocket, counting bid messages and any whose price or seq did not
@@ -184,4 +311,27 @@ async fn current_price(client: &reqwest::Client, auction_url: &str) -> String {
 /// "12.30" -> 1230.
 fn cents(text: &str) -> Option<i64> {
     domain::Money::parse("amount", text).ok().map(domain::Money::cents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_bids_answered_429_is_a_failure_that_says_how_to_lift_the_limits() {
+        let verdict = Throttled { bids: 6, all_bids: 10, reads: 0 }.verdict().expect("a verdict");
+        assert!(verdict.starts_with("Most bids were throttled: 6 of 10"), "{verdict}");
+        assert!(verdict.contains("SPIKE__RATE_LIMIT__ENABLED=false"), "{verdict}");
+    }
+
+    #[test]
+    fn a_few_429s_among_many_bids_pass() {
+        assert!(Throttled { bids: 5, all_bids: 10, reads: 3 }.verdict().is_none());
+    }
+
+    #[test]
+    fn reads_throttled_so_that_no_bid_was_sent_is_a_failure() {
+        let verdict = Throttled { bids: 0, all_bids: 0, reads: 4 }.verdict().expect("a verdict");
+        assert!(verdict.starts_with("No bid was sent"), "{verdict}");
+    }
 }

@@ -27,11 +27,16 @@ pub enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
-    /// Create demo data: a product, an active flash sale (and a live auction); prints their ids.
+    /// Demo data: a product, an active flash sale and a live auction (reused while they have
+    /// time left); prints their ids. `--reset` first wipes everything for a clean slate.
     Seed {
-        /// Required: says you mean demo data.
+        /// Create (or reuse) the demo product, sale and auction.
         #[arg(long)]
         demo: bool,
+        /// Drop every table and migrate again, delete this prefix's Redis keys and empty its
+        /// queues (refused in staging and prod). Stop the server first.
+        #[arg(long)]
+        reset: bool,
     },
     /// Create N shopper accounts and write one access token per line (for k6 and wrk).
     Tokens {
@@ -59,9 +64,10 @@ pub enum Command {
         bidders: usize,
         #[arg(long, default_value_t = 30)]
         secs: u64,
-        /// The server to bid against.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// The server to bid against [default: http:// and the configured http.addr, e.g.
+        /// http://127.0.0.1:8080].
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Inspect and re-drive dead-lettered messages.
     Dlq {

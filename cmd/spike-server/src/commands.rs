@@ -11,12 +11,9 @@ use platform::config::AppEnv;
 use platform::{Broker, Settings, connect};
 use repo::mq::Topology;
 use repo::mq::topology::ROUTES;
-use service::Services;
-use service::auth::AuthService;
-use service::jwt::JwtKeys;
-use service::password::PasswordHasher;
 
 use crate::cli::{AdminAction, Cli, Command, DlqAction, MigrateAction};
+use crate::{bots, setup};
 
 /// `serve`, `api` and `worker` wait this long for the services to come up (a compose stack
 /// starts them together); the other commands fail at once.
@@ -34,46 +31,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             create_admin(&settings, &email, &password).await?
         }
         Command::Dlq { action } => dead_letters(&settings, action).await?,
-        Command::Seed { demo } => seed(settings, demo).await?,
+        Command::Seed { demo, reset } => seed(settings, demo, reset).await?,
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
         Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
         Command::Bots { auction, bidders, secs, url } => {
-            return crate::bots::run(settings, auction, bidders, secs, &url).await;
+            let url = url.unwrap_or_else(|| local_url(settings.http.addr));
+            return bots::run(settings, auction, bidders, secs, &url).await;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The full set of services, for commands that use several of them.
-pub(crate) async fn services(settings: Arc<Settings>) -> anyhow::Result<Services> {
-    let deps = api::connect(settings, Duration::ZERO, "spike-cli").await?;
-    Services::new(deps)
+async fn seed(settings: Arc<Settings>, demo: bool, reset: bool) -> anyhow::Result<()> {
+    if !demo && !reset {
+        anyhow::bail!("nothing to seed: pass --demo for demo data, --reset for a clean slate, or both");
+    }
+    if reset && matches!(settings.app.env, AppEnv::Prod | AppEnv::Staging) {
+        let env = format!("{:?}", settings.app.env).to_lowercase();
+        anyhow::bail!("refusing to wipe the data of {env}: --reset is for a laptop or a demo");
+    }
+    let services = setup::services(settings).await?;
+    if reset {
+        Migrator::fresh(&services.deps.db).await.context("recreating the database")?;
+        let forgotten = service::seed::forget_hot_state(&services).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!(
+            "clean slate: database recreated, {} redis key(s) deleted, {} queued message(s) dropped",
+            forgotten.redis_keys, forgotten.messages
+        );
+    }
+    if demo {
+        services.declare_topology().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let seeded = service::seed::demo(&services).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("product {}", seeded.product_id);
+        println!("sale    {}", describe(seeded.sale));
+        println!("auction {}", describe(seeded.auction));
+    }
+    Ok(())
 }
 
-async fn seed(settings: Arc<Settings>, demo: bool) -> anyhow::Result<()> {
-    if !demo {
-        anyhow::bail!("nothing to seed: pass --demo");
-    }
-    let services = services(settings).await?;
-    services.declare_topology().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let seeded = service::seed::demo(&services).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("product {}", seeded.product_id);
-    println!("sale    {}", seeded.sale_id);
-    println!("auction {}", seeded.auction_id);
-    Ok(())
+/// "<id> (new, ends 16:40 UTC)": the id first, so scripts can take the second word.
+fn describe(demo: service::seed::Demo) -> String {
+    let how = if demo.created { "new" } else { "reused" };
+    format!("{} ({how}, ends {} UTC)", demo.id, demo.end_at.format("%H:%M"))
 }
 
 async fn tokens(settings: &Settings, count: usize, out: &std::path::Path, ttl_secs: u64) -> anyhow::Result<()> {
     if count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
-    let db = connect::postgres(&settings.database).await?;
-    let auth = AuthService::new(
-        db,
-        PasswordHasher::new(&settings.argon2)?,
-        JwtKeys::new(&settings.jwt),
-        Duration::from_secs(settings.jwt.refresh_ttl_secs.get()),
-    );
+    let auth = setup::auth(settings).await?;
     let started = std::time::Instant::now();
     let tokens =
         auth.create_shoppers(count, Duration::from_secs(ttl_secs)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -92,7 +98,7 @@ async fn verify(
     if sale.is_none() && auction.is_none() {
         anyhow::bail!("say what to verify: --sale ID and/or --auction ID");
     }
-    let services = services(settings).await?;
+    let services = setup::services(settings).await?;
     let deps = &services.deps;
     let mut passed = true;
     if let Some(sale) = sale {
@@ -149,13 +155,7 @@ async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<(
 }
 
 async fn create_admin(settings: &Settings, email: &str, password: &str) -> anyhow::Result<()> {
-    let db = connect::postgres(&settings.database).await?;
-    let auth = AuthService::new(
-        db,
-        PasswordHasher::new(&settings.argon2)?,
-        JwtKeys::new(&settings.jwt),
-        Duration::from_secs(settings.jwt.refresh_ttl_secs.get()),
-    );
+    let auth = setup::auth(settings).await?;
     let (user, created) = auth.create_admin(email, password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if created {
         println!("created admin {} ({})", user.email, user.id);
@@ -217,6 +217,13 @@ async fn parked_outbox_rows(settings: &Settings, action: DlqAction) -> anyhow::R
     }
     db.close().await.ok();
     Ok(())
+}
+
+/// The address a server with these settings answers on, seen from this machine (a server
+/// listening on every interface is reached through loopback).
+fn local_url(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop, Kubernetes).

@@ -4,6 +4,7 @@
 mod bots;
 mod cli;
 mod commands;
+mod setup;
 
 use std::process::ExitCode;
 

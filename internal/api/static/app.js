@@ -208,6 +208,25 @@ function isMe(userId) {
   return Boolean(session.user && userId && userId === session.user.id);
 }
 
+// Bidders are shown by their public name (GET /users/{id}/name: the part of the email
+// before the @). Each id is asked for once; until the answer arrives, and if it fails, the
+// end of the id stands in.
+const displayNames = new Map(); // user id -> name, or null while asked
+
+function nameOf(userId) {
+  if (!userId) return '';
+  if (!displayNames.has(userId)) {
+    displayNames.set(userId, null);
+    api('GET', `/users/${userId}/name`)
+      .then((user) => {
+        displayNames.set(userId, user.display_name);
+        for (const card of auctionCards.values()) card.render();
+      })
+      .catch(() => {}); // keep the short id
+  }
+  return displayNames.get(userId) || `bidder …${shortId(userId)}`;
+}
+
 // A refresh token works once: two requests refreshing at the same time would spend it
 // twice, and the server then revokes the whole login. So all callers share one attempt.
 let refreshing = null;
@@ -571,7 +590,7 @@ class AuctionCard {
     if (message.price !== null) this.priceCents = toCents(message.price);
     this.disconnect();
     this.setConnection('closed', 'auction over');
-    say(this.messageLine, '');
+    this.note('');
     this.render();
     if (isMe(this.winnerId)) {
       // The winner's order is written right after the close.
@@ -586,8 +605,19 @@ class AuctionCard {
     this.leaderId = leaderId;
     this.seq = seq;
     this.endAt = endAt; // anti-sniping may have moved the end out
-    if (isMe(leaderId)) this.outbid = false;
-    else if (wasLeading && leaderId) this.outbid = true;
+    if (isMe(leaderId)) {
+      this.outbid = false;
+    } else if (wasLeading && leaderId) {
+      // The card shows one current message: "outbid" replaces "your bid was accepted".
+      this.outbid = true;
+      say(this.messageLine, '');
+    }
+  }
+
+  /** The card's one current message; it replaces the outbid notice too. */
+  note(text, kind = '') {
+    this.outbid = false;
+    say(this.messageLine, text, kind);
   }
 
   // --- bidding ---------------------------------------------------------------------
@@ -595,7 +625,7 @@ class AuctionCard {
   bidCustom() {
     const cents = toCents(this.amountInput.value);
     if (cents === null || cents === 0) {
-      say(this.messageLine, 'Enter an amount such as 25.00 (at most 2 decimals).', 'error');
+      this.note('Enter an amount such as 25.00 (at most 2 decimals).', 'error');
       return;
     }
     this.bid(cents);
@@ -604,23 +634,23 @@ class AuctionCard {
   async bid(cents) {
     this.bidding = true;
     this.render();
-    say(this.messageLine, `Bidding ${formatCents(cents)}…`, 'pending');
+    this.note(`Bidding ${formatCents(cents)}…`, 'pending');
     try {
       const placed = await api('POST', `/auctions/${this.id}/bids`, { amount: formatCents(cents) });
       // 201: we lead. The socket will tell the same (same seq), possibly a bit later.
       if (placed.seq > this.seq) this.moveTo(placed.price, session.user.id, placed.seq, placed.end_at);
-      say(this.messageLine, `Your bid of ${placed.price} was accepted.`, 'ok');
+      this.note(`Your bid of ${placed.price} was accepted.`, 'ok');
       this.amountInput.value = '';
     } catch (err) {
       if (err.code === 'BID_TOO_LOW') {
         // details: {current_price, min_bid}. Offer the minimum in the amount box.
         const minimum = err.details && err.details.min_bid;
-        say(this.messageLine, minimum ? `Too low: the minimum bid is now ${minimum}.` : errorText(err), 'error');
+        this.note(minimum ? `Too low: the minimum bid is now ${minimum}.` : errorText(err), 'error');
         if (minimum) this.amountInput.value = minimum;
       } else if (err.code === 'AUCTION_CLOSED') {
-        say(this.messageLine, 'This auction is not accepting bids.', 'error');
+        this.note('This auction is not accepting bids.', 'error');
       } else {
-        say(this.messageLine, errorText(err), 'error');
+        this.note(errorText(err), 'error');
       }
     } finally {
       this.bidding = false;
@@ -655,7 +685,7 @@ class AuctionCard {
     leader.classList.toggle('me', isMe(this.leaderId));
     if (!this.leaderId) leader.textContent = `No bids yet: opening bid ${formatCents(this.startCents)}`;
     else if (isMe(this.leaderId)) leader.textContent = 'You lead';
-    else leader.textContent = `Leader: bidder …${shortId(this.leaderId)}`;
+    else leader.textContent = `Leader: ${nameOf(this.leaderId)}`;
 
     part(element, 'outbid-notice').hidden = !this.outbid || this.closed;
 
@@ -704,7 +734,7 @@ class AuctionCard {
       link.addEventListener('click', () => refreshOrders());
       result.append(link);
     } else {
-      result.textContent = `Sold to bidder …${shortId(this.winnerId)} for ${formatCents(this.priceCents)}.`;
+      result.textContent = `Sold to ${nameOf(this.winnerId)} for ${formatCents(this.priceCents)}.`;
     }
   }
 

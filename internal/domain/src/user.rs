@@ -29,6 +29,13 @@ impl Email {
     }
 }
 
+/// What other users see of someone (the live page's leader line): the part of the email
+/// before the `@`, at most 24 characters. The address itself stays private.
+pub fn display_name(email: &str) -> String {
+    let local = email.split('@').next().unwrap_or_default();
+    local.chars().take(24).collect()
+}
+
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -76,6 +83,12 @@ named!(Role, "role", "role", { User => "user", Admin => "admin" });
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_display_name_is_the_email_before_the_at_sign_and_short() {
+        assert_eq!(display_name("ann.lee@example.com"), "ann.lee");
+        assert_eq!(display_name(&format!("{}@example.com", "x".repeat(40))), "x".repeat(24));
+    }
 
     #[test]
     fn emails_are_trimmed_and_lower_cased() {

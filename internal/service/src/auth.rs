@@ -118,6 +118,12 @@ impl AuthService {
         Ok(row.into())
     }
 
+    /// The public name of any user (the part of the email before the `@`).
+    pub async fn display_name(&self, id: Uuid) -> Result<String> {
+        let row = users::find(&self.db, id).await?.ok_or(Error::NotFound("user"))?;
+        Ok(domain::user::display_name(&row.email))
+    }
+
     pub async fn list_users(&self, caller: &Caller, page: PageRequest, sort: Option<&str>) -> Result<Page<User>> {
         caller.require_admin()?;
         let sort = Sort::parse(sort, USER_SORT_FIELDS, Sort { field: "created_at", dir: SortDir::Asc })?;

@@ -1,9 +1,10 @@
-//! `GET /users/me` and `GET /admin/users`.
+//! `GET /users/me`, `GET /users/{id}/name` and `GET /admin/users`.
 
-use poem_openapi::param::Query;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use service::auth::AuthService;
+use uuid::Uuid;
 
 use super::ApiTags;
 use super::auth::UserResponse;
@@ -22,6 +23,21 @@ pub enum MeResponse {
     Ok(Json<Envelope<UserResponse>>),
 }
 
+/// What other users may see of someone.
+#[derive(Debug, Object)]
+pub struct PublicUserResponse {
+    pub id: String,
+    /// The part of the user's email before the `@` (at most 24 characters).
+    pub display_name: String,
+}
+
+#[derive(ApiResponse)]
+pub enum PublicUserResponseOf {
+    /// The user's public name.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<PublicUserResponse>>),
+}
+
 #[derive(ApiResponse)]
 pub enum UserListResponse {
     /// A page of users.
@@ -36,6 +52,16 @@ impl UsersApi {
     async fn me(&self, auth: BearerAuth) -> ApiResult<MeResponse> {
         let user = self.auth.me(auth.caller()).await?;
         Ok(MeResponse::Ok(ok(user.into())))
+    }
+
+    /// A user's public name
+    ///
+    /// No sign-in needed: the live page names an auction's leader and winner with it.
+    /// 404 `NOT_FOUND` for an unknown id.
+    #[oai(path = "/users/:id/name", method = "get")]
+    async fn display_name(&self, id: Path<Uuid>) -> ApiResult<PublicUserResponseOf> {
+        let display_name = self.auth.display_name(id.0).await?;
+        Ok(PublicUserResponseOf::Ok(ok(PublicUserResponse { id: id.0.to_string(), display_name })))
     }
 
     /// All users (admin)

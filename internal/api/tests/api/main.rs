@@ -23,3 +23,4 @@ mod orders;
 mod pipeline;
 mod sales;
 mod tls;
+mod users;

@@ -21,7 +21,7 @@
 //! (PRECONDITION_FAILED): after such a change, delete the old queues or use a new
 //! `amqp.prefix` (docs/runbook.md).
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
@@ -147,6 +147,21 @@ impl Topology {
         let name = self.dead_letters(route);
         self.declare_queue(channel, &name, self.base_arguments()).await?;
         Ok(name)
+    }
+
+    /// Empties every consumer, retry and dead-letter queue (declare first); returns how
+    /// many messages were dropped. The delay queues are left alone: their names depend on
+    /// delays seen at run time, and what they still hold points at rows that are gone.
+    pub async fn purge(&self, channel: &Channel) -> Result<u32, lapin::Error> {
+        let mut dropped = 0;
+        for &route in ROUTES {
+            let mut queues = vec![self.queue(route), self.dead_letters(route)];
+            queues.extend(self.retry_delays_ms.iter().map(|&delay| self.retry_queue(route, delay)));
+            for queue in queues {
+                dropped += channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await?;
+            }
+        }
+        Ok(dropped)
     }
 
     /// The TTL queue that delivers messages for `key` after `delay_ms`. Created on demand
