@@ -317,7 +317,12 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
         ("get", "/products" | "/sales" | "/auctions") => &[INVALID_REQUEST, SERVICE_UNAVAILABLE],
         (
             "get",
-            "/products/{id}" | "/sales/{id}" | "/auctions/{id}" | "/auctions/{id}/bids" | "/auctions/{id}/live",
+            "/products/{id}"
+            | "/sales/{id}"
+            | "/auctions/{id}"
+            | "/auctions/{id}/bids"
+            | "/auctions/{id}/live"
+            | "/users/{id}/name",
         ) => &[INVALID_REQUEST, NOT_FOUND, SERVICE_UNAVAILABLE],
         ("post", "/products" | "/auctions") => &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, SERVICE_UNAVAILABLE],
         ("patch" | "delete", "/products/{id}") => {
