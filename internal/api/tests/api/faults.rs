@@ -5,13 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use api::Mode;
 use chrono::Utc;
 use repo::mq::Route;
 use repo::mq::topology::{AUCTION_BIDS, ORDER_CLOSE, SALE_RESERVE};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::helpers::{Session, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Session, TestApp, spawn_app, spawn_app_with, spawn_sibling};
 use crate::proxy::TcpProxy;
 
 /// `url` with its `host:port` replaced by `proxy`.
@@ -471,4 +472,52 @@ async fn a_multi_unit_refusal_after_a_rebuild_returns_exactly_the_units_redis_to
     assert_eq!(view.data(200)["remaining"], 1, "the one unit Postgres still has is on sale again");
     let report = verify_sale(&app, &sale).await;
     assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_reservation_the_broker_stored_but_never_confirmed_is_accepted_once_the_consumer_claimed_it() {
+    // The consumer, connected directly, so that it gets the message and claims it.
+    let consumer = spawn_app().await;
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let api = spawn_sibling(&consumer, Mode::Api, |s| {
+        s.amqp.url = through(&s.amqp.url, rabbit.addr);
+        // One publisher channel, opened below while the broker's answers still arrive: a
+        // channel opened after the mute would never get its open-ok.
+        s.amqp.publishers = 1.try_into().unwrap();
+        // The window in which the consumer must claim before the API gives up; it needs
+        // milliseconds.
+        s.amqp.confirm_timeout_ms = 3000.try_into().unwrap();
+    })
+    .await;
+    let admin = api.admin().await;
+    let sale = flash_sale(&api, &admin, 5).await;
+    let purchase =
+        async |session: &Session| api.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), session.token()).await;
+    let confirmed = async |session: &Session, id: String| {
+        let path = format!("/api/v1/reservations/{id}");
+        api.eventually(10, "the reservation became an order", || async {
+            api.get(&path, session.token()).await.data(200)["status"] == "confirmed"
+        })
+        .await;
+    };
+    let first = api.shopper().await;
+    let id = purchase(&first).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    confirmed(&first, id).await;
+
+    // The purchase reaches the broker, which stores it and hands it to the consumer; its
+    // confirm never reaches the API, which then finds the reservation claimed.
+    rabbit.mute_replies();
+    let buyer = api.shopper().await;
+    let reply = purchase(&buyer).await;
+    assert!(rabbit.muted_bytes() > 0, "the broker's confirm was dropped");
+    let id = reply.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    confirmed(&buyer, id).await;
+
+    let orders = format!("SELECT count(*) FROM orders WHERE kind = 'sale' AND user_id = '{}'", buyer.user_id);
+    assert_eq!(api.scalar(&orders).await, 1);
+    let view = api.get(&format!("/api/v1/sales/{sale}"), None).await;
+    assert_eq!(view.data(200)["remaining"], 3, "two units sold, none returned");
+    let report = verify_sale(&api, &sale).await;
+    assert!(report.passed(), "{report}");
+    rabbit.cut();
 }

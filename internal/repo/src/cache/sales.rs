@@ -171,7 +171,7 @@ pub async fn settle(
         return Ok(());
     }
     let mut invocation = SETTLE.key(&keys.state);
-    invocation.key(&keys.buyers).key(&keys.inflight).key(&keys.claimed).key(&keys.settled).arg(version);
+    invocation.key(&keys.buyers).key(&keys.inflight).key(&keys.settled).arg(version);
     for s in settled {
         invocation.arg(s.reservation_id.to_string()).arg(s.user_id.to_string()).arg(s.quantity).arg(&s.generation);
     }
@@ -195,7 +195,6 @@ pub async fn fail(
     invocation
         .key(&keys.buyers)
         .key(&keys.inflight)
-        .key(&keys.claimed)
         .key(&keys.undone)
         .arg(u8::from(forget))
         .arg(channel)

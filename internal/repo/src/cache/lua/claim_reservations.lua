@@ -1,6 +1,10 @@
 -- claim_reservations.lua: the order consumer takes ownership of reservations before it
 -- writes their orders (see undo_reservation.lua for the other side of this handshake).
 --
+-- A claim stays until the sale's keys expire, also after the order is settled or refused:
+-- a lost confirm is noticed only after the timeout, long after the consumer has finished,
+-- and the undo must still find the claim then.
+--
 -- KEYS[1] state, KEYS[2] claimed, KEYS[3] undone
 -- ARGV: reservation ids
 -- Returns one flag per id: 1 claimed (go ahead), 0 undone by the API (drop it).

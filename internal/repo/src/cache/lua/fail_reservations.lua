@@ -8,18 +8,17 @@
 -- id is also marked undone, so a dead-lettered message that is re-driven later cannot turn
 -- a released reservation into an order.
 --
--- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] undone
+-- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] undone
 -- ARGV: forget (0/1), channel, sale id, then reservation ids
 -- Returns the number of units put back (a restock notice is published when > 0).
 
-local state, buyers, inflight, claimed, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, buyers, inflight, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local forget, channel, sale = ARGV[1] == '1', ARGV[2], ARGV[3]
 local loaded = redis.call('EXISTS', state) == 1
 local returned = 0
 
 for i = 4, #ARGV do
   local rid = ARGV[i]
-  redis.call('SREM', claimed, rid)
   if forget then
     redis.call('SADD', undone, rid)
     redis.call('PEXPIRE', undone, 86400000)

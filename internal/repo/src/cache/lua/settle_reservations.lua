@@ -9,17 +9,16 @@
 -- the stock may go below zero when the rebuilt Redis sold those units again, and the
 -- refusals of the reservations it over-sold (fail_reservations.lua) bring it back.
 --
--- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] settled
+-- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] settled
 -- ARGV: commit version, then groups of (reservation id, user, qty, gen)
 
-local state, buyers, inflight, claimed, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, buyers, inflight, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local version = tonumber(ARGV[1])
 local s = redis.call('HMGET', state, 'gen', 'snap', 'stock', 'expire_at')
 local loaded = s[1] ~= false
 
 for i = 2, #ARGV, 4 do
   local rid, user, qty, gen = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  redis.call('SREM', claimed, rid)
   local was_inflight = redis.call('HDEL', inflight, rid) == 1
   if not was_inflight and loaded and gen ~= s[1] and version > tonumber(s[2]) then
     if redis.call('SADD', settled, rid) == 1 then
