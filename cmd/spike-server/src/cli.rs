@@ -74,7 +74,7 @@ pub enum Command {
 pub enum DlqAction {
     /// Show dead letters (they stay in the queue).
     List {
-        /// The consumer queue: order.close, sale.reservations, sale.restock, auction.bids, auction.close.
+        /// The consumer queue: order.close, sale.reservations, sale.restock, auction.close.
         #[arg(long)]
         queue: String,
         #[arg(long, default_value_t = 20)]

@@ -256,7 +256,7 @@ async fn many_bidders_leave_a_strictly_rising_gapless_history() {
 }
 
 #[tokio::test]
-async fn bids_accepted_while_the_broker_is_away_are_not_lost() {
+async fn bids_do_not_wait_for_the_broker() {
     let rabbit = TcpProxy::start("127.0.0.1:5672").await;
     let app =
         spawn_app_with(|s| s.amqp.url = SecretString::from(format!("amqp://guest:guest@{}/%2f", rabbit.addr))).await;
@@ -270,12 +270,10 @@ async fn bids_accepted_while_the_broker_is_away_are_not_lost() {
     for amount in ["11.00", "12.00", "13.00", "14.00", "15.00"] {
         bid(&app, &shopper, &lot, amount).await.data(201);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let sql = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}'");
-    assert_eq!(app.scalar(&sql).await, 1, "the broker path is down: nothing new reaches Postgres");
+    assert_eq!(app.scalar(&sql).await, 6, "a 201 bid is in Postgres already, broker or not");
 
     rabbit.restore();
-    persisted(&app, &lot, 6).await;
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
 }

@@ -12,6 +12,7 @@ mod redis_server;
 
 mod auctions;
 mod auth;
+mod bid_durability;
 mod catalog;
 mod health;
 mod http;
