@@ -85,13 +85,10 @@ impl WriterTask {
             let next = if waiting.is_empty() {
                 self.receiver.recv().await
             } else {
-                match tokio::time::timeout(RECHECK, self.receiver.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => waiting.pop(),
-                }
+                tokio::time::timeout(RECHECK, self.receiver.recv()).await.unwrap_or_else(|_| waiting.pop())
             };
             let Some(next) = next else {
-                answer(waiting, false);
+                answer(waiting, false); // the service is shutting down
                 return;
             };
             waiting.push(next);
@@ -132,6 +129,8 @@ impl WriterTask {
         let last = first + run.len() as i64 - 1;
         let (generation_now, bid_count) = match auctions::append_bids(&self.db, auction_id, generation, &run).await {
             Ok(Append::Written) => {
+                metrics::counter!("bids_written_total").increment(run.len() as u64);
+                metrics::histogram!("bid_write_batch_size").record(run.len() as f64);
                 let rest = group.split_off(&(last + 1));
                 answer(group.into_values().flatten(), true);
                 return rest.into_values().flatten().collect();

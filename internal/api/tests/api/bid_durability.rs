@@ -263,3 +263,29 @@ async fn auctions_sales_and_the_live_socket_tell_the_server_time() {
         assert!(before <= time && time <= after, "{time} is the server's now");
     }
 }
+
+#[tokio::test]
+async fn postgres_takes_bids_only_in_order_and_only_from_the_current_generation() {
+    use repo::db::auctions::{self as rows, Append, NewBid};
+    let app = spawn_app().await;
+    let lot: uuid::Uuid = auction(&app, 3_600_000).await.parse().unwrap();
+    let tokens = app.services.auth.create_shoppers(1, Duration::from_secs(600)).await.unwrap();
+    let user = app.get("/api/v1/users/me", Some(&tokens[0])).await.data(200)["id"].as_str().unwrap().parse().unwrap();
+    let generation = rows::find(&app.db, lot).await.unwrap().unwrap().bid_generation;
+    assert!(!generation.is_empty(), "creating the auction loaded its live state and named it");
+    let new_bid = |seq: i64| NewBid {
+        seq,
+        user_id: user,
+        amount: Decimal::new(1000 + seq * 100, 2),
+        end_at: Utc::now() + chrono::Duration::hours(1),
+        placed_at: Utc::now(),
+    };
+    let refused = |bid_count| Append::Refused { generation: generation.clone(), bid_count };
+
+    assert_eq!(rows::append_bids(&app.db, lot, &generation, &[new_bid(2)]).await.unwrap(), refused(0), "a gap");
+    assert_eq!(rows::append_bids(&app.db, lot, "old", &[new_bid(1)]).await.unwrap(), refused(0), "a lost state");
+    assert_eq!(rows::append_bids(&app.db, lot, &generation, &[new_bid(1), new_bid(2)]).await.unwrap(), Append::Written);
+    assert_eq!(rows::append_bids(&app.db, lot, &generation, &[new_bid(2)]).await.unwrap(), refused(2), "in already");
+    let written: Vec<i64> = stored(&app, &lot.to_string()).await.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(written, [1, 2]);
+}

@@ -7,9 +7,8 @@
 -- Returns the generation of the state now in Redis: ARGV[13] when it loaded, the existing
 -- one otherwise.
 
-local existing = redis.call('HGET', KEYS[1], 'gen')
-if existing then
-  return existing
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'gen') or ''
 end
 redis.call('HSET', KEYS[1],
   'start', ARGV[1], 'end', ARGV[2], 'price', ARGV[3], 'leader', ARGV[4], 'seq', ARGV[5],
