@@ -5,7 +5,8 @@
 //! - `m20261123_000001_users`: users and refresh tokens (auth);
 //! - `m20261123_000002_catalog_orders`: products, orders, idempotency keys, the outbox;
 //! - `m20261123_000003_sales`: flash sales, their buyers and reservations;
-//! - `m20261123_000004_auctions`: auctions and their bids.
+//! - `m20261123_000004_auctions`: auctions and their bids;
+//! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order.
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -14,6 +15,7 @@ mod m20261123_000001_users;
 mod m20261123_000002_catalog_orders;
 mod m20261123_000003_sales;
 mod m20261123_000004_auctions;
+mod m20261201_000005_bid_generation;
 
 pub struct Migrator;
 
@@ -25,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_catalog_orders::Migration),
             Box::new(m20261123_000003_sales::Migration),
             Box::new(m20261123_000004_auctions::Migration),
+            Box::new(m20261201_000005_bid_generation::Migration),
         ]
     }
 }

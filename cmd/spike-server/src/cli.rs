@@ -80,8 +80,8 @@ pub enum Command {
 pub enum DlqAction {
     /// Show dead letters (they stay in the queue).
     List {
-        /// The consumer queue: order.close, sale.reservations, sale.restock, auction.bids, auction.close;
-        /// or outbox, for the rows the outbox relay parked.
+        /// The consumer queue: order.close, sale.reservations, sale.restock, auction.close; or
+        /// outbox, for the rows the outbox relay parked.
         #[arg(long)]
         queue: String,
         #[arg(long, default_value_t = 20)]

@@ -83,6 +83,24 @@ function formatDuration(ms) {
 }
 
 /**
+ * The server's clock as far as the page knows it. Sale and auction answers and the live
+ * socket's first message carry `server_time`; the difference to the browser's clock is kept,
+ * so a countdown ends when the server's deadline passes even if the browser's clock is off.
+ */
+let clockOffsetMs = 0;
+
+function serverNow() {
+  return Date.now() + clockOffsetMs;
+}
+
+/** Learns the offset from an answer (an object or a page of them) that has `server_time`. */
+function learnServerTime(data) {
+  const items = data && Array.isArray(data.items) ? data.items : [data];
+  const stamped = items.find((item) => item && item.server_time);
+  if (stamped) clockOffsetMs = Date.parse(stamped.server_time) - Date.now();
+}
+
+/**
  * Turns `element` into a countdown to `deadline` (an RFC 3339 string). The ticker at the
  * bottom of this file refreshes every element that has a `data-deadline`; once the
  * deadline has passed it shows `whenDone`.
@@ -90,7 +108,7 @@ function formatDuration(ms) {
 function setCountdown(element, deadline, whenDone) {
   element.dataset.deadline = deadline;
   element.dataset.done = whenDone;
-  renderCountdown(element, Date.now());
+  renderCountdown(element, serverNow());
 }
 
 function renderCountdown(element, now) {
@@ -142,7 +160,11 @@ async function api(method, path, body, { retryOn401 = true } = {}) {
   }
   const text = await response.text();
 
-  if (response.ok) return JSON.parse(text).data;
+  if (response.ok) {
+    const data = JSON.parse(text).data;
+    learnServerTime(data);
+    return data;
+  }
 
   // 401 on a call that sent a token: it has expired. Refresh it and try once more.
   if (response.status === 401 && retryOn401 && session.refreshToken && (await refreshTokens())) {
@@ -563,6 +585,7 @@ class AuctionCard {
 
   /** First message on every (re)connect: the whole current state. */
   onState(message) {
+    learnServerTime(message);
     this.retryMs = 1000; // connected: the next drop starts the backoff afresh
     this.setConnection('open', '● live');
     if (message.seq >= this.seq) {
@@ -661,7 +684,7 @@ class AuctionCard {
   // --- drawing ---------------------------------------------------------------------
 
   /** Before start_at the server says "scheduled"; after it, the auction is live. */
-  currentStatus(now = Date.now()) {
+  currentStatus(now = serverNow()) {
     if (this.status === 'scheduled' && now >= Date.parse(this.startAt)) return 'live';
     return this.status;
   }
@@ -913,7 +936,7 @@ function every(ms, task) {
 
 /** Four times a second: every countdown on the page, and auctions whose start came. */
 function tick() {
-  const now = Date.now();
+  const now = serverNow();
   for (const element of document.querySelectorAll('[data-deadline]')) renderCountdown(element, now);
   for (const card of auctionCards.values()) card.tick(now);
 }

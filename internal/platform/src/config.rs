@@ -284,7 +284,7 @@ pub struct SaleSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuctionSettings {
-    pub relay_batch: NonZeroUsize,
+    pub bid_write_timeout_ms: NonZeroU64,
     pub sweep_interval_secs: NonZeroU64,
 }
 

@@ -1,9 +1,10 @@
 //! Live auctions: creation, the live view and the bid path.
 //!
-//! The bid path touches no database: one Lua script swaps in the higher bid, appends it to
-//! the auction's Redis stream and publishes it on pub/sub. What happens after an accepted
-//! bid runs in the workers: the bid relay and persister ([`crate::bid_relay`]) and the
-//! close at the end ([`crate::closer`]).
+//! The bid path: one Lua script swaps in the higher bid and hands out its `seq`; the bid is
+//! written to Postgres in `seq` order ([`crate::bid_writer`]) and only then answered 201
+//! and announced on pub/sub. A bid that cannot be written is undone by dropping the live
+//! state, which the next request rebuilds from Postgres under a new generation. The close
+//! at the end runs in the workers ([`crate::closer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +14,16 @@ use domain::auction::{AuctionStatus, NewAuction, min_next_bid};
 use domain::{IdempotencyKey, Money, PageRequest};
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
-use repo::cache::auctions::{self as live, Bid, BidRequest, Snapshot};
+use repo::cache::auctions::{self as live, Announced, Bid, BidRequest, Snapshot};
 use repo::db::Page;
-use repo::db::auctions::{self, AuctionRow, BidRow};
+use repo::db::auctions::{self, AuctionRow, BidRow, NewBid};
 use repo::db::outbox::{self, Outgoing};
 use repo::mq::messages::CloseAuction;
 use repo::mq::topology::AUCTION_CLOSE;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
+use crate::bid_writer::BidWriter;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
 use crate::singleflight::SingleFlight;
@@ -127,12 +129,20 @@ pub struct AuctionService {
     redis: ConnectionManager,
     keys: Keys,
     idempotency_ttl: Duration,
+    writer: BidWriter,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
 }
 
 impl AuctionService {
-    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, idempotency_ttl: Duration) -> Self {
-        Self { db, redis, keys, idempotency_ttl, rebuilds: Arc::default() }
+    pub fn new(
+        db: DatabaseConnection,
+        redis: ConnectionManager,
+        keys: Keys,
+        idempotency_ttl: Duration,
+        bid_write_timeout: Duration,
+    ) -> Self {
+        let writer = BidWriter::start(db.clone(), bid_write_timeout);
+        Self { db, redis, keys, idempotency_ttl, writer, rebuilds: Arc::default() }
     }
 
     /// Creates an auction and, in the same transaction, the outbox message that will close
@@ -190,7 +200,7 @@ impl AuctionService {
         Ok(Page { items: rows.items.into_iter().map(BidView::from).collect(), total: rows.total })
     }
 
-    /// The hot path: one Lua script. No database, no broker wait.
+    /// The hot path: one Lua script, then one (shared, batched) Postgres write.
     pub async fn bid(&self, caller: &Caller, id: Uuid, amount: Money, key: Option<&IdempotencyKey>) -> Result<Placed> {
         let request = || BidRequest {
             user_id: caller.user_id,
@@ -206,8 +216,24 @@ impl AuctionService {
         }
         let current = |cents: i64| (cents > 0).then(|| Money::from_cents(cents));
         let (outcome, result) = match answer {
-            Bid::Accepted { seq, end_ms, price_cents } => {
-                ("accepted", Ok(Placed { price: Money::from_cents(price_cents), seq, end_at: millis(end_ms) }))
+            Bid::Accepted { seq, end_ms, price_cents, placed_ms, generation, min_next_cents } => {
+                let bid = NewBid {
+                    seq,
+                    user_id: caller.user_id,
+                    amount: Money::from_cents(price_cents).decimal(),
+                    end_at: millis(end_ms),
+                    placed_at: millis(placed_ms),
+                };
+                if self.writer.write(id, generation.clone(), bid).await {
+                    let announced = Announced { seq, leader: caller.user_id, price_cents, end_ms, min_next_cents };
+                    if let Err(err) = live::announce_bid(&mut redis, &self.keys, id, &announced).await {
+                        tracing::warn!(auction_id = %id, seq, error = %err, "could not announce a written bid");
+                    }
+                    ("accepted", Ok(Placed { price: Money::from_cents(price_cents), seq, end_at: millis(end_ms) }))
+                } else {
+                    self.undo(id, &generation, caller.user_id, key).await;
+                    ("unavailable", Err(Error::unavailable("postgres")))
+                }
             }
             Bid::TooLow { price_cents, minimum_cents } => (
                 "too_low",
@@ -220,9 +246,30 @@ impl AuctionService {
         result
     }
 
-    /// Rebuilds the live state from Postgres (the highest persisted bid) if Redis has none.
-    /// Bids that were still in a flushed Redis stream are gone: run Redis with an append-only
-    /// file in production (docker-compose.yml does) to keep them.
+    /// A bid Postgres did not take is taken back: its whole live state goes (it was priced
+    /// into every later bid) and is rebuilt from Postgres on the next request. If Redis is
+    /// unreachable too, the state's generation is refused by Postgres anyway.
+    async fn undo(&self, id: Uuid, generation: &str, user_id: Uuid, key: Option<&IdempotencyKey>) {
+        let key = key.map(IdempotencyKey::as_str);
+        match live::undo_bid(&mut self.redis.clone(), &self.keys, id, generation, user_id, key).await {
+            Ok(true) => {
+                tracing::warn!(auction_id = %id, generation, "a bid could not be written: live state dropped for a rebuild")
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(auction_id = %id, error = %err, "could not undo an unwritten bid in redis"),
+        }
+    }
+
+    /// Drops the live state of generation `generation` (see [`Self::undo`]); the closer uses it when
+    /// Redis holds a bid that Postgres does not.
+    pub(crate) async fn drop_live_state(&self, id: Uuid, generation: &str) -> Result<()> {
+        live::undo_bid(&mut self.redis.clone(), &self.keys, id, generation, Uuid::nil(), None).await?;
+        Ok(())
+    }
+
+    /// Rebuilds the live state from Postgres if Redis has none. Every answered bid is in
+    /// Postgres, so the rebuilt state includes them all; bids of the lost state still on
+    /// their way are refused by the new generation (and answered 503).
     pub async fn rebuild(&self, id: Uuid) -> Result<()> {
         let found = self.rebuilds.run(id, || self.load(id)).await.map_err(|e| Error::Unavailable {
             service: "redis",
@@ -232,8 +279,19 @@ impl AuctionService {
     }
 
     async fn load(&self, id: Uuid) -> Result<bool, String> {
-        let Some(row) = auctions::find(&self.db, id).await.map_err(|e| e.to_string())? else { return Ok(false) };
-        let top = auctions::top_bid(&self.db, id).await.map_err(|e| e.to_string())?;
+        self.load_locked(id).await.map_err(|e| e.to_string())
+    }
+
+    /// Reads the auction and its last bid with the row locked, loads them into Redis under
+    /// a new generation and makes Postgres take only that generation's bids, all before
+    /// the lock goes: a bid write of the old state lands before the read (and is in the
+    /// snapshot) or after the switch (and is refused). If Redis already holds a state (an
+    /// instance rebuilt it first), it is kept when Postgres takes its generation, else
+    /// dropped and replaced.
+    async fn load_locked(&self, id: Uuid) -> Result<bool> {
+        let txn = self.db.begin().await?;
+        let Some(row) = auctions::lock(&txn, id).await? else { return Ok(false) };
+        let top = auctions::top_bid(&txn, id).await?;
         let end_at = top.as_ref().map_or(row.end_at, |t| t.end_at.max(row.end_at));
         let snapshot = Snapshot {
             start_ms: row.start_at.timestamp_millis(),
@@ -251,11 +309,20 @@ impl AuctionService {
                 Ok(AuctionStatus::Unsold) => Some(false),
                 _ => None,
             },
+            generation: Uuid::new_v4().simple().to_string(),
         };
-        let loaded = live::load(&mut self.redis.clone(), &self.keys, id, &snapshot).await.map_err(|e| e.to_string())?;
-        if loaded {
+        let mut redis = self.redis.clone();
+        let mut in_redis = live::load(&mut redis, &self.keys, id, &snapshot).await?;
+        if in_redis != snapshot.generation && in_redis != row.bid_generation {
+            // A state Postgres does not back (say, loaded by a rebuild that then failed).
+            live::undo_bid(&mut redis, &self.keys, id, &in_redis, Uuid::nil(), None).await?;
+            in_redis = live::load(&mut redis, &self.keys, id, &snapshot).await?;
+        }
+        if in_redis == snapshot.generation {
+            auctions::set_generation(&txn, id, &snapshot.generation).await?;
             tracing::info!(auction_id = %id, seq = snapshot.seq, "auction live state loaded from Postgres");
         }
+        txn.commit().await?;
         Ok(true)
     }
 }

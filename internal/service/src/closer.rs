@@ -110,13 +110,7 @@ impl AuctionCloser {
     /// second time (the outcome is written only while the auction is `open`).
     #[tracing::instrument(skip(self))]
     pub async fn close(&self, id: Uuid) -> Result<Closing> {
-        let mut redis = self.redis.clone();
-        let mut answer = live::close(&mut redis, &self.keys, id).await?;
-        if answer == Close::Missing {
-            self.auctions.rebuild(id).await?;
-            answer = live::close(&mut redis, &self.keys, id).await?;
-        }
-        let (price_cents, leader, end_ms, sold) = match answer {
+        let (price_cents, leader, end_ms, sold) = match self.close_in_redis(id).await? {
             Close::NotYet { end_ms } => {
                 let end_at = millis(end_ms);
                 schedule_auction_close(&self.db, id, end_at).await?;
@@ -129,7 +123,7 @@ impl AuctionCloser {
         let txn = self.db.begin().await?;
         let winner = if sold { leader } else { None };
         let finished = auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
-        if let (Some(row), Some(winner), Some(price)) = (&finished, winner, price) {
+        if let (Some(row), Some(winner), Some(price)) = (finished.clone(), winner, price) {
             let order_id = Uuid::now_v7();
             let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
             let order = NewOrder {
@@ -150,12 +144,47 @@ impl AuctionCloser {
             announce_and_schedule_close(&txn, OrderKind::Auction, &[order_id], timeout_ms).await?;
             tracing::info!(auction_id = %id, %winner, %price, "auction sold");
         }
+        let moved = finished.is_some();
         txn.commit().await?;
+        if moved
+            && let Err(err) =
+                live::announce_close(&mut self.redis.clone(), &self.keys, id, sold, winner, price_cents).await
+        {
+            tracing::warn!(auction_id = %id, error = %err, "could not announce the close");
+        }
         // Counted by the close that recorded the outcome, not by a redelivered message.
-        if finished.is_some() {
+        if moved {
             metrics::counter!("auctions_closed_total", "status" => if sold { "sold" } else { "unsold" }).increment(1);
         }
         Ok(Closing::Closed { sold })
+    }
+}
+
+impl AuctionCloser {
+    /// Closes the live state, and makes sure Postgres holds every bid it counts: Redis may
+    /// hold a last bid whose write is still under way or was abandoned (its instance died).
+    /// Then the state is dropped and rebuilt from Postgres, which also makes Postgres refuse
+    /// that bid if it comes late, and closed again: the winner is always a written bid.
+    async fn close_in_redis(&self, id: Uuid) -> Result<Close> {
+        let mut redis = self.redis.clone();
+        let mut answer = live::close(&mut redis, &self.keys, id).await?;
+        for _ in 0..3 {
+            match &answer {
+                Close::Missing => self.auctions.rebuild(id).await?,
+                Close::Closed { seq, generation, .. } => {
+                    let row = auctions::find(&self.db, id).await?.ok_or(Error::NotFound("auction"))?;
+                    if i64::from(row.bid_count) == *seq {
+                        return Ok(answer);
+                    }
+                    tracing::warn!(auction_id = %id, redis_seq = seq, postgres_seq = row.bid_count, "closing: a bid is not written; rebuilding the live state");
+                    self.auctions.drop_live_state(id, generation).await?;
+                    self.auctions.rebuild(id).await?;
+                }
+                Close::NotYet { .. } => return Ok(answer),
+            }
+            answer = live::close(&mut redis, &self.keys, id).await?;
+        }
+        Err(Error::unavailable("postgres"))
     }
 }
 

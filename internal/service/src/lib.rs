@@ -12,8 +12,8 @@
 //! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
 //!   publisher behind it; [`order_consumer`]: the order and restock consumers;
 //!   [`pubsub`]: the instance's Redis subscription;
-//! - [`auctions`]: auctions and the bid path; [`bid_relay`]: the relay and persister of
-//!   accepted bids; [`live`]: the local fan-out to WebSocket watchers;
+//! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
+//!   Postgres, in order, before they are answered; [`live`]: the local fan-out to WebSocket watchers;
 //! - [`verify`]: the invariant checks; [`seed`]: demo data;
 //! - [`dead_letters`]: inspect and re-drive dead-lettered messages;
 //! - [`health`], [`metrics`]: readiness of the three services and scraped gauges;
@@ -21,7 +21,7 @@
 
 pub mod auctions;
 pub mod auth;
-pub mod bid_relay;
+pub mod bid_writer;
 pub mod catalog;
 pub mod closer;
 pub mod dead_letters;
@@ -133,7 +133,13 @@ impl Services {
         );
         let order_consumer =
             order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
-        let auctions = auctions::AuctionService::new(deps.db.clone(), deps.redis.clone(), deps.keys(), idempotency_ttl);
+        let auctions = auctions::AuctionService::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            idempotency_ttl,
+            Duration::from_millis(settings.auctions.bid_write_timeout_ms.get()),
+        );
         let auction_closer =
             closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();

@@ -14,7 +14,7 @@ use repo::cache::auctions::LiveEvent;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// A live auction event, decoded from what the Lua scripts publish.
+/// A live auction event, decoded from what the bid path and the closer publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
@@ -28,7 +28,7 @@ impl Event {
         }
     }
 
-    /// `None` for a message that does not parse (never from our own scripts).
+    /// `None` for a message that does not parse (never from our own publishers).
     pub fn decode(raw: LiveEvent) -> Option<Self> {
         Some(match raw {
             LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents } => Event::Bid {
@@ -69,13 +69,30 @@ impl LiveHub {
     pub fn publish(&self, event: Event) {
         let mut channels = self.channels.lock().expect("live hub poisoned");
         if let Some(sender) = channels.get(&event.auction_id()) {
-            sender.send_replace(Some(event));
+            sender.send_if_modified(|latest| {
+                let newer = is_newer(latest.as_ref(), &event);
+                if newer {
+                    *latest = Some(event);
+                }
+                newer
+            });
         }
         channels.retain(|_, sender| sender.receiver_count() > 0);
     }
 
     pub fn watched(&self) -> usize {
         self.channels.lock().expect("live hub poisoned").len()
+    }
+}
+
+/// Bids are announced by the request that placed them, once written, so two of them may
+/// reach pub/sub in either order: an older price never replaces a newer one, and nothing
+/// follows the close.
+fn is_newer(latest: Option<&Event>, event: &Event) -> bool {
+    match (latest, event) {
+        (Some(Event::Closed { .. }), _) => false,
+        (Some(Event::Bid { seq: seen, .. }), Event::Bid { seq, .. }) => seq > seen,
+        _ => true,
     }
 }
 
@@ -119,6 +136,20 @@ mod tests {
         }
         watcher.changed().await.unwrap();
         assert_eq!(*watcher.borrow_and_update(), Some(bid(auction, 100)));
+    }
+
+    #[tokio::test]
+    async fn a_late_older_bid_or_a_bid_after_the_close_is_dropped() {
+        let hub = LiveHub::default();
+        let auction = Uuid::now_v7();
+        let mut watcher = hub.subscribe(auction);
+        hub.publish(bid(auction, 2));
+        hub.publish(bid(auction, 1));
+        assert_eq!(*watcher.borrow_and_update(), Some(bid(auction, 2)));
+        let closed = Event::Closed { auction_id: auction, status: AuctionStatus::Sold, winner: None, price: None };
+        hub.publish(closed.clone());
+        hub.publish(bid(auction, 3));
+        assert_eq!(*watcher.borrow_and_update(), Some(closed));
     }
 
     #[test]

@@ -5,12 +5,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use repo::mq::consumer::{self, Delivery, Intake};
-use repo::mq::topology::{AUCTION_BIDS, AUCTION_CLOSE, ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
+use repo::mq::topology::{AUCTION_CLOSE, ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
 use repo::mq::{Outcome, Route};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bid_relay::{self, BidRelay};
 use crate::relay::OutboxRelay;
 use crate::{Deps, Services, closer, order_consumer};
 
@@ -64,19 +63,6 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         |(redis, keys), delivery| async move { order_consumer::handle_restock(&redis, &keys, delivery).await },
     );
 
-    let relay = BidRelay {
-        db: deps.db.clone(),
-        client: deps.redis_client.clone(),
-        keys: deps.keys(),
-        broker: deps.broker.clone(),
-        topology: deps.topology(),
-        confirm_timeout: deps.confirm_timeout(),
-        batch: settings.auctions.relay_batch.get(),
-    };
-    workers.tasks.spawn(relay.run(stop.clone()));
-    workers.spawn_consumer(deps, AUCTION_BIDS, &stop, deps.db.clone(), |db, delivery| async move {
-        bid_relay::handle_bids(&db, delivery).await
-    });
     workers.spawn_consumer(
         deps,
         AUCTION_CLOSE,

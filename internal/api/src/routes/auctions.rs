@@ -94,6 +94,9 @@ pub struct AuctionResponse {
     pub status: String,
     pub winner_id: Option<String>,
     pub order_id: Option<String>,
+    /// The server's clock when it answered: count down to `end_at` by this, not by the
+    /// client's own clock.
+    pub server_time: DateTime<Utc>,
 }
 
 impl From<AuctionView> for AuctionResponse {
@@ -117,6 +120,7 @@ impl From<AuctionView> for AuctionResponse {
             status: a.status.as_str().to_owned(),
             winner_id: a.winner_id.map(|id| id.to_string()),
             order_id: a.order_id.map(|id| id.to_string()),
+            server_time: Utc::now(),
         }
     }
 }
@@ -241,7 +245,8 @@ impl AuctionsApi {
     /// Accepted when it is at least the current price plus the minimum increment (the start
     /// price for the first bid): 409 `BID_TOO_LOW` otherwise, with `details.current_price`
     /// and `details.min_bid`. 409 `AUCTION_CLOSED` before the start and from the (possibly
-    /// extended) end. A bid in the anti-sniping window moves the end out.
+    /// extended) end. A bid in the anti-sniping window moves the end out. A 201 bid is in
+    /// Postgres already; 503 when it could not be written (it is taken back: bid again).
     #[oai(path = "/:id/bids", method = "post")]
     async fn bid(
         &self,
@@ -271,7 +276,7 @@ impl AuctionsApi {
 
     /// Watch an auction live (WebSocket)
     ///
-    /// On connect: `{"type":"state", ...}`. Then
+    /// On connect: `{"type":"state", ..., "server_time"}`. Then
     /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
     /// bid (a slow client may skip to the latest) and
     /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
@@ -344,6 +349,7 @@ fn state_message(a: &AuctionView) -> Value {
         "end_at": a.end_at.to_rfc3339(),
         "min_next_bid": a.min_next_bid.to_string(),
         "winner_id": a.winner_id,
+        "server_time": Utc::now().to_rfc3339(),
     })
 }
 

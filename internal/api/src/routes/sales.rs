@@ -72,6 +72,8 @@ pub struct SaleResponse {
     pub payment_timeout_secs: i32,
     /// `scheduled`, `active`, `sold_out` or `ended`.
     pub status: String,
+    /// The server's clock when it answered: count down to `start_at`/`end_at` by this.
+    pub server_time: DateTime<Utc>,
 }
 
 impl From<SaleView> for SaleResponse {
@@ -88,6 +90,7 @@ impl From<SaleView> for SaleResponse {
             per_user_limit: sale.per_user_limit,
             payment_timeout_secs: sale.payment_timeout_secs,
             status: sale.status.as_str().to_owned(),
+            server_time: Utc::now(),
         }
     }
 }

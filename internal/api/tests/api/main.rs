@@ -14,6 +14,7 @@ mod redis_server;
 
 mod auctions;
 mod auth;
+mod bid_durability;
 mod catalog;
 mod contract;
 mod faults;

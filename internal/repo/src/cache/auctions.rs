@@ -1,12 +1,12 @@
-//! An auction's live state in Redis, its bid stream, and the scripts that change them.
+//! An auction's live state in Redis, the scripts that change it, and its pub/sub events.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script};
 use serde::Deserialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::Keys;
@@ -14,20 +14,17 @@ use super::Keys;
 static PLACE_BID: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/place_bid.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/close_auction.lua")));
 static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/load_auction.lua")));
-
-/// The consumer group the bid relay reads the streams with.
-pub const RELAY_GROUP: &str = "relay";
+static UNDO: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/undo_bid.lua")));
 
 pub struct AuctionKeys {
     pub state: String,
-    pub bids: String,
     tag: String,
 }
 
 impl Keys {
     pub fn auction(&self, auction_id: Uuid) -> AuctionKeys {
         let tag = format!("{}:{{auction:{auction_id}}}", self.prefix());
-        AuctionKeys { state: format!("{tag}:state"), bids: format!("{tag}:bids"), tag }
+        AuctionKeys { state: format!("{tag}:state"), tag }
     }
 
     /// The pub/sub channel of live auction events (JSON, see [`LiveEvent`]).
@@ -44,9 +41,23 @@ impl AuctionKeys {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bid {
-    Accepted { seq: i64, end_ms: i64, price_cents: i64 },
-    TooLow { price_cents: i64, minimum_cents: i64 },
-    Closed { price_cents: i64 },
+    /// Accepted by Redis (or replayed for an `Idempotency-Key`), not yet written: `generation` is
+    /// the live state's generation, which Postgres checks before it takes the bid.
+    Accepted {
+        seq: i64,
+        end_ms: i64,
+        price_cents: i64,
+        placed_ms: i64,
+        generation: String,
+        min_next_cents: i64,
+    },
+    TooLow {
+        price_cents: i64,
+        minimum_cents: i64,
+    },
+    Closed {
+        price_cents: i64,
+    },
     Missing,
 }
 
@@ -64,41 +75,101 @@ pub async fn place_bid(
     bid: BidRequest<'_>,
 ) -> redis::RedisResult<Bid> {
     let auction = keys.auction(auction_id);
-    let reply: Vec<i64> = PLACE_BID
+    let reply: Vec<redis::Value> = PLACE_BID
         .key(&auction.state)
-        .key(&auction.bids)
         .key(auction.idempotency(bid.user_id, bid.idempotency_key.unwrap_or("-")))
         .arg(bid.user_id.to_string())
         .arg(bid.amount_cents)
         .arg(u8::from(bid.idempotency_key.is_some()))
         .arg(bid.idempotency_ttl_ms)
-        .arg(keys.auction_channel())
-        .arg(auction_id.to_string())
         .invoke_async(redis)
         .await?;
-    let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+    let at = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
+    let text = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
     Ok(match at(0) {
-        1 => Bid::Accepted { seq: at(1), end_ms: at(2), price_cents: at(3) },
+        1 => Bid::Accepted {
+            seq: at(1),
+            end_ms: at(2),
+            price_cents: at(3),
+            placed_ms: at(4),
+            generation: text(5),
+            min_next_cents: at(6),
+        },
         2 => Bid::TooLow { price_cents: at(1), minimum_cents: at(2) },
         3 => Bid::Closed { price_cents: at(1) },
         _ => Bid::Missing,
     })
 }
 
+/// Drops the live state of generation `generation` (and the bid's `Idempotency-Key`): a bid of
+/// it could not be written, so the state is rebuilt from Postgres. True if it was there.
+pub async fn undo_bid(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    auction_id: Uuid,
+    generation: &str,
+    user_id: Uuid,
+    idempotency_key: Option<&str>,
+) -> redis::RedisResult<bool> {
+    let auction = keys.auction(auction_id);
+    let dropped: i64 = UNDO
+        .key(&auction.state)
+        .key(auction.idempotency(user_id, idempotency_key.unwrap_or("-")))
+        .arg(generation)
+        .arg(u8::from(idempotency_key.is_some()))
+        .invoke_async(redis)
+        .await?;
+    Ok(dropped == 1)
+}
+
+/// A bid written to Postgres, for the watchers (see [`LiveEvent::Bid`]).
+pub struct Announced {
+    pub seq: i64,
+    pub leader: Uuid,
+    pub price_cents: i64,
+    pub end_ms: i64,
+    pub min_next_cents: i64,
+}
+
+/// Tells every instance's watchers about a written bid.
+pub async fn announce_bid(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    auction_id: Uuid,
+    bid: &Announced,
+) -> redis::RedisResult<()> {
+    let event = json!({
+        "t": "bid", "a": auction_id, "p": bid.price_cents.to_string(), "l": bid.leader, "s": bid.seq,
+        "e": bid.end_ms.to_string(), "n": bid.min_next_cents.to_string(),
+    });
+    redis.publish(keys.auction_channel(), event.to_string()).await
+}
+
+/// Tells every instance's watchers how an auction ended.
+pub async fn announce_close(
+    redis: &mut ConnectionManager,
+    keys: &Keys,
+    auction_id: Uuid,
+    sold: bool,
+    leader: Option<Uuid>,
+    price_cents: i64,
+) -> redis::RedisResult<()> {
+    let event = json!({
+        "t": "closed", "a": auction_id, "o": if sold { "sold" } else { "unsold" },
+        "l": leader.map(|l| l.to_string()).unwrap_or_default(), "p": price_cents.to_string(),
+    });
+    redis.publish(keys.auction_channel(), event.to_string()).await
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
     NotYet { end_ms: i64 },
-    Closed { price_cents: i64, leader: Option<Uuid>, seq: i64, end_ms: i64, sold: bool },
+    Closed { price_cents: i64, leader: Option<Uuid>, seq: i64, end_ms: i64, sold: bool, generation: String },
     Missing,
 }
 
 pub async fn close(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Close> {
-    let reply: Vec<redis::Value> = CLOSE
-        .key(keys.auction(auction_id).state)
-        .arg(keys.auction_channel())
-        .arg(auction_id.to_string())
-        .invoke_async(redis)
-        .await?;
+    let reply: Vec<redis::Value> = CLOSE.key(keys.auction(auction_id).state).invoke_async(redis).await?;
     let int = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
     let text = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
     Ok(match int(0) {
@@ -109,6 +180,7 @@ pub async fn close(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid)
             seq: int(3),
             end_ms: int(4),
             sold: text(5) == "sold",
+            generation: text(6),
         },
         _ => Close::Missing,
     })
@@ -127,18 +199,19 @@ pub struct Snapshot {
     pub extend_by_ms: i64,
     pub reserve_cents: i64,
     pub closed: Option<bool>,
+    /// The generation the loaded state gets (Postgres must hold the same one).
+    pub generation: String,
 }
 
+/// Loads the snapshot unless a live state is there already; returns the generation of
+/// the state Redis holds afterwards (the snapshot's when it loaded).
 pub async fn load(
     redis: &mut ConnectionManager,
     keys: &Keys,
     auction_id: Uuid,
     s: &Snapshot,
-) -> redis::RedisResult<bool> {
-    let auction = keys.auction(auction_id);
-    let loaded: i64 = LOAD
-        .key(&auction.state)
-        .key(&auction.bids)
+) -> redis::RedisResult<String> {
+    LOAD.key(keys.auction(auction_id).state)
         .arg(s.start_ms)
         .arg(s.end_ms)
         .arg(s.price_cents)
@@ -155,9 +228,9 @@ pub async fn load(
             Some(false) => "unsold",
             None => "",
         })
+        .arg(&s.generation)
         .invoke_async(redis)
-        .await?;
-    Ok(loaded == 1)
+        .await
 }
 
 /// The live state, as the API shows it.
@@ -168,6 +241,7 @@ pub struct Live {
     pub seq: i64,
     pub end_ms: i64,
     pub closed: bool,
+    pub generation: String,
 }
 
 pub async fn live(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Option<Live>> {
@@ -182,10 +256,11 @@ pub async fn live(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid) 
         seq: int("seq"),
         end_ms: int("end"),
         closed: fields.get("closed").is_some_and(|c| c == "1"),
+        generation: fields.get("generation").cloned().unwrap_or_default(),
     }))
 }
 
-/// What the scripts publish on the auction channel.
+/// What [`announce_bid`] and [`announce_close`] publish on the auction channel.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "t", rename_all = "lowercase")]
 pub enum LiveEvent {
@@ -221,90 +296,4 @@ impl LiveEvent {
             LiveEvent::Bid { auction_id, .. } | LiveEvent::Closed { auction_id, .. } => *auction_id,
         }
     }
-}
-
-/// One bid as it sits in the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamedBid {
-    pub entry_id: String,
-    pub seq: i64,
-    pub user_id: Uuid,
-    pub amount_cents: i64,
-    pub end_ms: i64,
-    pub placed_ms: i64,
-}
-
-/// Reads bids for the relay: its own pending entries first (`pending = true`, id `0`:
-/// read but not yet acknowledged, e.g. the broker was down), otherwise new ones (`>`),
-/// waiting up to `block_ms`. `conn` must be a dedicated connection: a blocking read would
-/// stall every other user of a shared one.
-pub async fn read_bids(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &[String],
-    consumer: &str,
-    count: usize,
-    block_ms: usize,
-    pending: bool,
-) -> redis::RedisResult<Vec<(String, Vec<StreamedBid>)>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut options = StreamReadOptions::default().group(RELAY_GROUP, consumer).count(count);
-    if !pending {
-        options = options.block(block_ms);
-    }
-    let id = if pending { "0" } else { ">" };
-    let ids = vec![id; keys.len()];
-    let reply: Option<StreamReadReply> = conn.xread_options(keys, &ids, &options).await?;
-    Ok(reply
-        .map(|r| r.keys.into_iter().map(|k| (k.key, k.ids.iter().filter_map(parse_bid).collect())).collect())
-        .unwrap_or_default())
-}
-
-fn parse_bid(entry: &redis::streams::StreamId) -> Option<StreamedBid> {
-    let text = |field: &str| entry.map.get(field).and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
-    let int = |field: &str| text(field).and_then(|v| v.parse::<i64>().ok());
-    Some(StreamedBid {
-        entry_id: entry.id.clone(),
-        seq: int("seq")?,
-        user_id: text("user")?.parse().ok()?,
-        amount_cents: int("amount")?,
-        end_ms: int("end")?,
-        placed_ms: int("at")?,
-    })
-}
-
-/// The relay has the bids confirmed by RabbitMQ: acknowledge and drop them.
-pub async fn forget_bids(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    entry_ids: &[String],
-) -> redis::RedisResult<()> {
-    if entry_ids.is_empty() {
-        return Ok(());
-    }
-    redis::pipe().xack(key, RELAY_GROUP, entry_ids).ignore().xdel(key, entry_ids).ignore().query_async(conn).await
-}
-
-/// Makes sure the consumer group exists (after a flush the stream and its group are gone).
-pub async fn ensure_group(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> redis::RedisResult<()> {
-    match conn.xgroup_create_mkstream::<_, _, _, ()>(key, RELAY_GROUP, "0").await {
-        Ok(()) => Ok(()),
-        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-        Err(err) => Err(err),
-    }
-}
-
-/// Takes over entries another relay read but never acknowledged (it died), once they have
-/// been idle for `min_idle_ms`.
-pub async fn claim_abandoned(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    consumer: &str,
-    min_idle_ms: usize,
-) -> redis::RedisResult<usize> {
-    let reply: StreamAutoClaimReply = conn
-        .xautoclaim_options(key, RELAY_GROUP, consumer, min_idle_ms, "0", StreamAutoClaimOptions::default().count(500))
-        .await?;
-    Ok(reply.claimed.len())
 }

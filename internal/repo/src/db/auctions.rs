@@ -1,5 +1,5 @@
-//! The `auctions` and `bids` tables: the definition of each auction and the write-behind
-//! copy of its live state and bid history.
+//! The `auctions` and `bids` tables: the definition of each auction, its bid history
+//! (every bid is written here before it is answered) and a copy of its live state.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -30,11 +30,13 @@ pub struct AuctionRow {
     pub final_price: Option<Decimal>,
     pub order_id: Option<Uuid>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The Redis live state whose bids may be written (see [`append_bids`]).
+    pub bid_generation: String,
 }
 
 const COLUMNS: &str = "id, title, description, start_price, min_increment, reserve_price, start_at, end_at, \
      extend_window_secs, extend_by_secs, payment_timeout_secs, status, current_price, leader_id, bid_count, \
-     winner_id, final_price, order_id, closed_at";
+     winner_id, final_price, order_id, closed_at, bid_generation";
 
 pub struct NewAuction<'a> {
     pub id: Uuid,
@@ -101,10 +103,22 @@ pub async fn list(
     Ok(Page { items, total: total as u64 })
 }
 
-/// Auctions whose bid streams the relay should read: open ones, and those closed in the
-/// last hour (their last bids may still be in the stream).
-pub async fn with_live_streams(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
-    ids(db, "SELECT id FROM auctions WHERE status = 'open' OR closed_at > now() - interval '1 hour'", []).await
+/// The auction, its row locked until the transaction ends: a rebuild holds it while it
+/// reads the bids and sets the new generation, so no bid write falls in between.
+pub async fn lock(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
+    AuctionRow::find_by_statement(stmt(
+        &format!("SELECT {COLUMNS} FROM auctions WHERE id = $1 FOR UPDATE"),
+        [id.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// From now on only bids of live state `generation` may be written.
+pub async fn set_generation(db: &impl ConnectionTrait, id: Uuid, generation: &str) -> Result<(), DbErr> {
+    db.execute_raw(stmt("UPDATE auctions SET bid_generation = $2 WHERE id = $1", [id.into(), generation.into()]))
+        .await
+        .map(|_| ())
 }
 
 /// Open auctions whose end passed more than `grace_ms` ago (the sweeper's backstop).
@@ -117,8 +131,8 @@ pub async fn overdue(db: &impl ConnectionTrait, grace_ms: i64) -> Result<Vec<Uui
     .await
 }
 
-/// A bid moved from the stream, as persisted.
-#[derive(Debug, Clone)]
+/// A bid accepted by Redis, to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBid {
     pub seq: i64,
     pub user_id: Uuid,
@@ -127,35 +141,95 @@ pub struct NewBid {
     pub placed_at: DateTime<Utc>,
 }
 
-/// Persists a batch of bids and moves the auction's copy of the live state forward, never
-/// backward. Returns how many bids were new: a redelivered batch inserts nothing
-/// (`(auction_id, seq)` is the key).
-pub async fn record_bids(db: &impl ConnectionTrait, auction_id: Uuid, bids: &[NewBid]) -> Result<u64, DbErr> {
-    let Some(top) = bids.iter().max_by_key(|b| b.seq) else { return Ok(0) };
+/// What [`append_bids`] found when it wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Append {
+    Written,
+    /// The row's generation and bid count: an earlier bid is still on its way
+    /// (`bid_count` below the first seq - 1), or these bids belong to a state that has been
+    /// rebuilt (another generation), or they are in already (a retry).
+    Refused {
+        generation: String,
+        bid_count: i64,
+    },
+}
+
+/// Writes bids `first..=last` (consecutive, oldest first) of live state `generation`, in
+/// one statement: only when the auction still takes that generation and has exactly the
+/// bids before `first`. So the history never gets a gap or a second bid for one seq, and a
+/// rebuilt state's predecessor cannot write behind its back. The row lock also orders
+/// concurrent writers: the next one waits for this commit, then sees the new count.
+pub async fn append_bids(
+    db: &impl ConnectionTrait,
+    auction_id: Uuid,
+    generation: &str,
+    bids: &[NewBid],
+) -> Result<Append, DbErr> {
+    let (Some(first), Some(top)) = (bids.first(), bids.last()) else { return Ok(Append::Written) };
     let seqs: Vec<i64> = bids.iter().map(|b| b.seq).collect();
     let users: Vec<Uuid> = bids.iter().map(|b| b.user_id).collect();
     let amounts: Vec<Decimal> = bids.iter().map(|b| b.amount).collect();
     let ends: Vec<DateTime<Utc>> = bids.iter().map(|b| b.end_at).collect();
     let placed: Vec<DateTime<Utc>> = bids.iter().map(|b| b.placed_at).collect();
-    let inserted = db
+    let written = db
         .execute_raw(stmt(
-            "INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
-         SELECT $1, seq, user_id, amount, end_at, placed_at \
-         FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[]) \
-              AS b(seq, user_id, amount, end_at, placed_at) \
-         ON CONFLICT (auction_id, seq) DO NOTHING",
-            [auction_id.into(), seqs.into(), users.into(), amounts.into(), ends.into(), placed.into()],
+            "WITH moved AS ( \
+                 UPDATE auctions SET current_price = $7, leader_id = $8, bid_count = $9, \
+                        end_at = GREATEST(end_at, $10), updated_at = now() \
+                 WHERE id = $1 AND bid_generation = $11 AND bid_count = $12 RETURNING id) \
+             INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
+             SELECT $1, seq, user_id, amount, end_at, placed_at \
+             FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[]) \
+                  AS b(seq, user_id, amount, end_at, placed_at) \
+             WHERE EXISTS (SELECT 1 FROM moved)",
+            [
+                auction_id.into(),
+                seqs.into(),
+                users.into(),
+                amounts.into(),
+                ends.into(),
+                placed.into(),
+                top.amount.into(),
+                top.user_id.into(),
+                (top.seq as i32).into(),
+                top.end_at.into(),
+                generation.into(),
+                ((first.seq - 1) as i32).into(),
+            ],
         ))
-        .await?
-        .rows_affected();
-    db.execute_raw(stmt(
-        "UPDATE auctions SET current_price = $2, leader_id = $3, bid_count = $4, \
-         end_at = GREATEST(end_at, $5), updated_at = now() \
-         WHERE id = $1 AND bid_count < $4",
-        [auction_id.into(), top.amount.into(), top.user_id.into(), (top.seq as i32).into(), top.end_at.into()],
+        .await?;
+    if written.rows_affected() == bids.len() as u64 {
+        return Ok(Append::Written);
+    }
+    #[derive(FromQueryResult)]
+    struct Fence {
+        bid_generation: String,
+        bid_count: i32,
+    }
+    let fence = Fence::find_by_statement(stmt(
+        "SELECT bid_generation, bid_count FROM auctions WHERE id = $1",
+        [auction_id.into()],
     ))
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound(format!("auction {auction_id}")))?;
+    Ok(Append::Refused { generation: fence.bid_generation, bid_count: i64::from(fence.bid_count) })
+}
+
+/// The written bids with seqs `from..=to`, oldest first (to tell a retry that is in
+/// already from a bid that was refused).
+pub async fn bids_between(
+    db: &impl ConnectionTrait,
+    auction_id: Uuid,
+    from: i64,
+    to: i64,
+) -> Result<Vec<BidRow>, DbErr> {
+    BidRow::find_by_statement(stmt(
+        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+        [auction_id.into(), from.into(), to.into()],
+    ))
+    .all(db)
     .await
-    .map(|_| inserted)
 }
 
 /// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.

@@ -53,23 +53,6 @@ pub struct SaleRestock {
     pub returns: Vec<ReturnedUnits>,
 }
 
-/// One accepted bid on its way to Postgres (amounts in cents, times in ms since the epoch).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PersistBid {
-    pub seq: i64,
-    pub user_id: Uuid,
-    pub amount_cents: i64,
-    pub end_ms: i64,
-    pub placed_ms: i64,
-}
-
-/// `auction.bids`: a batch of accepted bids of one auction, moved from its Redis stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BidBatch {
-    pub auction_id: Uuid,
-    pub bids: Vec<PersistBid>,
-}
-
 /// `auction.close`: close this auction if its (possibly extended) end has come.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloseAuction {

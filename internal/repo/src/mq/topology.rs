@@ -4,7 +4,6 @@
 //! <p>.events (topic) --order.close--> <p>.order.close ---------> close consumer
 //!                    --sale.reserve-> <p>.sale.reservations ---> order consumer
 //!                    --sale.restock-> <p>.sale.restock --------> Redis restock
-//!                    --auction.bids-> <p>.auction.bids --------> bid persister
 //!                    --auction.close> <p>.auction.close -------> auction closer
 //! each consumer queue Q has   Q.retry.<ms>  (TTL, dead-letters back into Q)
 //!                             Q.dlq         (poison messages, inspected and re-driven by CLI)
@@ -35,11 +34,10 @@ pub struct Route {
 pub const ORDER_CLOSE: Route = Route { queue: "order.close", key: "order.close" };
 pub const SALE_RESERVE: Route = Route { queue: "sale.reservations", key: "sale.reserve" };
 pub const SALE_RESTOCK: Route = Route { queue: "sale.restock", key: "sale.restock" };
-pub const AUCTION_BIDS: Route = Route { queue: "auction.bids", key: "auction.bids" };
 pub const AUCTION_CLOSE: Route = Route { queue: "auction.close", key: "auction.close" };
 
 /// Every consumer queue.
-pub const ROUTES: &[Route] = &[ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK, AUCTION_BIDS, AUCTION_CLOSE];
+pub const ROUTES: &[Route] = &[ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK, AUCTION_CLOSE];
 
 /// Published for integrations (bind your own queue to `<p>.events` with `order.*`).
 pub const ORDER_CREATED: &str = "order.created";

@@ -32,7 +32,8 @@ async fn the_highest_bid_wins_once_the_end_has_passed() {
     let (snapshot, leader) = ended(1_500, 0);
     let end_ms = snapshot.end_ms;
     let mut lot = Lot::load(snapshot).await;
-    assert_eq!(lot.close().await, Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true });
+    let generation = "g1".to_owned();
+    assert_eq!(lot.close().await, Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true, generation });
     assert!(lot.live().await.closed);
 }
 

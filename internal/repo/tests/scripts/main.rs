@@ -39,6 +39,7 @@ pub fn open_lot() -> Snapshot {
         extend_by_ms: 0,
         reserve_cents: 0,
         closed: None,
+        generation: "g1".to_owned(),
     }
 }
 
@@ -46,7 +47,7 @@ pub fn open_lot() -> Snapshot {
 pub struct Lot {
     pub id: Uuid,
     pub keys: Keys,
-    redis: ConnectionManager,
+    pub redis: ConnectionManager,
     client: redis::Client,
 }
 
@@ -64,7 +65,8 @@ impl Lot {
     /// A lot whose live state is `snapshot`, loaded the way a rebuild loads it.
     pub async fn load(snapshot: Snapshot) -> Lot {
         let mut lot = Lot::empty().await;
-        assert!(auctions::load(&mut lot.redis, &lot.keys, lot.id, &snapshot).await.unwrap(), "loaded");
+        let loaded = auctions::load(&mut lot.redis, &lot.keys, lot.id, &snapshot).await.unwrap();
+        assert_eq!(loaded, snapshot.generation, "loaded");
         lot
     }
 
@@ -81,31 +83,13 @@ impl Lot {
         auctions::close(&mut self.redis, &self.keys, self.id).await.unwrap()
     }
 
-    pub async fn live(&mut self) -> Live {
-        auctions::live(&mut self.redis, &self.keys, self.id).await.unwrap().expect("a live state")
+    /// `undo_bid.lua` for generation `generation`, as the bid path runs it.
+    pub async fn undo(&mut self, generation: &str, user: Uuid) -> bool {
+        auctions::undo_bid(&mut self.redis, &self.keys, self.id, generation, user, None).await.unwrap()
     }
 
-    /// The bids waiting in the stream for the relay, oldest first: `(seq, user, amount)`.
-    pub async fn streamed(&mut self) -> Vec<(i64, Uuid, i64)> {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&self.keys.auction(self.id).bids)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis)
-            .await
-            .unwrap();
-        let field = |entry: &redis::streams::StreamId, name: &str| entry.get::<String>(name).unwrap();
-        reply
-            .ids
-            .iter()
-            .map(|e| {
-                (
-                    field(e, "seq").parse().unwrap(),
-                    field(e, "user").parse().unwrap(),
-                    field(e, "amount").parse().unwrap(),
-                )
-            })
-            .collect()
+    pub async fn live(&mut self) -> Live {
+        auctions::live(&mut self.redis, &self.keys, self.id).await.unwrap().expect("a live state")
     }
 }
 

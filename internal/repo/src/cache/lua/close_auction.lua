@@ -1,14 +1,15 @@
 -- close_auction.lua: end an auction at its (possibly extended) end, exactly once.
 --
 -- From the moment this script sets `closed`, place_bid.lua refuses every bid: the winner
--- cannot change while Postgres writes the order.
+-- cannot change while Postgres writes the order. The `closed` event is announced by the
+-- closer once Postgres has the outcome, so watchers never hear of a winner whose last bid
+-- is still being written (and might be undone).
 --
 -- KEYS[1] state
--- ARGV: channel, auction id
--- Returns {1, end} not yet (the end moved), {2, price, leader, seq, end, outcome} closed
--- (now or earlier), {0} missing.
+-- Returns {1, end} not yet (the end moved), {2, price, leader, seq, end, outcome, gen}
+-- closed (now or earlier), {0} missing.
 
-local s = redis.call('HMGET', KEYS[1], 'end', 'closed', 'price', 'leader', 'seq', 'reserve', 'outcome')
+local s = redis.call('HMGET', KEYS[1], 'end', 'closed', 'price', 'leader', 'seq', 'reserve', 'outcome', 'gen')
 if not s[1] then
   return {0}
 end
@@ -25,8 +26,5 @@ if s[2] ~= '1' then
   redis.call('HSET', KEYS[1], 'closed', '1', 'outcome', outcome)
   redis.call('PEXPIRE', KEYS[1], 86400000)
   s[7] = outcome
-  redis.call('PUBLISH', ARGV[1], cjson.encode({
-    t = 'closed', a = ARGV[2], o = outcome, l = s[4] or '', p = string.format('%d', price)
-  }))
 end
-return {2, price, s[4] or '', tonumber(s[5]), ends, s[7]}
+return {2, price, s[4] or '', tonumber(s[5]), ends, s[7], s[8] or ''}

@@ -4,19 +4,23 @@
 -- second sees the first's price: the price only rises and two bids never win one step.
 -- Money is integer cents (Lua numbers are doubles); time is the Redis server's clock.
 --
--- KEYS[1] state  hash: start, end (ms), price (cents, 0 = no bid yet), leader, seq,
---                start_price, min_inc (cents), window, by (ms), closed (0/1)
--- KEYS[2] bids   stream: every accepted bid, waiting for the relay to RabbitMQ
--- KEYS[3] idem   string: "seq end price" an Idempotency-Key already produced
--- ARGV: user, amount (cents), has_idem (0/1), idem ttl (ms), channel, auction id
+-- An accepted bid is not answered yet: the caller writes it to Postgres first, in `seq`
+-- order, and only then tells the bidder and the watchers. If that write fails, the caller
+-- drops this whole state (undo_bid.lua) and it is rebuilt from Postgres, under a new `gen`.
 --
--- Returns {1, seq, end, price} accepted (or replayed), {2, price, minimum} too low,
---         {3, price, end} closed (before start, at or after end, or closed), {0} missing.
+-- KEYS[1] state  hash: start, end (ms), price (cents, 0 = no bid yet), leader, seq,
+--                start_price, min_inc (cents), window, by (ms), closed (0/1), gen
+-- KEYS[2] idem   string: "seq end price at gen" an Idempotency-Key already produced
+-- ARGV: user, amount (cents), has_idem (0/1), idem ttl (ms)
+--
+-- Returns {1, seq, end, price, at, gen, next} accepted (or replayed; next = the next
+--         acceptable bid), {2, price, minimum} too
+--         low, {3, price, end} closed (before start, at or after end, or closed), {0} missing.
 
-local state, bids, idem = KEYS[1], KEYS[2], KEYS[3]
+local state, idem = KEYS[1], KEYS[2]
 local user, amount = ARGV[1], tonumber(ARGV[2])
 
-local s = redis.call('HMGET', state, 'start', 'end', 'price', 'seq', 'start_price', 'min_inc', 'window', 'by', 'closed')
+local s = redis.call('HMGET', state, 'start', 'end', 'price', 'seq', 'start_price', 'min_inc', 'window', 'by', 'closed', 'gen')
 if not s[1] then
   return {0}
 end
@@ -24,8 +28,8 @@ end
 if ARGV[3] == '1' then
   local earlier = redis.call('GET', idem)
   if earlier then
-    local seq, ends, price = string.match(earlier, '(%d+) (%d+) (%d+)')
-    return {1, tonumber(seq), tonumber(ends), tonumber(price)}
+    local seq, ends, price, at, gen = string.match(earlier, '(%d+) (%d+) (%d+) (%d+) (%S*)')
+    return {1, tonumber(seq), tonumber(ends), tonumber(price), tonumber(at), gen, tonumber(price) + tonumber(s[6])}
   end
 end
 
@@ -52,15 +56,9 @@ end
 seq = seq + 1
 
 local fmt = string.format
+local gen = s[10] or ''
 redis.call('HSET', state, 'price', ARGV[2], 'leader', user, 'seq', seq, 'end', fmt('%d', ends))
--- Write-behind: the stream keeps the bid until the relay has it confirmed by RabbitMQ, so
--- an accepted bid survives a broker outage.
-redis.call('XADD', bids, '*', 'seq', seq, 'user', user, 'amount', ARGV[2], 'end', fmt('%d', ends), 'at', fmt('%d', now))
-redis.call('PUBLISH', ARGV[5], cjson.encode({
-  t = 'bid', a = ARGV[6], p = ARGV[2], l = user, s = seq, e = fmt('%d', ends),
-  n = fmt('%d', amount + tonumber(s[6]))     -- the next acceptable bid
-}))
 if ARGV[3] == '1' then
-  redis.call('SET', idem, fmt('%d %d %s', seq, ends, ARGV[2]), 'PX', ARGV[4])
+  redis.call('SET', idem, fmt('%d %d %s %d %s', seq, ends, ARGV[2], now, gen), 'PX', ARGV[4])
 end
-return {1, seq, ends, amount}
+return {1, seq, ends, amount, now, gen, amount + tonumber(s[6])}
