@@ -8,7 +8,7 @@ use std::time::Duration;
 use api::Mode;
 use chrono::Utc;
 use repo::mq::Route;
-use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE};
+use repo::mq::topology::{ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
@@ -162,22 +162,29 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
     app.eventually(10, "the second order closes", || async { app.order_status(&shopper, &second).await == "closed" })
         .await;
 
-    // A message that keeps failing for its own reason (a reservation for a sale that does
-    // not exist) goes through every retry queue and lands in the dead-letter queue.
+    // A message that keeps failing for its own reason (a restock whose sale state in Redis
+    // is not a hash: every attempt meets WRONGTYPE) goes through every retry queue and lands
+    // in the dead-letter queue.
     let deps = &app.services.deps;
-    let batch = repo::mq::messages::ReservationBatch {
-        reservations: vec![repo::mq::messages::Reservation {
-            id: uuid::Uuid::now_v7(),
-            sale_id: uuid::Uuid::now_v7(),
+    let sale_id = uuid::Uuid::now_v7();
+    let _: () = redis::cmd("SET")
+        .arg(deps.keys().sale(sale_id).state)
+        .arg("not a hash")
+        .query_async(&mut deps.redis.clone())
+        .await
+        .unwrap();
+    let batch = repo::mq::messages::SaleRestock {
+        sale_id,
+        version: 1,
+        returns: vec![repo::mq::messages::ReturnedUnits {
+            order_id: uuid::Uuid::now_v7(),
             user_id: uuid::Uuid::now_v7(),
             quantity: 1,
-            generation: "none".into(),
-            reserved_at: Utc::now(),
         }],
     };
     let message = repo::mq::Message {
         exchange: deps.topology().exchange(),
-        routing_key: SALE_RESERVE.key.into(),
+        routing_key: SALE_RESTOCK.key.into(),
         body: serde_json::to_vec(&batch).unwrap(),
         mandatory: true,
         ..Default::default()
@@ -186,7 +193,7 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
     publisher.publish_all(&[message]).await.unwrap();
     publisher.close().await;
     app.eventually(15, "the failing message reaches the dead-letter queue", || async {
-        dead_letters(&app, SALE_RESERVE).await == 1
+        dead_letters(&app, SALE_RESTOCK).await == 1
     })
     .await;
 }
