@@ -9,6 +9,7 @@ use repo::cache::Keys;
 use repo::cache::auctions as live_state;
 use repo::cache::sales as hot;
 use repo::db::{auctions, sales};
+use rust_decimal::Decimal;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
@@ -127,6 +128,14 @@ pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Key
     Ok(report)
 }
 
+/// "12.00 by <user id>", or "no bid".
+fn top_bid(amount: Option<Decimal>, user: Option<Uuid>) -> String {
+    match (amount, user) {
+        (Some(amount), Some(user)) => format!("{amount} by {user}"),
+        _ => "no bid".to_owned(),
+    }
+}
+
 /// How late work that normally takes well under a second may be before it counts as stuck:
 /// a reservation still in flight, an auction still open past its end. Longer than any retry
 /// delay and than the sweepers' intervals; an outage longer than this shows up here until
@@ -236,8 +245,11 @@ async fn live_state_matches_postgres(
             report.check(
                 live.seq == ledger.bids && price == ledger.top_amount && leader == ledger.top_user,
                 format!(
-                    "every bid redis accepted is in postgres: redis at seq {} ({:?} by {:?}), postgres at seq {} ({:?} by {:?})",
-                    live.seq, price, leader, ledger.bids, ledger.top_amount, ledger.top_user
+                    "every bid redis accepted is in postgres: redis at seq {} ({}), postgres at seq {} ({})",
+                    live.seq,
+                    top_bid(price, leader),
+                    ledger.bids,
+                    top_bid(ledger.top_amount, ledger.top_user)
                 ),
             );
         }
