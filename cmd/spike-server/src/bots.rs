@@ -16,7 +16,6 @@ use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
-use service::Services;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -134,7 +133,11 @@ pub async fn run(
         println!("  {answer:<32} {n:>8}");
     }
 
-    let report = settled_report(&services, auction).await?;
+    // Every 201 bid is in Postgres already (a bid is written before it is answered).
+    let deps = &services.deps;
+    let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!();
     println!("{report}");
 
@@ -179,13 +182,6 @@ impl Throttled {
             )
         })
     }
-}
-
-/// The verify report of the auction. Every 201 bid is in Postgres already (a bid is written
-/// before it is answered), so there is nothing to wait for.
-async fn settled_report(services: &Services, auction: Uuid) -> anyhow::Result<service::verify::Report> {
-    let deps = &services.deps;
-    service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// One robot: read the minimum next bid, bid it plus 0..9 (so +1..+10 over the price with
