@@ -87,6 +87,10 @@ pub async fn postgres_at(settings: &DatabaseSettings, url: &str) -> Result<Datab
     })
 }
 
+/// The connection every Redis call goes through: a multiplexed, self-reconnecting
+/// connection that is cheap to clone.
+pub type Redis = ConnectionManager;
+
 /// The Redis client (for pub/sub connections) and the multiplexed connection every request
 /// shares. The manager reconnects by itself; its retries are kept short so that a Redis
 /// outage surfaces as a quick 503 instead of a hung request.

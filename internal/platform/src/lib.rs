@@ -16,4 +16,4 @@ pub mod telemetry;
 
 pub use broker::Broker;
 pub use config::Settings;
-pub use connect::Unreachable;
+pub use connect::{Redis, Unreachable};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::auction::{AuctionStatus, NewAuction, min_next_bid};
 use domain::{IdempotencyKey, Money, PageRequest};
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions::{self as live, Announced, Bid, BidRequest, Snapshot};
 use repo::db::Page;
@@ -126,7 +126,7 @@ impl From<BidRow> for BidView {
 #[derive(Clone)]
 pub struct AuctionService {
     db: DatabaseConnection,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     idempotency_ttl: Duration,
     writer: BidWriter,
@@ -136,7 +136,7 @@ pub struct AuctionService {
 impl AuctionService {
     pub fn new(
         db: DatabaseConnection,
-        redis: ConnectionManager,
+        redis: Redis,
         keys: Keys,
         idempotency_ttl: Duration,
         bid_write_timeout: Duration,

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use domain::catalog::{NewProduct, ProductPatch};
 use domain::page::SEARCH_MAX_CHARS;
 use domain::{Money, PageRequest, Sort, SortDir};
+use platform::Redis;
 use platform::config::CacheSettings;
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use repo::cache::{Keys, products as cache};
 use repo::db::Page;
 use repo::db::products::{self, ListQuery, ProductChanges, ProductRow};
@@ -92,12 +92,12 @@ impl CachedProduct {
 /// stored it just after the first delete.
 #[derive(Clone)]
 pub struct ProductCache {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
 }
 
 impl ProductCache {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: Redis, keys: Keys) -> Self {
         Self { redis, keys }
     }
 
@@ -119,7 +119,7 @@ impl ProductCache {
 #[derive(Clone)]
 pub struct CatalogService {
     db: DatabaseConnection,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     cache: ProductCache,
     settings: CacheSettings,
@@ -127,7 +127,7 @@ pub struct CatalogService {
 }
 
 impl CatalogService {
-    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, settings: CacheSettings) -> Self {
+    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, settings: CacheSettings) -> Self {
         let cache = ProductCache::new(redis.clone(), keys.clone());
         Self { db, redis, keys, cache, settings, loads: Arc::default() }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::Money;
 use domain::order::OrderKind;
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions::{self as live, Close};
 use repo::db::auctions;
@@ -94,13 +94,13 @@ pub enum Closing {
 #[derive(Clone)]
 pub struct AuctionCloser {
     db: DatabaseConnection,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     auctions: AuctionService,
 }
 
 impl AuctionCloser {
-    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, auctions: AuctionService) -> Self {
+    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, auctions: AuctionService) -> Self {
         Self { db, redis, keys, auctions }
     }
 

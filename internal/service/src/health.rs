@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use sea_orm::DatabaseConnection;
 
 use crate::Deps;
@@ -42,6 +42,6 @@ async fn ping_postgres(db: &DatabaseConnection) -> Result<(), String> {
     db.ping().await.map_err(|e| e.to_string())
 }
 
-async fn ping_redis(mut redis: ConnectionManager) -> Result<(), String> {
+async fn ping_redis(mut redis: Redis) -> Result<(), String> {
     redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ()).map_err(|e| e.to_string())
 }

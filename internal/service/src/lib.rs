@@ -45,8 +45,8 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use platform::Redis;
 use platform::{Broker, Settings};
-use redis::aio::ConnectionManager;
 use repo::cache::Keys;
 use repo::mq::Topology;
 use sea_orm::DatabaseConnection;
@@ -61,7 +61,7 @@ pub struct Deps {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
     pub redis_client: redis::Client,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub broker: Arc<Broker>,
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use domain::Money;
 use domain::order::OrderKind;
 use domain::reservation::{FailureReason, ReservationProgress, ReservationStatus};
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use repo::cache::sales::{self as hot, Settled};
 use repo::cache::{Keys, reservations};
 use repo::db::orders::{self, NewLine, NewOrder};
@@ -24,13 +24,13 @@ use crate::orders::announce_and_schedule_close;
 #[derive(Clone)]
 pub struct OrderConsumer {
     db: DatabaseConnection,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     status_ttl_secs: u64,
 }
 
 impl OrderConsumer {
-    pub fn new(db: DatabaseConnection, redis: ConnectionManager, keys: Keys, status_ttl_secs: u64) -> Self {
+    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, status_ttl_secs: u64) -> Self {
         Self { db, redis, keys, status_ttl_secs }
     }
 
@@ -134,7 +134,7 @@ impl OrderConsumer {
         Ok(())
     }
 
-    async fn apply(&self, redis: &mut ConnectionManager, sale_id: Uuid, outcomes: &[Recorded]) -> Result<()> {
+    async fn apply(&self, redis: &mut Redis, sale_id: Uuid, outcomes: &[Recorded]) -> Result<()> {
         let keys = self.keys.sale(sale_id);
         let channel = self.keys.sale_restock_channel();
         let mut by_version: BTreeMap<i64, Vec<Settled>> = BTreeMap::new();
@@ -210,7 +210,7 @@ fn distinct(group: &[(usize, Reservation)]) -> Vec<Reservation> {
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
 /// sale in Redis (once per order).
-pub async fn handle_restock(redis: &ConnectionManager, keys: &Keys, delivery: Delivery) -> Outcome {
+pub async fn handle_restock(redis: &Redis, keys: &Keys, delivery: Delivery) -> Outcome {
     let message: SaleRestock = match delivery.json("restock message") {
         Ok(message) => message,
         Err(dead) => return dead,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use domain::reservation::ReservationProgress;
 use platform::Broker;
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use repo::cache::{Keys, reservations};
 use repo::mq::messages::{Reservation, ReservationBatch};
 use repo::mq::topology::SALE_RESERVE;
@@ -40,13 +40,7 @@ pub struct PublisherConfig {
 }
 
 impl ReservationPublisher {
-    pub fn start(
-        broker: Arc<Broker>,
-        topology: Topology,
-        redis: ConnectionManager,
-        keys: Keys,
-        config: PublisherConfig,
-    ) -> Self {
+    pub fn start(broker: Arc<Broker>, topology: Topology, redis: Redis, keys: Keys, config: PublisherConfig) -> Self {
         let (queue, receiver) = mpsc::channel::<Pending>(config.max_batch * config.tasks * 8);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..config.tasks {
@@ -82,7 +76,7 @@ struct PublisherTask {
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     publisher: ConfirmPublisher,
     exchange: String,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     max_batch: usize,
     status_ttl_secs: u64,

@@ -15,8 +15,8 @@ use domain::order::Quantity;
 use domain::reservation::{FailureReason, ReservationProgress};
 use domain::sale::{NewSale, SaleStatus};
 use domain::{IdempotencyKey, Money, PageRequest};
+use platform::Redis;
 use platform::config::SaleSettings;
-use redis::aio::ConnectionManager;
 use repo::cache::sales::{self as hot, Reserve, Snapshot};
 use repo::cache::{Keys, reservations};
 use repo::db::Page;
@@ -117,7 +117,7 @@ impl SoldOutFlags {
 #[derive(Clone)]
 pub struct SaleService {
     db: DatabaseConnection,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     products: ProductCache,
     publisher: ReservationPublisher,
@@ -130,7 +130,7 @@ pub struct SaleService {
 impl SaleService {
     pub fn new(
         db: DatabaseConnection,
-        redis: ConnectionManager,
+        redis: Redis,
         keys: Keys,
         products: ProductCache,
         publisher: ReservationPublisher,

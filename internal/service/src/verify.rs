@@ -4,7 +4,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
 use repo::cache::sales as hot;
@@ -50,7 +50,7 @@ impl fmt::Display for Report {
 
 /// A flash sale: no oversell, stock accounted for in Postgres and in Redis, per-user limit
 /// kept, closed orders returned their units exactly once.
-pub async fn sale(db: &DatabaseConnection, redis: &ConnectionManager, keys: &Keys, sale_id: Uuid) -> Result<Report> {
+pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: Uuid) -> Result<Report> {
     let sale = sales::find(db, sale_id).await?.ok_or(Error::NotFound("sale"))?;
     let ledger = sales::ledger(db, sale_id).await?;
     let (stock, left) = (i64::from(sale.stock), i64::from(sale.stock_left));
@@ -157,12 +157,7 @@ fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
 
 /// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
 /// the winner holding the highest bid, at most one order.
-pub async fn auction(
-    db: &DatabaseConnection,
-    redis: &ConnectionManager,
-    keys: &Keys,
-    auction_id: Uuid,
-) -> Result<Report> {
+pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auction_id: Uuid) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
     // A bid accepted in Redis is being written to Postgres (its 201 waits for that): wait a
@@ -229,7 +224,7 @@ pub async fn auction(
 /// shows up here as a disagreement.
 async fn live_state_matches_postgres(
     report: &mut Report,
-    redis: &ConnectionManager,
+    redis: &Redis,
     keys: &Keys,
     row: &auctions::AuctionRow,
     ledger: &auctions::BidLedger,

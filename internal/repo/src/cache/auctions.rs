@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use redis::{AsyncCommands, Script};
 use serde::Deserialize;
 use serde_json::json;
@@ -69,7 +69,7 @@ pub struct BidRequest<'a> {
 }
 
 pub async fn place_bid(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     auction_id: Uuid,
     bid: BidRequest<'_>,
@@ -104,7 +104,7 @@ pub async fn place_bid(
 /// Drops the live state of generation `generation` (and the bid's `Idempotency-Key`): a bid of
 /// it could not be written, so the state is rebuilt from Postgres. True if it was there.
 pub async fn undo_bid(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     auction_id: Uuid,
     generation: &str,
@@ -132,12 +132,7 @@ pub struct Announced {
 }
 
 /// Tells every instance's watchers about a written bid.
-pub async fn announce_bid(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    auction_id: Uuid,
-    bid: &Announced,
-) -> redis::RedisResult<()> {
+pub async fn announce_bid(redis: &mut Redis, keys: &Keys, auction_id: Uuid, bid: &Announced) -> redis::RedisResult<()> {
     let event = json!({
         "t": "bid", "a": auction_id, "p": bid.price_cents.to_string(), "l": bid.leader, "s": bid.seq,
         "e": bid.end_ms.to_string(), "n": bid.min_next_cents.to_string(),
@@ -147,7 +142,7 @@ pub async fn announce_bid(
 
 /// Tells every instance's watchers how an auction ended.
 pub async fn announce_close(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     auction_id: Uuid,
     sold: bool,
@@ -168,7 +163,7 @@ pub enum Close {
     Missing,
 }
 
-pub async fn close(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Close> {
+pub async fn close(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Close> {
     let reply: Vec<redis::Value> = CLOSE.key(keys.auction(auction_id).state).invoke_async(redis).await?;
     let int = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
     let text = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
@@ -205,12 +200,7 @@ pub struct Snapshot {
 
 /// Loads the snapshot unless a live state is there already; returns the generation of
 /// the state Redis holds afterwards (the snapshot's when it loaded).
-pub async fn load(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    auction_id: Uuid,
-    s: &Snapshot,
-) -> redis::RedisResult<String> {
+pub async fn load(redis: &mut Redis, keys: &Keys, auction_id: Uuid, s: &Snapshot) -> redis::RedisResult<String> {
     LOAD.key(keys.auction(auction_id).state)
         .arg(s.start_ms)
         .arg(s.end_ms)
@@ -244,7 +234,7 @@ pub struct Live {
     pub generation: String,
 }
 
-pub async fn live(redis: &mut ConnectionManager, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Option<Live>> {
+pub async fn live(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::RedisResult<Option<Live>> {
     let fields: HashMap<String, String> = redis.hgetall(keys.auction(auction_id).state).await?;
     if fields.is_empty() {
         return Ok(None);

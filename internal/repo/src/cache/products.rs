@@ -1,8 +1,8 @@
 //! The product cache: JSON documents with a TTL, and a short-lived marker for ids that do
 //! not exist (so a flood of requests for made-up ids never reaches Postgres).
 
+use platform::Redis;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use super::Keys;
@@ -16,7 +16,7 @@ pub enum Cached {
     Miss,
 }
 
-pub async fn get(redis: &mut ConnectionManager, keys: &Keys, id: Uuid) -> redis::RedisResult<Cached> {
+pub async fn get(redis: &mut Redis, keys: &Keys, id: Uuid) -> redis::RedisResult<Cached> {
     let value: Option<String> = redis.get(keys.product(id)).await?;
     Ok(match value {
         None => Cached::Miss,
@@ -25,26 +25,15 @@ pub async fn get(redis: &mut ConnectionManager, keys: &Keys, id: Uuid) -> redis:
     })
 }
 
-pub async fn put(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    id: Uuid,
-    json: &str,
-    ttl_secs: u64,
-) -> redis::RedisResult<()> {
+pub async fn put(redis: &mut Redis, keys: &Keys, id: Uuid, json: &str, ttl_secs: u64) -> redis::RedisResult<()> {
     redis.set_ex(keys.product(id), json, ttl_secs).await
 }
 
-pub async fn put_missing(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    id: Uuid,
-    ttl_secs: u64,
-) -> redis::RedisResult<()> {
+pub async fn put_missing(redis: &mut Redis, keys: &Keys, id: Uuid, ttl_secs: u64) -> redis::RedisResult<()> {
     redis.set_ex(keys.product(id), MISSING, ttl_secs).await
 }
 
-pub async fn forget(redis: &mut ConnectionManager, keys: &Keys, ids: &[Uuid]) -> redis::RedisResult<()> {
+pub async fn forget(redis: &mut Redis, keys: &Keys, ids: &[Uuid]) -> redis::RedisResult<()> {
     if ids.is_empty() {
         return Ok(());
     }

@@ -5,7 +5,7 @@
 //! `{"id","sale_id","user_id","status","order_id","reason"}`.
 
 use domain::reservation::ReservationProgress;
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use redis::{AsyncCommands, ExistenceCheck, SetExpiry, SetOptions};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -57,7 +57,7 @@ impl Stored {
 /// Tells pollers "queued", unless a status is there already: the order consumer may have
 /// answered "confirmed" before the publisher got here.
 pub async fn mark_queued(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     queued: &[ReservationProgress],
     ttl_secs: u64,
@@ -68,7 +68,7 @@ pub async fn mark_queued(
 
 /// Records decided outcomes, replacing whatever status was there.
 pub async fn record(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     decided: &[ReservationProgress],
     ttl_secs: u64,
@@ -77,7 +77,7 @@ pub async fn record(
 }
 
 async fn write(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     statuses: &[ReservationProgress],
     options: SetOptions,
@@ -94,7 +94,7 @@ async fn write(
 
 /// The stored status, if it is still there (and readable).
 pub async fn find(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &Keys,
     reservation_id: Uuid,
 ) -> redis::RedisResult<Option<ReservationProgress>> {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use platform::Redis;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
@@ -84,7 +84,7 @@ pub enum Reserve {
 }
 
 pub async fn reserve(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &SaleKeys,
     user_id: Uuid,
     quantity: u32,
@@ -120,7 +120,7 @@ pub async fn reserve(
 /// Undoes a reservation whose message was not confirmed. `false`: the order consumer had
 /// already claimed it, so the message did arrive and the reservation stands.
 pub async fn undo(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &SaleKeys,
     user_id: Uuid,
     reservation_id: Uuid,
@@ -143,7 +143,7 @@ pub async fn undo(
 
 /// Claims reservations for the order consumer; returns, per id, whether it may proceed
 /// (`false`: the API undid it after a failed publish).
-pub async fn claim(redis: &mut ConnectionManager, keys: &SaleKeys, ids: &[Uuid]) -> redis::RedisResult<Vec<bool>> {
+pub async fn claim(redis: &mut Redis, keys: &SaleKeys, ids: &[Uuid]) -> redis::RedisResult<Vec<bool>> {
     let mut invocation = CLAIM.key(&keys.state);
     invocation.key(&keys.claimed).key(&keys.undone);
     for id in ids {
@@ -161,12 +161,7 @@ pub struct Settled {
     pub generation: String,
 }
 
-pub async fn settle(
-    redis: &mut ConnectionManager,
-    keys: &SaleKeys,
-    version: i64,
-    settled: &[Settled],
-) -> redis::RedisResult<()> {
+pub async fn settle(redis: &mut Redis, keys: &SaleKeys, version: i64, settled: &[Settled]) -> redis::RedisResult<()> {
     if settled.is_empty() {
         return Ok(());
     }
@@ -181,7 +176,7 @@ pub async fn settle(
 /// Releases refused reservations: their units and buyer slots go back. Returns the units
 /// put back on sale.
 pub async fn fail(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &SaleKeys,
     channel: &str,
     sale_id: Uuid,
@@ -213,7 +208,7 @@ pub struct Returned {
 }
 
 pub async fn restock(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &SaleKeys,
     channel: &str,
     sale_id: Uuid,
@@ -241,7 +236,7 @@ pub struct Snapshot {
 }
 
 /// Loads the hot state unless one is there already; returns whether it loaded.
-pub async fn load(redis: &mut ConnectionManager, keys: &SaleKeys, snapshot: &Snapshot) -> redis::RedisResult<bool> {
+pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> redis::RedisResult<bool> {
     let mut invocation = LOAD.key(&keys.state);
     invocation
         .key(&keys.buyers)
@@ -265,7 +260,7 @@ pub async fn load(redis: &mut ConnectionManager, keys: &SaleKeys, snapshot: &Sna
 }
 
 /// Units left for sale right now, if the hot state is loaded.
-pub async fn remaining(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<i64>> {
+pub async fn remaining(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<Option<i64>> {
     redis.hget(&keys.state, "stock").await
 }
 
@@ -281,7 +276,7 @@ pub struct HotState {
     pub inflight_ids: Vec<Uuid>,
 }
 
-pub async fn inspect(redis: &mut ConnectionManager, keys: &SaleKeys) -> redis::RedisResult<Option<HotState>> {
+pub async fn inspect(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<Option<HotState>> {
     let Some(stock) = remaining(redis, keys).await? else { return Ok(None) };
     let buyers: HashMap<String, i64> = redis.hgetall(&keys.buyers).await?;
     let inflight: HashMap<String, String> = redis.hgetall(&keys.inflight).await?;
