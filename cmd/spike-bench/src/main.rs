@@ -5,6 +5,10 @@
 //! - `poem-lua`: a poem-openapi endpoint that runs `reserve_stock.lua` through the same
 //!   Redis client path Spike uses (a multiplexed `ConnectionManager`, `redis::Script`);
 //! - `amqp`: raw lapin publish-with-confirm throughput (persistent messages, durable queue).
+//!
+//! And two loads wrk cannot make:
+//! - `open`: requests at a fixed arrival rate, latency from each request's due time;
+//! - `watchers`: N WebSocket watchers on one auction and a bidder at a fixed rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,9 @@ use redis::aio::ConnectionManager;
 use repo::cache::Keys;
 use repo::cache::sales::{self, Snapshot};
 use uuid::Uuid;
+
+mod open_loop;
+mod watchers;
 
 /// The same allocator as spike-server, so the ceilings compare like with like.
 #[global_allocator]
@@ -59,6 +66,10 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         publishers: usize,
     },
+    /// Open-loop load at a fixed rate; prints p50/p99/p99.9 and the achieved rate as JSON.
+    Open(open_loop::OpenArgs),
+    /// N watchers on an auction's live feed while a bidder bids; prints the delays as JSON.
+    Watchers(watchers::WatchArgs),
 }
 
 #[derive(Object)]
@@ -129,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
             let rate = publish_with_confirms(&url, Duration::from_secs(secs), publishers).await?;
             println!("{rate:.0}");
         }
+        Command::Open(args) => println!("{}", open_loop::run(args).await?),
+        Command::Watchers(args) => println!("{}", watchers::run(args).await?),
     }
     Ok(())
 }
