@@ -284,7 +284,6 @@ pub struct SaleSettings {
     pub reservation_deadline_ms: NonZeroU64,
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuctionSettings {

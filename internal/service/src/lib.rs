@@ -38,9 +38,9 @@ pub mod pubsub;
 pub mod relay;
 pub mod reservation_publisher;
 pub mod sales;
-pub mod undo;
 pub mod seed;
 pub mod singleflight;
+pub mod undo;
 pub mod verify;
 pub mod worker;
 
@@ -125,17 +125,16 @@ impl Services {
                 status_ttl_secs,
             },
         );
-        let undo = undo::Undo::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
         let sales = sales::SaleService::new(
             deps.db.clone(),
             deps.redis.clone(),
             deps.keys(),
             catalog.cache().clone(),
             publisher,
-            undo.clone(),
             settings.sales.clone(),
             idempotency_ttl,
         );
+        let undo = sales.undo().clone();
         let order_consumer =
             order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
         let auctions = auctions::AuctionService::new(

@@ -137,16 +137,21 @@ impl SaleService {
         keys: Keys,
         products: ProductCache,
         publisher: ReservationPublisher,
-        undo: Undo,
         settings: SaleSettings,
         idempotency_ttl: Duration,
     ) -> Self {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
+        let undo = Undo::new(db.clone(), redis.clone(), keys.clone(), settings.reservation_status_ttl_secs.get());
         Self { db, redis, keys, products, publisher, undo, flags, rebuilds: Arc::default(), settings, idempotency_ttl }
     }
 
     pub fn flags(&self) -> &Arc<SoldOutFlags> {
         &self.flags
+    }
+
+    /// The undo the purchase path uses; the worker's reaper uses the same.
+    pub fn undo(&self) -> &Undo {
+        &self.undo
     }
 
     /// Creates a sale: its units leave the product's stock in the same transaction (409 when

@@ -80,7 +80,9 @@ impl Undo {
         hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true).await?;
         let failed: Vec<ReservationProgress> = release
             .iter()
-            .map(|o| ReservationProgress::failed(o.reservation_id, sale_id, o.user_id, FailureReason::BrokerUnavailable))
+            .map(|o| {
+                ReservationProgress::failed(o.reservation_id, sale_id, o.user_id, FailureReason::BrokerUnavailable)
+            })
             .collect();
         let _ = reservations::record(&mut redis, &self.keys, &failed, self.status_ttl_secs).await;
         Ok(stands)

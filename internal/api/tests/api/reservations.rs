@@ -69,10 +69,8 @@ async fn a_purchase_whose_request_is_dropped_after_the_reservation_is_still_undo
     let buyer = api.shopper().await;
     let reply = buy(&api, &buyer, &sale, 1).await;
     assert_ne!(reply.status.as_u16(), 202, "{}", reply.body);
-    api.eventually(10, "the dropped purchase's reservation is undone", || async {
-        remaining(&api, &sale).await == 4
-    })
-    .await;
+    api.eventually(10, "the dropped purchase's reservation is undone", || async { remaining(&api, &sale).await == 4 })
+        .await;
     let undone = format!(
         "SELECT count(*) FROM reservations WHERE user_id = '{}' AND reason = 'broker_unavailable'",
         buyer.user_id

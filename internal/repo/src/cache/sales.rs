@@ -135,8 +135,13 @@ pub async fn reserve(redis: &mut Redis, keys: &SaleKeys, ask: &Ask<'_>) -> redis
 /// the consumer had already claimed it, so the message did arrive and it stands. The
 /// caller records the failure in Postgres, then releases it with [`fail`].
 pub async fn undo(redis: &mut Redis, keys: &SaleKeys, reservation_id: Uuid) -> redis::RedisResult<bool> {
-    let undone: i64 =
-        UNDO.key(&keys.state).key(&keys.claimed).key(&keys.undone).arg(reservation_id.to_string()).invoke_async(redis).await?;
+    let undone: i64 = UNDO
+        .key(&keys.state)
+        .key(&keys.claimed)
+        .key(&keys.undone)
+        .arg(reservation_id.to_string())
+        .invoke_async(redis)
+        .await?;
     Ok(undone == 1)
 }
 

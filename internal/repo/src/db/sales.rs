@@ -310,7 +310,11 @@ pub struct KeyRow {
 
 /// The keys of the sale's reservations made since `since`, except those undone because
 /// their message was not confirmed (a retry with such a key reserves again).
-pub async fn idempotency_keys(db: &impl ConnectionTrait, sale_id: Uuid, since: DateTime<Utc>) -> Result<Vec<KeyRow>, DbErr> {
+pub async fn idempotency_keys(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<KeyRow>, DbErr> {
     KeyRow::find_by_statement(stmt(
         "SELECT user_id, idempotency_key, id, COALESCE(fingerprint, '') AS fingerprint FROM reservations \
          WHERE sale_id = $1 AND idempotency_key IS NOT NULL AND reserved_at > $2 \
