@@ -297,16 +297,18 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
 /// A reservation made by the Lua script, as the purchase path makes it, and the delivery
 /// that carries it to the order consumer; no broker involved.
 pub(crate) async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
-    reserve_with_deadline(app, sale, buyer, quantity, 600_000).await
+    reserve_with_deadline(app, sale, buyer, quantity, 600_000, None).await
 }
 
-/// [`reserve_directly`], with the deadline after which the reaper may undo it.
+/// [`reserve_directly`], with the deadline after which the reaper may undo it, and an
+/// `Idempotency-Key`.
 pub(crate) async fn reserve_with_deadline(
     app: &TestApp,
     sale: &str,
     buyer: &Session,
     quantity: u32,
     deadline_ms: u64,
+    key: Option<&str>,
 ) -> repo::mq::Delivery {
     let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
     let deps = &app.services.deps;
@@ -317,8 +319,8 @@ pub(crate) async fn reserve_with_deadline(
         user_id,
         quantity,
         reservation_id: id,
-        idempotency_key: None,
-        fingerprint: "",
+        idempotency_key: key,
+        fingerprint: &format!("q{quantity}"),
         idempotency_ttl_ms: 60_000,
         deadline_ms,
     };

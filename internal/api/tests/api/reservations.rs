@@ -47,30 +47,35 @@ fn held(buyer: &Session, id: Uuid) -> Held {
 
 #[tokio::test]
 async fn a_purchase_whose_request_is_dropped_after_the_reservation_is_still_undone() {
+    let first = spawn_app().await;
+    let admin = first.admin().await;
+    let sale = sale(&first, &admin, 5, 1, 300).await;
+    let (opener, buyer) = (first.shopper().await, first.shopper().await);
     // An API with nothing consuming behind it, and no reaper: only the purchase itself can
     // finish its reservation.
-    let first = spawn_app().await;
     let rabbit = TcpProxy::start("127.0.0.1:5672").await;
     let api = spawn_sibling(&first, Mode::Api, |s| {
         s.amqp.url = through(&s.amqp.url, rabbit.addr);
         s.amqp.publishers = 1.try_into().unwrap();
         // The server drops the request long before the confirm wait ends, as it would for
         // a client that went away.
-        s.http.request_timeout_ms = 300.try_into().unwrap();
+        s.http.request_timeout_ms = 1000.try_into().unwrap();
     })
     .await;
     first.shutdown().await.unwrap();
-    let admin = api.admin().await;
-    let sale = sale(&api, &admin, 5, 1, 300).await;
-    // Opens the publisher's channel while the broker still answers.
-    buy(&api, &api.shopper().await, &sale, 1).await.data(202);
+    // Opens the publisher's channel while the broker still answers (through the service:
+    // the short request timeout is for the purchase below).
+    let opener = service::Caller { user_id: opener.user_id.parse().unwrap(), role: domain::user::Role::User };
+    let (sale_id, one) = (sale.parse().unwrap(), domain::order::Quantity::parse(1).unwrap());
+    api.services.sales.purchase(&opener, sale_id, one, None).await.unwrap();
 
     rabbit.mute_replies();
-    let buyer = api.shopper().await;
     let reply = buy(&api, &buyer, &sale, 1).await;
     assert_ne!(reply.status.as_u16(), 202, "{}", reply.body);
-    api.eventually(10, "the dropped purchase's reservation is undone", || async { remaining(&api, &sale).await == 4 })
-        .await;
+    let keys = api.services.deps.keys().sale(sale_id);
+    let redis = api.services.deps.redis.clone();
+    let remaining = async || hot::remaining(&mut redis.clone(), &keys).await.unwrap();
+    api.eventually(10, "the dropped purchase's reservation is undone", || async { remaining().await == Some(4) }).await;
     let undone = format!(
         "SELECT count(*) FROM reservations WHERE user_id = '{}' AND reason = 'broker_unavailable'",
         buyer.user_id
@@ -90,12 +95,12 @@ async fn a_reservation_its_api_never_finished_is_reaped_at_its_deadline_but_a_pu
     // Confirmed by the broker (its message waits in the queue, e.g. while Postgres is down):
     // it must never be undone, even long past its deadline.
     let deadline = app.settings.sales.reservation_deadline_ms.get();
-    let kept = id_of(&reserve_with_deadline(&app, &sale, &kept_buyer, 1, deadline).await);
+    let kept = id_of(&reserve_with_deadline(&app, &sale, &kept_buyer, 1, deadline, None).await);
     let keys = app.services.deps.keys().sale(sale.parse().unwrap());
     let marked = hot::mark_published(&mut app.services.deps.redis.clone(), &keys, &[kept]).await.unwrap();
     assert_eq!(marked, [true]);
     // Reserved by an API that died before publishing; its deadline comes after the kept one's.
-    let orphan = id_of(&reserve_with_deadline(&app, &sale, &orphan_buyer, 1, deadline).await);
+    let orphan = id_of(&reserve_with_deadline(&app, &sale, &orphan_buyer, 1, deadline, Some("buy-once")).await);
     assert_eq!(remaining(&app, &sale).await, 3);
 
     app.eventually(20, "the orphan is reaped", || async { remaining(&app, &sale).await == 4 }).await;
@@ -103,8 +108,16 @@ async fn a_reservation_its_api_never_finished_is_reaped_at_its_deadline_but_a_pu
     let status = app.get(&format!("/api/v1/reservations/{orphan}"), orphan_buyer.token()).await;
     assert_eq!(status.data(200)["status"], "failed");
     assert_eq!(status.data(200)["reason"], "broker_unavailable");
-    // The buyer's only slot is free again.
-    let id = buy(&app, &orphan_buyer, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    // The buyer's only slot is free again, and the retry with the same key is a new
+    // reservation, not the dead one.
+    let retry = app
+        .client
+        .post(app.url(&format!("/api/v1/sales/{sale}/purchase")))
+        .bearer_auth(&orphan_buyer.access)
+        .header("Idempotency-Key", "buy-once")
+        .json(&json!({ "quantity": 1 }));
+    let id = app.send(retry).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    assert_ne!(id, orphan.to_string());
     assert_eq!(confirmed(&app, &orphan_buyer, &id).await["status"], "confirmed");
 }
 
