@@ -183,7 +183,10 @@ mod tests {
             ("min_increment", AuctionFields { min_increment: "0", ..fields(now) }),
             ("reserve_price", AuctionFields { reserve_price: Some("1.001"), ..fields(now) }),
             ("buy_now_price", AuctionFields { buy_now_price: Some("9.99"), ..fields(now) }),
-            ("buy_now_price", AuctionFields { reserve_price: Some("50.00"), buy_now_price: Some("49.99"), ..fields(now) }),
+            (
+                "buy_now_price",
+                AuctionFields { reserve_price: Some("50.00"), buy_now_price: Some("49.99"), ..fields(now) },
+            ),
             ("buy_now_price", AuctionFields { buy_now_price: Some("0"), ..fields(now) }),
             ("end_at", AuctionFields { end_at: now - Duration::seconds(1), ..fields(now) }),
             ("extend_by_secs", AuctionFields { extend_window_secs: 10, ..fields(now) }),

@@ -193,7 +193,9 @@ impl AuctionCloser {
 }
 
 fn unavailable_now() -> Error {
-    Error::BuyNowUnavailable("buy-now is not on offer: the auction is closed, has not started, or a bid met the reserve")
+    Error::BuyNowUnavailable(
+        "buy-now is not on offer: the auction is closed, has not started, or a bid met the reserve",
+    )
 }
 
 /// The caller's order if they bought this closed auction now.

@@ -109,7 +109,11 @@ impl Services {
             deps.db.clone(),
             catalog.cache().clone(),
             settings.orders.payment_timeout_secs.get(),
-            orders::Lots { redis: deps.redis.clone(), keys: deps.keys(), second_chance_offers: settings.auctions.second_chance_offers },
+            orders::Lots {
+                redis: deps.redis.clone(),
+                keys: deps.keys(),
+                second_chance_offers: settings.auctions.second_chance_offers,
+            },
         );
         let status_ttl_secs = settings.sales.reservation_status_ttl_secs.get();
         let idempotency_ttl = Duration::from_secs(settings.idempotency.ttl_secs.get());

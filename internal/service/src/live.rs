@@ -17,18 +17,34 @@ use uuid::Uuid;
 /// A live auction event, decoded from what the bid path and the closer publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
-    Closed { auction_id: Uuid, status: AuctionStatus, winner: Option<Uuid>, price: Option<Money> },
+    Bid {
+        auction_id: Uuid,
+        price: Money,
+        leader: Uuid,
+        seq: i64,
+        end_at: DateTime<Utc>,
+        min_next_bid: Money,
+    },
+    Closed {
+        auction_id: Uuid,
+        status: AuctionStatus,
+        winner: Option<Uuid>,
+        price: Option<Money>,
+    },
     /// The winner left the order unpaid: the lot went to the next bidder.
-    SecondChance { auction_id: Uuid, winner: Uuid, price: Money },
+    SecondChance {
+        auction_id: Uuid,
+        winner: Uuid,
+        price: Money,
+    },
 }
 
 impl Event {
     pub fn auction_id(&self) -> Uuid {
         match self {
-            Event::Bid { auction_id, .. } | Event::Closed { auction_id, .. } | Event::SecondChance { auction_id, .. } => {
-                *auction_id
-            }
+            Event::Bid { auction_id, .. }
+            | Event::Closed { auction_id, .. }
+            | Event::SecondChance { auction_id, .. } => *auction_id,
         }
     }
 

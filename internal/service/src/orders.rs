@@ -19,9 +19,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::catalog::ProductCache;
-use crate::second_chance;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
+use crate::second_chance;
 
 pub const SORT_FIELDS: &[&str] = &["created_at", "total", "status", "expires_at"];
 
@@ -305,8 +305,7 @@ impl OrderService {
             |kind: OrderKind| -> Vec<Uuid> { moved.iter().filter(|o| o.kind == kind.as_str()).map(|o| o.id).collect() };
         let touched = products::return_stock_of_orders(&txn, &of_kind(OrderKind::Standard)).await?;
         return_sale_units(&txn, &of_kind(OrderKind::Sale)).await?;
-        let passed =
-            second_chance::pass_on(&txn, &of_kind(OrderKind::Auction), self.lots.second_chance_offers).await?;
+        let passed = second_chance::pass_on(&txn, &of_kind(OrderKind::Auction), self.lots.second_chance_offers).await?;
         txn.commit().await?;
         self.products.forget(&touched).await;
         second_chance::announce(&self.lots.redis, &self.lots.keys, &passed).await;

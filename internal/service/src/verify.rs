@@ -211,7 +211,10 @@ fn check_bought_now(report: &mut Report, row: &auctions::AuctionRow, orders: &[a
         [only] => only.total == row.buy_now_price.unwrap_or_default(),
         _ => false,
     };
-    report.check(one, format!("bought now: one order, at the buy-now price {:?} ({} order(s))", row.buy_now_price, orders.len()));
+    report.check(
+        one,
+        format!("bought now: one order, at the buy-now price {:?} ({} order(s))", row.buy_now_price, orders.len()),
+    );
     if let (Some(order), "sold") = (orders.first(), row.status.as_str()) {
         report.check(
             row.winner_id == Some(order.user_id) && row.final_price == Some(order.total),
@@ -235,7 +238,10 @@ fn check_offers(
     if let Some(first) = orders.first() {
         report.check(
             Some(first.user_id) == ledger.top_user && Some(first.total) == ledger.top_amount,
-            format!("the first order is the top bid's ({} at {}, top bid {:?} at {:?})", first.user_id, first.total, ledger.top_user, ledger.top_amount),
+            format!(
+                "the first order is the top bid's ({} at {}, top bid {:?} at {:?})",
+                first.user_id, first.total, ledger.top_user, ledger.top_amount
+            ),
         );
     }
     let reserve = row.reserve_price.unwrap_or_default();
@@ -259,13 +265,23 @@ fn check_offers(
                 && live.is_some_and(|o| {
                     row.order_id == Some(o.id) && row.winner_id == Some(o.user_id) && row.final_price == Some(o.total)
                 }),
-            format!("sold: the winner {:?} holds the live order {:?} at {:?}", row.winner_id, row.order_id, row.final_price),
+            format!(
+                "sold: the winner {:?} holds the live order {:?} at {:?}",
+                row.winner_id, row.order_id, row.final_price
+            ),
+        ),
+        "unsold" if orders.is_empty() => report.check(
+            !reserve_met,
+            format!(
+                "unsold: no bid met the reserve (top bid {:?}, reserve {:?})",
+                ledger.top_amount, row.reserve_price
+            ),
         ),
         "unsold" => report.check(
-            live.is_none() && (reserve_met || orders.is_empty()),
-            format!("unsold: no order is pending or paid ({} order(s), top bid {:?}, reserve {:?})", orders.len(), ledger.top_amount, row.reserve_price),
+            live.is_none(),
+            format!("unsold: none of its {} order(s) is pending or paid (every offer lapsed)", orders.len()),
         ),
-        _ => report.check(orders.is_empty(), format!("open: no order ({})", orders.len())),
+        _ => report.check(orders.is_empty(), format!("not sold: no order ({})", orders.len())),
     }
 }
 
@@ -288,7 +304,10 @@ async fn live_state_matches_postgres(
         // A buy-now made the buyer the leader at its price: only the count must agree.
         Some(live) if row.bought_now => report.check(
             live.seq == ledger.bids,
-            format!("every bid redis accepted is in postgres: redis at seq {}, postgres at seq {}", live.seq, ledger.bids),
+            format!(
+                "every bid redis accepted is in postgres: redis at seq {}, postgres at seq {}",
+                live.seq, ledger.bids
+            ),
         ),
         Some(live) => {
             let price = (live.seq > 0).then(|| domain::Money::from_cents(live.price_cents).decimal());

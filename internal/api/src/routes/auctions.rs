@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use service::auctions::{AuctionService, AuctionView, BidView, Placed};
 use service::closer::AuctionCloser;
-use service::orders::OrderService;
 use service::live::{Event, LiveHub};
+use service::orders::OrderService;
 use tokio::sync::watch;
 use uuid::Uuid;
 

@@ -51,6 +51,12 @@ async fn orders_of(app: &TestApp, auction: &str) -> i64 {
     app.scalar(&format!("SELECT count(*) FROM orders WHERE auction_id = '{auction}'")).await
 }
 
+async fn verify_passes(app: &TestApp, auction: &str) {
+    let deps = &app.services.deps;
+    let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), auction.parse().unwrap()).await.unwrap();
+    assert!(report.passed(), "{report}");
+}
+
 async fn next_message(
     socket: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
 ) -> Value {
@@ -116,9 +122,7 @@ async fn buy_now_ends_the_auction_with_an_order_at_the_price_and_names_the_buyer
     assert_eq!(again.data(201)["id"], order["id"]);
     app.services.auction_closer.close(lot.parse().unwrap()).await.unwrap();
     assert_eq!(orders_of(&app, &lot).await, 1);
-    let deps = &app.services.deps;
-    let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), lot.parse().unwrap()).await.unwrap();
-    assert!(report.passed(), "{report}");
+    verify_passes(&app, &lot).await;
 
     // Left unpaid, a buy-now order gets no second chance (ann's bid did not meet the reserve
     // anyway): the auction ends unsold.
@@ -161,7 +165,8 @@ async fn buy_now_is_refused_once_a_bid_meets_the_reserve_and_where_there_is_none
 async fn a_bad_buy_now_price_names_the_field() {
     let app = app_with_offers(2).await;
     let admin = app.admin().await;
-    for (reserve, price) in [(None, json!("9.99")), (Some("30.00"), json!("29.99")), (None, json!("abc")), (None, json!(50))]
+    for (reserve, price) in
+        [(None, json!("9.99")), (Some("30.00"), json!("29.99")), (None, json!("abc")), (None, json!(50))]
     {
         let mut body = lot_body(&Lot { reserve, ..LOT });
         body["buy_now_price"] = price;
@@ -250,7 +255,10 @@ async fn an_unpaid_win_goes_to_the_next_bidders_then_ends_unsold() {
     let second_order = view["order_id"].as_str().unwrap().to_owned();
     assert_ne!(second_order, first_order);
     let order = app.get(&format!("/api/v1/orders/{second_order}"), ann.token()).await;
-    assert_eq!((order.data(200)["total"].as_str(), order.data(200)["status"].as_str()), (Some("16.00"), Some("pending_payment")));
+    assert_eq!(
+        (order.data(200)["total"].as_str(), order.data(200)["status"].as_str()),
+        (Some("16.00"), Some("pending_payment"))
+    );
     assert_eq!(app.order_status(bob, &first_order).await, "closed");
     let late = app.post(&format!("/api/v1/orders/{first_order}/pay"), json!({}), bob.token()).await;
     late.error(409, "ORDER_NOT_PENDING", None);
@@ -271,22 +279,27 @@ async fn an_unpaid_win_goes_to_the_next_bidders_then_ends_unsold() {
     assert_eq!(view["status"], "unsold");
     assert_eq!((view["winner_id"].clone(), view["order_id"].clone()), (Value::Null, Value::Null));
     assert_eq!(orders_of(&app, &lot).await, 3, "two offers, dan never asked");
-    let deps = &app.services.deps;
-    let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), lot.parse().unwrap()).await.unwrap();
-    assert!(report.passed(), "{report}");
+    verify_passes(&app, &lot).await;
+}
+
+/// An auction ending in 1.5 s where ann bids 10.00 and bob wins at 11.00; returns it and ann.
+async fn bob_outbids_ann(app: &TestApp, payment_timeout_secs: i64) -> (String, Session) {
+    let admin = app.admin().await;
+    let (ann, bob) = (app.shopper().await, app.shopper().await);
+    let lot = auction(app, &admin, Lot { buy_now: None, end_in_ms: 1500, payment_timeout_secs, ..LOT }).await;
+    bid(app, &ann, &lot, "10.00").await.data(201);
+    bid(app, &bob, &lot, "11.00").await.data(201);
+    (lot, ann)
 }
 
 #[tokio::test]
 async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
     let app = app_with_offers(2).await;
-    let admin = app.admin().await;
-    let (ann, bob) = (app.shopper().await, app.shopper().await);
-    let lot = Lot { buy_now: None, end_in_ms: 1500, payment_timeout_secs: 2, ..LOT };
-    let lot = auction(&app, &admin, lot).await;
-    bid(&app, &ann, &lot, "10.00").await.data(201);
-    bid(&app, &bob, &lot, "11.00").await.data(201);
-    app.eventually(20, "the offer reaches ann", || async { state(&app, &lot).await["winner_id"] == ann.user_id.as_str() })
-        .await;
+    let (lot, ann) = bob_outbids_ann(&app, 2).await;
+    app.eventually(20, "the offer reaches ann", || async {
+        state(&app, &lot).await["winner_id"] == ann.user_id.as_str()
+    })
+    .await;
     let offer = state(&app, &lot).await["order_id"].as_str().unwrap().to_owned();
     let paid = app.post(&format!("/api/v1/orders/{offer}/pay"), json!({}), ann.token()).await;
     assert_eq!(paid.data(200)["status"], "paid");
@@ -294,20 +307,13 @@ async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
     assert!(app.services.orders.finish(&[offer.parse().unwrap()], Finish::Closed).await.unwrap().is_empty());
     let view = state(&app, &lot).await;
     assert_eq!((view["status"].as_str(), view["order_id"].as_str()), (Some("sold"), Some(offer.as_str())));
-    let deps = &app.services.deps;
-    let report = service::verify::auction(&deps.db, &deps.redis, &deps.keys(), lot.parse().unwrap()).await.unwrap();
-    assert!(report.passed(), "{report}");
+    verify_passes(&app, &lot).await;
 }
 
 #[tokio::test]
 async fn with_second_chance_offers_off_an_unpaid_win_ends_unsold() {
     let app = app_with_offers(0).await;
-    let admin = app.admin().await;
-    let (ann, bob) = (app.shopper().await, app.shopper().await);
-    let lot = Lot { buy_now: None, end_in_ms: 1500, payment_timeout_secs: 1, ..LOT };
-    let lot = auction(&app, &admin, lot).await;
-    bid(&app, &ann, &lot, "10.00").await.data(201);
-    bid(&app, &bob, &lot, "11.00").await.data(201);
+    let (lot, _ann) = bob_outbids_ann(&app, 1).await;
     app.eventually(20, "the unpaid win ends unsold", || async { state(&app, &lot).await["status"] == "unsold" }).await;
     assert_eq!(orders_of(&app, &lot).await, 1, "ann got no offer");
     assert_eq!(state(&app, &lot).await["winner_id"], Value::Null);
@@ -325,9 +331,15 @@ async fn a_buy_now_cut_off_before_postgres_is_finished_by_the_close() {
     bid(&app, &ann, &lot, "12.00").await.data(201);
     let id: uuid::Uuid = lot.parse().unwrap();
     let deps = &app.services.deps;
-    let bought = repo::cache::auctions::buy_now(&mut deps.redis.clone(), &deps.keys(), id, buyer.user_id.parse().unwrap(), 5_000)
-        .await
-        .unwrap();
+    let bought = repo::cache::auctions::buy_now(
+        &mut deps.redis.clone(),
+        &deps.keys(),
+        id,
+        buyer.user_id.parse().unwrap(),
+        5_000,
+    )
+    .await
+    .unwrap();
     assert!(matches!(bought, repo::cache::auctions::BuyNow::Bought { .. }));
     assert_eq!(state(&app, &lot).await["status"], "live", "postgres has not heard of it");
     bid(&app, &ann, &lot, "30.00").await.error(409, "AUCTION_CLOSED", None);

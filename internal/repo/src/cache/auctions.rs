@@ -172,7 +172,9 @@ pub async fn announce_second_chance(
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
-    NotYet { end_ms: i64 },
+    NotYet {
+        end_ms: i64,
+    },
     /// `bought`: closed by buy-now (the leader is the buyer, the price the buy-now price).
     Closed {
         price_cents: i64,
@@ -208,9 +210,13 @@ pub async fn close(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::R
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuyNow {
     /// Closed now, sold to this buyer, in live state `generation`.
-    Bought { generation: String },
+    Bought {
+        generation: String,
+    },
     /// This buyer bought it earlier (a retry).
-    BoughtEarlier { generation: String },
+    BoughtEarlier {
+        generation: String,
+    },
     Unavailable,
     Missing,
 }

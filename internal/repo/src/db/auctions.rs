@@ -316,7 +316,11 @@ pub struct Runner {
 
 /// The bidder a second-chance offer goes to: the highest highest-bid (the earlier one on a
 /// tie) at or above the reserve, among the bidders who have had no order for this lot.
-pub async fn next_runner(db: &impl ConnectionTrait, id: Uuid, reserve: Option<Decimal>) -> Result<Option<Runner>, DbErr> {
+pub async fn next_runner(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    reserve: Option<Decimal>,
+) -> Result<Option<Runner>, DbErr> {
     Runner::find_by_statement(stmt(
         "SELECT user_id, amount FROM ( \
              SELECT DISTINCT ON (user_id) user_id, amount, seq FROM bids WHERE auction_id = $1 \
