@@ -61,7 +61,7 @@ async fn next_message(
     socket: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
 ) -> Value {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("a message in time");
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("a message in time");
         match message {
             Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
             Some(Ok(_)) => {}
@@ -126,7 +126,7 @@ async fn buy_now_ends_the_auction_with_an_order_at_the_price_and_names_the_buyer
 
     // Left unpaid, a buy-now order gets no second chance (ann's bid did not meet the reserve
     // anyway): the auction ends unsold.
-    app.eventually(20, "the unpaid buy-now ends unsold", || async { state(&app, &lot).await["status"] == "unsold" })
+    app.eventually(30, "the unpaid buy-now ends unsold", || async { state(&app, &lot).await["status"] == "unsold" })
         .await;
     assert_eq!(orders_of(&app, &lot).await, 1);
 }
@@ -239,7 +239,7 @@ async fn an_unpaid_win_goes_to_the_next_bidders_then_ends_unsold() {
     bid(&app, ann, &lot, "16.00").await.data(201);
     bid(&app, bob, &lot, "17.00").await.data(201);
 
-    app.eventually(15, "the auction is sold", || async { state(&app, &lot).await["status"] == "sold" }).await;
+    app.eventually(30, "the auction is sold", || async { state(&app, &lot).await["status"] == "sold" }).await;
     let won = state(&app, &lot).await;
     assert_eq!(won["winner_id"], bob.user_id.as_str());
     let first_order = won["order_id"].as_str().unwrap().to_owned();
@@ -296,7 +296,7 @@ async fn bob_outbids_ann(app: &TestApp, payment_timeout_secs: i64) -> (String, S
 async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
     let app = app_with_offers(2).await;
     let (lot, ann) = bob_outbids_ann(&app, 2).await;
-    app.eventually(20, "the offer reaches ann", || async {
+    app.eventually(30, "the offer reaches ann", || async {
         state(&app, &lot).await["winner_id"] == ann.user_id.as_str()
     })
     .await;
@@ -314,7 +314,7 @@ async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
 async fn with_second_chance_offers_off_an_unpaid_win_ends_unsold() {
     let app = app_with_offers(0).await;
     let (lot, _ann) = bob_outbids_ann(&app, 1).await;
-    app.eventually(20, "the unpaid win ends unsold", || async { state(&app, &lot).await["status"] == "unsold" }).await;
+    app.eventually(30, "the unpaid win ends unsold", || async { state(&app, &lot).await["status"] == "unsold" }).await;
     assert_eq!(orders_of(&app, &lot).await, 1, "ann got no offer");
     assert_eq!(state(&app, &lot).await["winner_id"], Value::Null);
 }
