@@ -63,11 +63,11 @@ pub(crate) async fn announce(redis: &Redis, keys: &Keys, passed: &[Passed]) {
     for change in passed {
         let (auction_id, sent) = match change {
             Passed::Offered { auction_id, winner, price, .. } => {
-                metrics::counter!("auction_second_chance_offers_total").increment(1);
+                metrics::counter!("auction_second_chance_total", "outcome" => "offered").increment(1);
                 (*auction_id, live::announce_second_chance(&mut redis, keys, *auction_id, *winner, price.cents()).await)
             }
             Passed::Unsold { auction_id } => {
-                metrics::counter!("auctions_closed_total", "status" => "unsold").increment(1);
+                metrics::counter!("auction_second_chance_total", "outcome" => "unsold").increment(1);
                 (*auction_id, live::announce_close(&mut redis, keys, *auction_id, false, None, 0).await)
             }
         };

@@ -10,7 +10,7 @@ use repo::db::orders::Finish;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Reply, Session, TestApp, spawn_app_with};
+use crate::helpers::{Reply, Session, TestApp, metric, spawn_app_with};
 
 /// An auction open for an hour (or ending in `end_in_ms`), start 10.00, step 1.00.
 struct Lot {
@@ -279,6 +279,8 @@ async fn an_unpaid_win_goes_to_the_next_bidders_then_ends_unsold() {
     assert_eq!(view["status"], "unsold");
     assert_eq!((view["winner_id"].clone(), view["order_id"].clone()), (Value::Null, Value::Null));
     assert_eq!(orders_of(&app, &lot).await, 3, "two offers, dan never asked");
+    assert_eq!(metric(r#"auction_second_chance_total{outcome="offered"}"#), 2.0);
+    assert_eq!(metric(r#"auction_second_chance_total{outcome="unsold"}"#), 1.0);
     verify_passes(&app, &lot).await;
 }
 

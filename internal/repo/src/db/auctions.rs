@@ -254,7 +254,8 @@ pub async fn finish(db: &impl ConnectionTrait, id: Uuid, outcome: &Outcome) -> R
     AuctionRow::find_by_statement(stmt(
         &format!(
             "UPDATE auctions SET status = $2, winner_id = $3, final_price = $4, \
-             end_at = CASE WHEN $6::text IS NULL THEN GREATEST(end_at, $5) ELSE now() END, \
+             end_at = CASE WHEN $6::text IS NULL THEN GREATEST(end_at, $5) \
+             ELSE GREATEST(now(), start_at + interval '1 millisecond') END, \
              bought_now = $6::text IS NOT NULL, closed_at = now(), updated_at = now() \
              WHERE id = $1 AND status = 'open' AND ($6::text IS NULL OR bid_generation = $6::text) \
              RETURNING {COLUMNS}"
