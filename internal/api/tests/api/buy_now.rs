@@ -284,20 +284,21 @@ async fn an_unpaid_win_goes_to_the_next_bidders_then_ends_unsold() {
     verify_passes(&app, &lot).await;
 }
 
-/// An auction ending in 1.5 s where ann bids 10.00 and bob wins at 11.00; returns it and ann.
-async fn bob_outbids_ann(app: &TestApp, payment_timeout_secs: i64) -> (String, Session) {
+/// An auction ending in 1.5 s where ann bids 10.00 and bob wins at 11.00; returns it, ann
+/// and bob.
+async fn bob_outbids_ann(app: &TestApp, payment_timeout_secs: i64) -> (String, Session, Session) {
     let admin = app.admin().await;
     let (ann, bob) = (app.shopper().await, app.shopper().await);
     let lot = auction(app, &admin, Lot { buy_now: None, end_in_ms: 1500, payment_timeout_secs, ..LOT }).await;
     bid(app, &ann, &lot, "10.00").await.data(201);
     bid(app, &bob, &lot, "11.00").await.data(201);
-    (lot, ann)
+    (lot, ann, bob)
 }
 
 #[tokio::test]
 async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
     let app = app_with_offers(2).await;
-    let (lot, ann) = bob_outbids_ann(&app, 2).await;
+    let (lot, ann, _bob) = bob_outbids_ann(&app, 2).await;
     app.eventually(30, "the offer reaches ann", || async {
         state(&app, &lot).await["winner_id"] == ann.user_id.as_str()
     })
@@ -315,7 +316,7 @@ async fn a_paid_second_chance_offer_keeps_the_lot_sold() {
 #[tokio::test]
 async fn with_second_chance_offers_off_an_unpaid_win_ends_unsold() {
     let app = app_with_offers(0).await;
-    let (lot, _ann) = bob_outbids_ann(&app, 1).await;
+    let (lot, _ann, _bob) = bob_outbids_ann(&app, 1).await;
     app.eventually(30, "the unpaid win ends unsold", || async { state(&app, &lot).await["status"] == "unsold" }).await;
     assert_eq!(orders_of(&app, &lot).await, 1, "ann got no offer");
     assert_eq!(state(&app, &lot).await["winner_id"], Value::Null);
@@ -353,4 +354,22 @@ async fn a_buy_now_cut_off_before_postgres_is_finished_by_the_close() {
     assert_eq!(order.data(200)["total"], "50.00");
     // The buyer's retry now answers with that order.
     assert_eq!(buy_now(&app, &buyer, &lot).await.data(201)["id"], view["order_id"]);
+}
+
+#[tokio::test]
+async fn a_winner_who_cancels_passes_the_lot_on_at_once() {
+    let app = app_with_offers(2).await;
+    let (lot, ann, bob) = bob_outbids_ann(&app, 300).await;
+    app.eventually(30, "the auction is sold", || async { state(&app, &lot).await["status"] == "sold" }).await;
+    let won = state(&app, &lot).await["order_id"].as_str().unwrap().to_owned();
+    let cancelled = app.post(&format!("/api/v1/orders/{won}/cancel"), json!({}), bob.token()).await;
+    assert_eq!(cancelled.data(200)["status"], "cancelled");
+    let view = state(&app, &lot).await;
+    assert_eq!((view["status"].as_str(), view["winner_id"].as_str()), (Some("sold"), Some(ann.user_id.as_str())));
+    let offer = app.get(&format!("/api/v1/orders/{}", view["order_id"].as_str().unwrap()), ann.token()).await;
+    assert_eq!(
+        (offer.data(200)["total"].as_str(), offer.data(200)["status"].as_str()),
+        (Some("10.00"), Some("pending_payment"))
+    );
+    verify_passes(&app, &lot).await;
 }
