@@ -155,8 +155,10 @@ fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
-/// the winner holding the highest bid, at most one order.
+/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising
+/// (but for the tie of proxy bidding), automatic bids by the rule, no maximum exceeded, the
+/// leader holding the highest maximum, the winner holding the highest bid, at most one
+/// order. Maximums are compared, never printed.
 pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auction_id: Uuid) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
@@ -179,7 +181,22 @@ pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auctio
     );
     report.check(
         ledger.not_rising == 0,
-        format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising),
+        format!(
+            "prices strictly rise with seq, but for a tie answered at the leader's maximum ({} bid(s) out of line)",
+            ledger.not_rising
+        ),
+    );
+    report.check(
+        ledger.off_rule == 0,
+        format!(
+            "automatic bids answer another bidder at the lower of the maximum and that bid + the increment ({} do not)",
+            ledger.off_rule
+        ),
+    );
+    report.check(ledger.over_max == 0, format!("no maximum exceeded: {} bid(s) above their maximum", ledger.over_max));
+    report.check(
+        ledger.top_max == ledger.highest_max,
+        "the leader holds the highest maximum (the amounts stay private)",
     );
     let reserve_met = match (ledger.top_amount, row.reserve_price) {
         (Some(top), Some(reserve)) => top >= reserve,
@@ -237,6 +254,15 @@ async fn live_state_matches_postgres(
         Some(live) => {
             let price = (live.seq > 0).then(|| domain::Money::from_cents(live.price_cents).decimal());
             let leader = live.leader.filter(|_| live.seq > 0);
+            let max = (live.seq > 0).then(|| domain::Money::from_cents(live.max_cents.max(live.price_cents)).decimal());
+            report.check(
+                live.seq == 0 || live.max_cents >= live.price_cents,
+                "no maximum exceeded: redis's leader maximum is at least the price",
+            );
+            report.check(
+                max == ledger.top_max,
+                "redis holds the leader's maximum that postgres has behind the top bid",
+            );
             report.check(
                 live.seq == ledger.bids && price == ledger.top_amount && leader == ledger.top_user,
                 format!(

@@ -264,11 +264,13 @@ pub async fn load(redis: &mut Redis, keys: &Keys, auction_id: Uuid, s: &Snapshot
         .await
 }
 
-/// The live state, as the API shows it.
+/// The live state. The API shows all but `max_cents`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
     pub price_cents: i64,
     pub leader: Option<Uuid>,
+    /// The leader's maximum (for `verify`; never shown).
+    pub max_cents: i64,
     pub seq: i64,
     pub end_ms: i64,
     pub closed: bool,
@@ -284,6 +286,7 @@ pub async fn live(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::Re
     Ok(Some(Live {
         price_cents: int("price"),
         leader: fields.get("leader").and_then(|l| l.parse().ok()),
+        max_cents: int("max"),
         seq: int("seq"),
         end_ms: int("end"),
         closed: fields.get("closed").is_some_and(|c| c == "1"),
