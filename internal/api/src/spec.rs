@@ -345,17 +345,15 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
         ("post", "/sales/{id}/purchase") => {
             &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, SOLD_OUT, LIMIT_REACHED, NOT_ACTIVE, SERVICE_UNAVAILABLE]
         }
-        ("post", "/auctions/{id}/bids") => {
-            &[
-                INVALID_REQUEST,
-                UNAUTHORIZED,
-                NOT_FOUND,
-                BID_TOO_LOW,
-                AUCTION_CLOSED,
-                MAX_AMOUNT_LOWERED,
-                SERVICE_UNAVAILABLE,
-            ]
-        }
+        ("post", "/auctions/{id}/bids") => &[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            BID_TOO_LOW,
+            AUCTION_CLOSED,
+            MAX_AMOUNT_LOWERED,
+            SERVICE_UNAVAILABLE,
+        ],
         (method, path) => panic!("errors_of lists no errors for {method} {path}"),
     }
 }

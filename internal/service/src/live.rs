@@ -27,7 +27,12 @@ pub enum Event {
         /// The leader's automatic raise (proxy bidding).
         auto: bool,
     },
-    Closed { auction_id: Uuid, status: AuctionStatus, winner: Option<Uuid>, price: Option<Money> },
+    Closed {
+        auction_id: Uuid,
+        status: AuctionStatus,
+        winner: Option<Uuid>,
+        price: Option<Money>,
+    },
 }
 
 impl Event {

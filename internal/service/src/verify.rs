@@ -194,10 +194,8 @@ pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auctio
         ),
     );
     report.check(ledger.over_max == 0, format!("no maximum exceeded: {} bid(s) above their maximum", ledger.over_max));
-    report.check(
-        ledger.top_max == ledger.highest_max,
-        "the leader holds the highest maximum (the amounts stay private)",
-    );
+    report
+        .check(ledger.top_max == ledger.highest_max, "the leader holds the highest maximum (the amounts stay private)");
     let reserve_met = match (ledger.top_amount, row.reserve_price) {
         (Some(top), Some(reserve)) => top >= reserve,
         (top, None) => top.is_some(),
@@ -259,10 +257,8 @@ async fn live_state_matches_postgres(
                 live.seq == 0 || live.max_cents >= live.price_cents,
                 "no maximum exceeded: redis's leader maximum is at least the price",
             );
-            report.check(
-                max == ledger.top_max,
-                "redis holds the leader's maximum that postgres has behind the top bid",
-            );
+            report
+                .check(max == ledger.top_max, "redis holds the leader's maximum that postgres has behind the top bid");
             report.check(
                 live.seq == ledger.bids && price == ledger.top_amount && leader == ledger.top_user,
                 format!(

@@ -79,7 +79,9 @@ impl BidRequest {
         match (&self.amount, &self.max_amount) {
             (Some(amount), None) => Ok(Offer::Amount(Money::parse_positive("amount", amount)?)),
             (None, Some(max)) => Ok(Offer::Max(Money::parse_positive("max_amount", max)?)),
-            (Some(_), Some(_)) => Err(ApiError::invalid("max_amount", "cannot be given with amount: send one of the two")),
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid("max_amount", "cannot be given with amount: send one of the two"))
+            }
             (None, None) => Err(ApiError::invalid("amount", "is required (or max_amount, for a proxy bid)")),
         }
     }

@@ -44,7 +44,13 @@ fn answer(reply: &Reply) -> (String, i64, String, bool, Option<String>) {
     )
 }
 
-fn expected(price: &str, seq: i64, leader: &Session, leading: bool, max: Option<&str>) -> (String, i64, String, bool, Option<String>) {
+fn expected(
+    price: &str,
+    seq: i64,
+    leader: &Session,
+    leading: bool,
+    max: Option<&str>,
+) -> (String, i64, String, bool, Option<String>) {
     (price.to_owned(), seq, leader.user_id.clone(), leading, max.map(str::to_owned))
 }
 
@@ -143,7 +149,11 @@ async fn a_bid_takes_exactly_one_of_amount_and_max_amount() {
     both.error(400, "INVALID_REQUEST", Some("max_amount"));
     app.post(&path, json!({}), ann.token()).await.error(400, "INVALID_REQUEST", Some("amount"));
     for bad in [json!("abc"), json!("0"), json!("1.001"), json!(20)] {
-        app.post(&path, json!({ "max_amount": bad }), ann.token()).await.error(400, "INVALID_REQUEST", Some("max_amount"));
+        app.post(&path, json!({ "max_amount": bad }), ann.token()).await.error(
+            400,
+            "INVALID_REQUEST",
+            Some("max_amount"),
+        );
     }
 }
 
@@ -204,7 +214,11 @@ async fn a_maximum_survives_a_redis_flush() {
     assert_eq!(answer(&max(&app, &ann, &lot, "60.00").await), expected("21.00", 3, &ann, true, Some("60.00")));
 
     redis.forget_everything().await; // FLUSHALL + SCRIPT FLUSH
-    assert_eq!(answer(&bid(&app, &cat, &lot, "50.00").await), expected("51.00", 5, &ann, false, None), "the rebuilt maximum");
+    assert_eq!(
+        answer(&bid(&app, &cat, &lot, "50.00").await),
+        expected("51.00", 5, &ann, false, None),
+        "the rebuilt maximum"
+    );
     let amounts: Vec<String> = history(&app, &lot).await.into_iter().map(|(_, _, amount, _)| amount).collect();
     assert_eq!(amounts, ["10.00", "20.00", "21.00", "50.00", "51.00"]);
     let report = verify(&app, &lot).await;
@@ -258,7 +272,12 @@ async fn verify_fails_when_a_proxy_invariant_is_broken() {
     let state = deps.keys().auction(lots[3].parse().unwrap()).state;
     redis::cmd("HSET").arg(&state).arg("max").arg(1_500).exec_async(&mut deps.redis.clone()).await.unwrap();
 
-    let broken = ["the leader holds the highest maximum", "automatic bids answer", "prices strictly rise", "no maximum exceeded"];
+    let broken = [
+        "the leader holds the highest maximum",
+        "automatic bids answer",
+        "prices strictly rise",
+        "no maximum exceeded",
+    ];
     for (lot, broken) in lots.iter().zip(broken) {
         let report = verify(&app, lot).await;
         let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();

@@ -73,10 +73,17 @@ pub struct Accepted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bid {
     Accepted(Accepted),
-    TooLow { price_cents: i64, minimum_cents: i64 },
-    Closed { price_cents: i64 },
+    TooLow {
+        price_cents: i64,
+        minimum_cents: i64,
+    },
+    Closed {
+        price_cents: i64,
+    },
     /// The leader offered a maximum below its own standing one.
-    MaxLowered { max_cents: i64 },
+    MaxLowered {
+        max_cents: i64,
+    },
     Missing,
 }
 

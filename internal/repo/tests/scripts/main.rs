@@ -74,14 +74,26 @@ impl Lot {
 
     /// A bid without an `Idempotency-Key`.
     pub async fn bid(&mut self, user: Uuid, amount_cents: i64) -> Bid {
-        self.place(BidRequest { user_id: user, amount_cents, maximum: false, idempotency_key: None, idempotency_ttl_ms: 60_000 })
-            .await
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: false,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
     }
 
     /// A maximum (proxy bid) without an `Idempotency-Key`.
     pub async fn max(&mut self, user: Uuid, amount_cents: i64) -> Bid {
-        self.place(BidRequest { user_id: user, amount_cents, maximum: true, idempotency_key: None, idempotency_ttl_ms: 60_000 })
-            .await
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: true,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
     }
 
     pub async fn place(&mut self, request: BidRequest<'_>) -> Bid {

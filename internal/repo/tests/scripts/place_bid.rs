@@ -64,9 +64,13 @@ async fn loading_over_an_existing_state_keeps_it_and_names_its_generation() {
 async fn a_bid_inside_the_anti_sniping_window_moves_the_end() {
     let end_ms = now_ms() + 30_000;
     let mut lot = Lot::load(Snapshot { end_ms, window_ms: 60_000, extend_by_ms: 5_000, ..open_lot() }).await;
-    let Bid::Accepted(Accepted { end_ms: moved, .. }) = lot.bid(Uuid::now_v7(), 1_000).await else { panic!("accepted") };
+    let Bid::Accepted(Accepted { end_ms: moved, .. }) = lot.bid(Uuid::now_v7(), 1_000).await else {
+        panic!("accepted")
+    };
     assert_eq!(moved, end_ms + 5_000);
-    let Bid::Accepted(Accepted { end_ms: again, .. }) = lot.bid(Uuid::now_v7(), 1_100).await else { panic!("accepted") };
+    let Bid::Accepted(Accepted { end_ms: again, .. }) = lot.bid(Uuid::now_v7(), 1_100).await else {
+        panic!("accepted")
+    };
     assert_eq!(again, end_ms + 10_000, "each bid in the window pushes the end again");
     assert_eq!(lot.live().await.end_ms, end_ms + 10_000);
 }
@@ -75,7 +79,9 @@ async fn a_bid_inside_the_anti_sniping_window_moves_the_end() {
 async fn a_bid_before_the_window_leaves_the_end_alone() {
     let end_ms = now_ms() + 60_000;
     let mut lot = Lot::load(Snapshot { end_ms, window_ms: 10_000, extend_by_ms: 5_000, ..open_lot() }).await;
-    let Bid::Accepted(Accepted { end_ms: unchanged, .. }) = lot.bid(Uuid::now_v7(), 1_000).await else { panic!("accepted") };
+    let Bid::Accepted(Accepted { end_ms: unchanged, .. }) = lot.bid(Uuid::now_v7(), 1_000).await else {
+        panic!("accepted")
+    };
     assert_eq!(unchanged, end_ms);
 }
 
