@@ -1,7 +1,7 @@
 """Hooks for scripts/schemathesis: the rules that join two fields, which an OpenAPI schema
 cannot state, applied to the requests schemathesis means to be valid (positive mode) so that
 they are: a window ends after it starts, an anti-sniping window comes with an extension,
-an order lists a product once, and ids in bodies name a product that exists
+a bid has exactly one of `amount` and `max_amount`, an order lists a product once, and ids in bodies name a product that exists
 (SPIKE_FUZZ_PRODUCT_ID, created by the script). Invalid (negative) requests are left alone.
 """
 
@@ -33,6 +33,11 @@ def _make_valid(case):
         _open_window(body)
         if body.get("extend_window_secs") and not body.get("extend_by_secs"):
             body["extend_by_secs"] = 1
+    elif route == ("POST", "/auctions/{id}/bids"):
+        if body.get("amount") is not None and body.get("max_amount") is not None:
+            del body["max_amount"]
+        elif body.get("amount") is None and body.get("max_amount") is None:
+            body["amount"] = "10.00"
     elif route == ("POST", "/orders") and isinstance(body.get("items"), list) and body["items"]:
         first = body["items"][0]
         if isinstance(first, dict):
@@ -81,6 +86,11 @@ def filter_failure(context, failure, case, response):
         return not (start and end and end <= start)
     if field == "extend_by_secs":
         return not (body.get("extend_window_secs") and not body.get("extend_by_secs"))
+    if field in ("amount", "max_amount"):
+        given = [body.get(name) is not None for name in ("amount", "max_amount")]
+        both = all(given) and "cannot be given with amount" in message
+        neither = not any(given) and "is required" in message
+        return not (both or neither)
     if field.endswith("product_id"):
         # An id the schema cannot know exists, or a product listed twice in one order.
         return not ("no such product" in message or "already in the order" in message)
