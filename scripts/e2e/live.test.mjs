@@ -269,6 +269,17 @@ async function main() {
     await expectText(byTestId(cardB, 'auction-message'), tooLow, 'page B bid message', 5_000);
     await expectText(byTestId(cardB, 'live-price'), '15.50', 'page B live price', 1_000);
 
+    step('A bids up to 30.00 (a maximum): the price stays, B bids 20.00 and is outbid at once by 21.00');
+    await byTestId(cardA, 'bid-amount').fill('30.00');
+    await byTestId(cardA, 'bid-max-button').click();
+    await expectText(byTestId(cardA, 'auction-message'), 'You lead at 15.50; the site bids for you up to 30.00.', 'page A maximum', 5_000);
+    await byTestId(cardB, 'bid-amount').fill('20.00');
+    await byTestId(cardB, 'bid-custom-button').click();
+    await expectText(byTestId(cardB, 'auction-message'), /^Your bid of 20\.00 was outbid at once by a maximum: the price is now 21\.00\.$/, 'page B message', 5_000);
+    await expectText(byTestId(cardA, 'live-price'), '21.00', 'page A live price', LIVE_TIMEOUT_MS);
+    await expectText(byTestId(cardA, 'auction-leader'), 'You lead', 'page A leader line', LIVE_TIMEOUT_MS);
+    if (framesB.some((f) => f.includes('"30.00"'))) throw new Error("A's maximum reached page B");
+
     step('B buys the buy-now lot: B has won it, A sees it sold to bob');
     const buyableA = pageA.locator(`[data-testid="auction-card"][data-auction-id="${buyable.id}"]`);
     const buyableB = pageB.locator(`[data-testid="auction-card"][data-auction-id="${buyable.id}"]`);

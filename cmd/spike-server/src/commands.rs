@@ -34,9 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Seed { demo, reset } => seed(settings, demo, reset).await?,
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
         Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
-        Command::Bots { auction, bidders, secs, url } => {
+        Command::Bots { auction, bidders, secs, proxy_share, url } => {
             let url = url.unwrap_or_else(|| local_url(settings.http.addr));
-            return bots::run(settings, auction, bidders, secs, &url).await;
+            let robots = bots::Robots { bidders, secs, proxy_share };
+            return bots::run(settings, auction, robots, &url).await;
         }
     }
     Ok(ExitCode::SUCCESS)

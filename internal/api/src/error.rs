@@ -48,6 +48,7 @@ codes! {
     BID_TOO_LOW = (1420, CONFLICT);
     AUCTION_CLOSED = (1421, CONFLICT);
     BUY_NOW_UNAVAILABLE = (1422, CONFLICT);
+    MAX_AMOUNT_LOWERED = (1424, CONFLICT);
     RATE_LIMITED = (1500, TOO_MANY_REQUESTS);
     SERVICE_UNAVAILABLE = (1600, SERVICE_UNAVAILABLE);
     REQUEST_TIMEOUT = (1601, SERVICE_UNAVAILABLE);
@@ -215,6 +216,10 @@ impl From<Error> for ApiError {
                     "current_price": current.map(|m| m.to_string()),
                     "min_bid": minimum.to_string(),
                 }));
+            }
+            Error::MaxAmountLowered { maximum } => {
+                return ApiError::new(MAX_AMOUNT_LOWERED, message)
+                    .with_details(serde_json::json!({ "max_amount": maximum.to_string() }));
             }
             Error::AuctionClosed { current } => {
                 return ApiError::new(AUCTION_CLOSED, message)

@@ -354,9 +354,15 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
             IDEMPOTENCY_KEY_REUSED,
             SERVICE_UNAVAILABLE,
         ],
-        ("post", "/auctions/{id}/bids") => {
-            &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, BID_TOO_LOW, AUCTION_CLOSED, SERVICE_UNAVAILABLE]
-        }
+        ("post", "/auctions/{id}/bids") => &[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            BID_TOO_LOW,
+            AUCTION_CLOSED,
+            MAX_AMOUNT_LOWERED,
+            SERVICE_UNAVAILABLE,
+        ],
         ("post", "/auctions/{id}/buy-now") => {
             &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, BUY_NOW_UNAVAILABLE, SERVICE_UNAVAILABLE]
         }

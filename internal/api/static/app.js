@@ -527,12 +527,14 @@ class AuctionCard {
     this.element.dataset.auctionId = auction.id;
     this.bidButton = part(this.element, 'bid-button');
     this.customButton = part(this.element, 'bid-custom-button');
+    this.maxButton = part(this.element, 'bid-max-button');
     this.amountInput = part(this.element, 'bid-amount');
     this.messageLine = part(this.element, 'auction-message');
     this.buyNowButton = part(this.element, 'buy-now-button');
     this.buyNowButton.addEventListener('click', () => this.buyNow());
     this.bidButton.addEventListener('click', () => this.bid(this.minNextBidCents()));
     this.customButton.addEventListener('click', () => this.bidCustom());
+    this.maxButton.addEventListener('click', () => this.bidCustom(true));
     this.amountInput.addEventListener('keydown', (event) => {
       if (event.key === 'Enter') this.bidCustom();
     });
@@ -667,24 +669,33 @@ class AuctionCard {
 
   // --- bidding ---------------------------------------------------------------------
 
-  bidCustom() {
+  /** The amount box: a bid at exactly that amount, or (`upTo`) a maximum. */
+  bidCustom(upTo = false) {
     const cents = toCents(this.amountInput.value);
     if (cents === null || cents === 0) {
       this.note('Enter an amount such as 25.00 (at most 2 decimals).', 'error');
       return;
     }
-    this.bid(cents);
+    this.bid(cents, upTo);
   }
 
-  async bid(cents) {
+  async bid(cents, upTo = false) {
     this.bidding = true;
     this.render();
-    this.note(`Bidding ${formatCents(cents)}…`, 'pending');
+    this.note(`${upTo ? 'Bidding up to' : 'Bidding'} ${formatCents(cents)}…`, 'pending');
     try {
-      const placed = await api('POST', `/auctions/${this.id}/bids`, { amount: formatCents(cents) });
-      // 201: we lead. The socket will tell the same (same seq), possibly a bit later.
-      if (placed.seq > this.seq) this.moveTo(placed.price, session.user.id, placed.seq, placed.end_at);
-      this.note(`Your bid of ${placed.price} was accepted.`, 'ok');
+      const body = upTo ? { max_amount: formatCents(cents) } : { amount: formatCents(cents) };
+      const placed = await api('POST', `/auctions/${this.id}/bids`, body);
+      // 201. The socket will tell the same (same seq), possibly a bit later.
+      if (placed.seq > this.seq) this.moveTo(placed.price, placed.leader_id, placed.seq, placed.end_at);
+      if (!placed.leading) {
+        // Someone's maximum answered at once: the outbid notice would say less.
+        this.note(`Your bid of ${formatCents(cents)} was outbid at once by a maximum: the price is now ${placed.price}.`, 'error');
+      } else if (placed.max_amount) {
+        this.note(`You lead at ${placed.price}; the site bids for you up to ${placed.max_amount}.`, 'ok');
+      } else {
+        this.note(`Your bid of ${placed.price} was accepted.`, 'ok');
+      }
       this.amountInput.value = '';
     } catch (err) {
       if (err.code === 'BID_TOO_LOW') {
@@ -694,6 +705,9 @@ class AuctionCard {
         if (minimum) this.amountInput.value = minimum;
       } else if (err.code === 'AUCTION_CLOSED') {
         this.note('This auction is not accepting bids.', 'error');
+      } else if (err.code === 'MAX_AMOUNT_LOWERED') {
+        const maximum = err.details && err.details.max_amount;
+        this.note(`Your maximum is ${maximum}: you can raise it, not lower it.`, 'error');
       } else {
         this.note(errorText(err), 'error');
       }
@@ -761,6 +775,7 @@ class AuctionCard {
     const canBid = Boolean(session.user) && status === 'live' && !this.bidding;
     this.bidButton.disabled = !canBid;
     this.customButton.disabled = !canBid;
+    this.maxButton.disabled = !canBid;
     this.amountInput.disabled = !canBid;
     this.bidButton.textContent = session.user ? `Bid ${formatCents(this.minNextBidCents())}` : 'Log in to bid';
     this.buyNowButton.hidden = this.buyNowCents === null || this.closed;

@@ -40,6 +40,9 @@ pub enum Error {
     NotActive(&'static str),
     #[error("bid too low: the minimum bid is {minimum}")]
     BidTooLow { current: Option<Money>, minimum: Money },
+    /// Shown to the bidder who owns the maximum only.
+    #[error("your maximum is {maximum}: it can be raised, not lowered")]
+    MaxAmountLowered { maximum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
     #[error("{0}")]

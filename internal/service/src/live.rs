@@ -24,6 +24,8 @@ pub enum Event {
         seq: i64,
         end_at: DateTime<Utc>,
         min_next_bid: Money,
+        /// The leader's automatic raise (proxy bidding).
+        auto: bool,
     },
     Closed {
         auction_id: Uuid,
@@ -51,7 +53,8 @@ impl Event {
     /// `None` for a message that does not parse (never from our own publishers).
     pub fn decode(raw: LiveEvent) -> Option<Self> {
         Some(match raw {
-            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents } => Event::Bid {
+            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents, auto } => Event::Bid {
+                auto,
                 auction_id,
                 price: Money::from_cents(price_cents.parse().ok()?),
                 leader,
@@ -127,7 +130,7 @@ mod tests {
     fn bid(auction_id: Uuid, seq: i64) -> Event {
         let end_at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
         let (price, min_next_bid) = (Money::from_cents(seq * 100), Money::from_cents(seq * 100 + 100));
-        Event::Bid { auction_id, price, leader: Uuid::nil(), seq, end_at, min_next_bid }
+        Event::Bid { auction_id, price, leader: Uuid::nil(), seq, end_at, min_next_bid, auto: false }
     }
 
     #[test]

@@ -155,9 +155,11 @@ fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
-/// the winner holding the highest bid (or a second-chance offer's bid, or the buy-now
-/// price), at most one order pending or paid.
+/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising
+/// (but for the tie of proxy bidding), automatic bids by the rule, no maximum exceeded, the
+/// leader holding the highest maximum, the winner holding the highest bid (or a
+/// second-chance offer's bid, or the buy-now price), at most one order pending or paid.
+/// Maximums are compared, never printed.
 pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auction_id: Uuid) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
@@ -180,8 +182,21 @@ pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auctio
     );
     report.check(
         ledger.not_rising == 0,
-        format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising),
+        format!(
+            "prices strictly rise with seq, but for a tie answered at the leader's maximum ({} bid(s) out of line)",
+            ledger.not_rising
+        ),
     );
+    report.check(
+        ledger.off_rule == 0,
+        format!(
+            "automatic bids answer another bidder at the lower of the maximum and that bid + the increment ({} do not)",
+            ledger.off_rule
+        ),
+    );
+    report.check(ledger.over_max == 0, format!("no maximum exceeded: {} bid(s) above their maximum", ledger.over_max));
+    report
+        .check(ledger.top_max == ledger.highest_max, "the leader holds the highest maximum (the amounts stay private)");
     let reserve_met = match (ledger.top_amount, row.reserve_price) {
         (Some(top), Some(reserve)) => top >= reserve,
         (top, None) => top.is_some(),
@@ -312,6 +327,20 @@ async fn live_state_matches_postgres(
         Some(live) => {
             let price = (live.seq > 0).then(|| domain::Money::from_cents(live.price_cents).decimal());
             let leader = live.leader.filter(|_| live.seq > 0);
+            // The leader's maximum, while bids may still come: a closed state's leader and
+            // price may be a buy-now's, with no maximum behind it. A state loaded before
+            // maximums existed has none (0).
+            if !live.closed && live.seq > 0 {
+                report.check(
+                    live.max_cents == 0 || live.max_cents >= live.price_cents,
+                    "no maximum exceeded: redis's leader maximum is at least the price",
+                );
+                let max = domain::Money::from_cents(live.max_cents.max(live.price_cents)).decimal();
+                report.check(
+                    Some(max) == ledger.top_max,
+                    "redis holds the leader's maximum that postgres has behind the top bid",
+                );
+            }
             report.check(
                 live.seq == ledger.bids && price == ledger.top_amount && leader == ledger.top_user,
                 format!(

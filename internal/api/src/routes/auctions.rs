@@ -13,7 +13,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service::auctions::{AuctionService, AuctionView, BidView, Placed};
+use service::auctions::{AuctionService, AuctionView, BidView, Offer, Placed};
 use service::closer::AuctionCloser;
 use service::live::{Event, LiveHub};
 use service::orders::OrderService;
@@ -24,7 +24,7 @@ use super::ApiTags;
 use super::orders::OrderResponse;
 use crate::auth::BearerAuth;
 use crate::envelope::{Envelope, JsonBody, PageOf, ok};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 
 pub struct AuctionsApi {
     pub auctions: AuctionService,
@@ -71,11 +71,28 @@ pub struct CreateAuctionRequest {
     pub payment_timeout_secs: i64,
 }
 
+/// Exactly one of the two.
 #[derive(Debug, Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BidRequest {
-    /// Decimal string, e.g. "13.00".
-    pub amount: String,
+    /// A bid at exactly this amount: decimal string, e.g. "13.00".
+    pub amount: Option<String>,
+    /// Or a maximum: the site bids for you the least amount that leads, and raises it by the
+    /// minimum increment whenever someone else bids, up to this. Nobody else sees it.
+    pub max_amount: Option<String>,
+}
+
+impl BidRequest {
+    fn offer(&self) -> Result<Offer, ApiError> {
+        match (&self.amount, &self.max_amount) {
+            (Some(amount), None) => Ok(Offer::Amount(Money::parse_positive("amount", amount)?)),
+            (None, Some(max)) => Ok(Offer::Max(Money::parse_positive("max_amount", max)?)),
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid("max_amount", "cannot be given with amount: send one of the two"))
+            }
+            (None, None) => Err(ApiError::invalid("amount", "is required (or max_amount, for a proxy bid)")),
+        }
+    }
 }
 
 #[derive(Debug, Object)]
@@ -136,18 +153,32 @@ impl From<AuctionView> for AuctionResponse {
     }
 }
 
-#[derive(Debug, Object)]
+#[derive(Object)]
 pub struct BidPlacedResponse {
-    /// The new current price (your bid).
+    /// The current price after your bid (and the leader's automatic answer, if any).
     pub price: String,
+    /// The auction's last seq: your bid's, or the automatic answer's that followed it.
     pub seq: i64,
     /// The end, possibly extended by your bid.
     pub end_at: DateTime<Utc>,
+    pub leader_id: String,
+    /// Whether you lead: false when a higher maximum answered your bid at once.
+    pub leading: bool,
+    /// Your maximum (when you bid with one, or lead with one left): only you see it.
+    #[oai(skip_serializing_if_is_none)]
+    pub max_amount: Option<String>,
 }
 
 impl From<Placed> for BidPlacedResponse {
     fn from(p: Placed) -> Self {
-        Self { price: p.price.to_string(), seq: p.seq, end_at: p.end_at }
+        Self {
+            price: p.price.to_string(),
+            seq: p.seq,
+            end_at: p.end_at,
+            leader_id: p.leader_id.to_string(),
+            leading: p.leading,
+            max_amount: p.max_amount.map(|m| m.to_string()),
+        }
     }
 }
 
@@ -156,6 +187,8 @@ pub struct BidResponse {
     pub seq: i64,
     pub user_id: String,
     pub amount: String,
+    /// The site's automatic raise for a bidder's maximum (proxy bidding).
+    pub auto: bool,
     pub placed_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
 }
@@ -166,6 +199,7 @@ impl From<BidView> for BidResponse {
             seq: b.seq,
             user_id: b.user_id.to_string(),
             amount: b.amount.to_string(),
+            auto: b.auto,
             placed_at: b.placed_at,
             end_at: b.end_at,
         }
@@ -195,7 +229,7 @@ pub enum AuctionList {
 
 #[derive(ApiResponse)]
 pub enum BidPlaced {
-    /// Accepted: you lead.
+    /// Accepted and written: see `leading` (a higher maximum may have answered your bid).
     #[oai(status = 201)]
     Created(Json<Envelope<BidPlacedResponse>>),
 }
@@ -259,13 +293,19 @@ impl AuctionsApi {
         Ok(AuctionFound::Ok(ok(self.auctions.get(id.0).await?.into())))
     }
 
-    /// Place a bid
+    /// Place a bid, or a maximum (proxy bid)
     ///
-    /// Accepted when it is at least the current price plus the minimum increment (the start
-    /// price for the first bid): 409 `BID_TOO_LOW` otherwise, with `details.current_price`
-    /// and `details.min_bid`. 409 `AUCTION_CLOSED` before the start and from the (possibly
-    /// extended) end. A bid in the anti-sniping window moves the end out. A 201 bid is in
-    /// Postgres already; 503 when it could not be written (it is taken back: bid again).
+    /// Send `amount` (a bid at exactly that amount) or `max_amount` (the site bids for you
+    /// the least amount that leads and answers every other bid by the minimum increment,
+    /// up to it); both or neither is 400. Accepted when it is at least the current price
+    /// plus the minimum increment (the start price for the first bid): 409 `BID_TOO_LOW`
+    /// otherwise, with `details.current_price` and `details.min_bid`. A bid at or below
+    /// the leader's maximum is recorded and answered at once by the leader's automatic bid
+    /// (`leading: false`). The leader may raise its own maximum (no bid, the price stays);
+    /// lowering it is 409 `MAX_AMOUNT_LOWERED`. 409 `AUCTION_CLOSED` before the start and
+    /// from the (possibly extended) end. A bid in the anti-sniping window moves the end
+    /// out. A 201 bid is in Postgres already; 503 when it could not be written (it is
+    /// taken back: bid again).
     #[oai(path = "/:id/bids", method = "post")]
     async fn bid(
         &self,
@@ -274,9 +314,9 @@ impl AuctionsApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<BidRequest>,
     ) -> ApiResult<BidPlaced> {
-        let amount = Money::parse_positive("amount", &body.0.amount)?;
+        let offer = body.0.offer()?;
         let key = idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
-        let placed = self.auctions.bid(auth.caller(), id.0, amount, key.as_ref()).await?;
+        let placed = self.auctions.bid(auth.caller(), id.0, offer, key.as_ref()).await?;
         Ok(BidPlaced::Created(ok(placed.into())))
     }
 
@@ -318,8 +358,9 @@ impl AuctionsApi {
     /// Watch an auction live (WebSocket)
     ///
     /// On connect: `{"type":"state", ..., "server_time"}`. Then
-    /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
-    /// bid (a slow client may skip to the latest) and
+    /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid","auto"}` for every
+    /// accepted bid (`auto`: the leader's automatic raise; a slow client may skip to the
+    /// latest) and
     /// `{"type":"closed","status","winner_id","price"}` at the end (also after a buy-now,
     /// naming the buyer), after which the server closes the socket. A watcher that connects
     /// to a sold auction also hears `{"type":"second_chance","winner_id","price"}` when an
@@ -402,7 +443,7 @@ fn state_message(a: &AuctionView) -> Value {
 /// already (in the state) is skipped.
 fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
     match event {
-        Event::Bid { price, leader, seq, end_at, min_next_bid, .. } => {
+        Event::Bid { price, leader, seq, end_at, min_next_bid, auto, .. } => {
             if *seq <= *last_seq {
                 return None;
             }
@@ -410,7 +451,7 @@ fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
             Some(json!({
                 "type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq,
                 // Times as the REST answers write them (RFC 3339, `+00:00`).
-                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(),
+                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(), "auto": auto,
             }))
         }
         Event::Closed { status, winner, price, .. } => Some(json!({

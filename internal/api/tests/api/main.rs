@@ -23,6 +23,7 @@ mod health;
 mod http;
 mod orders;
 mod pipeline;
+mod proxy_bids;
 mod reservations;
 mod sales;
 mod tls;

@@ -40,18 +40,40 @@ impl AuctionKeys {
     }
 }
 
+/// One bid a call of `place_bid.lua` produced: the caller's, or the leader's automatic answer.
+/// `max_cents` is the bidder's maximum behind it (the amount itself for a plain bid): it
+/// goes to Postgres with the bid, never to anyone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBid {
+    pub seq: i64,
+    pub user_id: Uuid,
+    pub amount_cents: i64,
+    pub max_cents: i64,
+    pub auto: bool,
+}
+
+/// Accepted by Redis (or replayed for an `Idempotency-Key`), not yet written: `generation` is
+/// the live state's generation, which Postgres checks before it takes the bids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub generation: String,
+    pub placed_ms: i64,
+    pub end_ms: i64,
+    /// The price, leader and seq after the call.
+    pub price_cents: i64,
+    pub leader: Uuid,
+    pub seq: i64,
+    pub min_next_cents: i64,
+    /// The caller's maximum, to show to the caller only (0: none to show).
+    pub your_max_cents: i64,
+    /// The bids to write, oldest first: none when the leader raised its own maximum, two
+    /// when the leader's maximum answered the caller's bid.
+    pub bids: Vec<NewBid>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bid {
-    /// Accepted by Redis (or replayed for an `Idempotency-Key`), not yet written: `generation` is
-    /// the live state's generation, which Postgres checks before it takes the bid.
-    Accepted {
-        seq: i64,
-        end_ms: i64,
-        price_cents: i64,
-        placed_ms: i64,
-        generation: String,
-        min_next_cents: i64,
-    },
+    Accepted(Accepted),
     TooLow {
         price_cents: i64,
         minimum_cents: i64,
@@ -59,12 +81,18 @@ pub enum Bid {
     Closed {
         price_cents: i64,
     },
+    /// The leader offered a maximum below its own standing one.
+    MaxLowered {
+        max_cents: i64,
+    },
     Missing,
 }
 
 pub struct BidRequest<'a> {
     pub user_id: Uuid,
     pub amount_cents: i64,
+    /// A maximum for the site to bid up to, rather than a bid at exactly `amount_cents`.
+    pub maximum: bool,
     pub idempotency_key: Option<&'a str>,
     pub idempotency_ttl_ms: u64,
 }
@@ -81,23 +109,38 @@ pub async fn place_bid(
         .key(auction.idempotency(bid.user_id, bid.idempotency_key.unwrap_or("-")))
         .arg(bid.user_id.to_string())
         .arg(bid.amount_cents)
+        .arg(if bid.maximum { "max" } else { "bid" })
         .arg(u8::from(bid.idempotency_key.is_some()))
         .arg(bid.idempotency_ttl_ms)
         .invoke_async(redis)
         .await?;
     let at = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
     let text = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
+    let user = |i: usize| text(i).parse().unwrap_or_default();
     Ok(match at(0) {
-        1 => Bid::Accepted {
-            seq: at(1),
-            end_ms: at(2),
-            price_cents: at(3),
-            placed_ms: at(4),
-            generation: text(5),
-            min_next_cents: at(6),
-        },
+        1 => Bid::Accepted(Accepted {
+            generation: text(1),
+            placed_ms: at(2),
+            end_ms: at(3),
+            price_cents: at(4),
+            leader: user(5),
+            seq: at(6),
+            min_next_cents: at(7),
+            your_max_cents: at(8),
+            bids: (0..at(9) as usize)
+                .map(|n| 10 + 5 * n)
+                .map(|i| NewBid {
+                    seq: at(i),
+                    user_id: user(i + 1),
+                    amount_cents: at(i + 2),
+                    max_cents: at(i + 3),
+                    auto: at(i + 4) == 1,
+                })
+                .collect(),
+        }),
         2 => Bid::TooLow { price_cents: at(1), minimum_cents: at(2) },
         3 => Bid::Closed { price_cents: at(1) },
+        4 => Bid::MaxLowered { max_cents: at(1) },
         _ => Bid::Missing,
     })
 }
@@ -130,13 +173,15 @@ pub struct Announced {
     pub price_cents: i64,
     pub end_ms: i64,
     pub min_next_cents: i64,
+    /// The leader's automatic raise (proxy bidding).
+    pub auto: bool,
 }
 
 /// Tells every instance's watchers about a written bid.
 pub async fn announce_bid(redis: &mut Redis, keys: &Keys, auction_id: Uuid, bid: &Announced) -> redis::RedisResult<()> {
     let event = json!({
         "t": "bid", "a": auction_id, "p": bid.price_cents.to_string(), "l": bid.leader, "s": bid.seq,
-        "e": bid.end_ms.to_string(), "n": bid.min_next_cents.to_string(),
+        "e": bid.end_ms.to_string(), "n": bid.min_next_cents.to_string(), "auto": bid.auto,
     });
     redis.publish(keys.auction_channel(), event.to_string()).await
 }
@@ -257,6 +302,8 @@ pub struct Snapshot {
     pub window_ms: i64,
     pub extend_by_ms: i64,
     pub reserve_cents: i64,
+    /// The leader's maximum (its bid when it has none above it).
+    pub max_cents: i64,
     pub closed: Option<bool>,
     /// The generation the loaded state gets (Postgres must hold the same one).
     pub generation: String,
@@ -283,15 +330,18 @@ pub async fn load(redis: &mut Redis, keys: &Keys, auction_id: Uuid, s: &Snapshot
             None => "",
         })
         .arg(&s.generation)
+        .arg(s.max_cents)
         .invoke_async(redis)
         .await
 }
 
-/// The live state, as the API shows it.
+/// The live state. The API shows all but `max_cents`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
     pub price_cents: i64,
     pub leader: Option<Uuid>,
+    /// The leader's maximum (for `verify`; never shown).
+    pub max_cents: i64,
     pub seq: i64,
     pub end_ms: i64,
     pub closed: bool,
@@ -307,6 +357,7 @@ pub async fn live(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::Re
     Ok(Some(Live {
         price_cents: int("price"),
         leader: fields.get("leader").and_then(|l| l.parse().ok()),
+        max_cents: int("max"),
         seq: int("seq"),
         end_ms: int("end"),
         closed: fields.get("closed").is_some_and(|c| c == "1"),
@@ -332,6 +383,8 @@ pub enum LiveEvent {
         end_ms: String,
         #[serde(rename = "n")]
         min_next_cents: String,
+        #[serde(default)]
+        auto: bool,
     },
     Closed {
         #[serde(rename = "a")]

@@ -142,6 +142,10 @@ pub struct NewBid {
     pub seq: i64,
     pub user_id: Uuid,
     pub amount: Decimal,
+    /// The bidder's maximum behind the bid (the amount for a plain bid); never shown to others.
+    pub max_amount: Decimal,
+    /// The site's automatic raise for the leader (proxy bidding).
+    pub auto: bool,
     pub end_at: DateTime<Utc>,
     pub placed_at: DateTime<Utc>,
 }
@@ -176,16 +180,19 @@ pub async fn append_bids(
     let amounts: Vec<Decimal> = bids.iter().map(|b| b.amount).collect();
     let ends: Vec<DateTime<Utc>> = bids.iter().map(|b| b.end_at).collect();
     let placed: Vec<DateTime<Utc>> = bids.iter().map(|b| b.placed_at).collect();
+    let maxima: Vec<Decimal> = bids.iter().map(|b| b.max_amount).collect();
+    let autos: Vec<bool> = bids.iter().map(|b| b.auto).collect();
     let written = db
         .execute_raw(stmt(
             "WITH moved AS ( \
                  UPDATE auctions SET current_price = $7, leader_id = $8, bid_count = $9, \
                         end_at = GREATEST(end_at, $10), updated_at = now() \
                  WHERE id = $1 AND bid_generation = $11 AND bid_count = $12 RETURNING id) \
-             INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at) \
-             SELECT $1, seq, user_id, amount, end_at, placed_at \
-             FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[]) \
-                  AS b(seq, user_id, amount, end_at, placed_at) \
+             INSERT INTO bids (auction_id, seq, user_id, amount, end_at, placed_at, max_amount, auto) \
+             SELECT $1, seq, user_id, amount, end_at, placed_at, max_amount, auto \
+             FROM unnest($2::bigint[], $3::uuid[], $4::numeric[], $5::timestamptz[], $6::timestamptz[], \
+                         $13::numeric[], $14::boolean[]) \
+                  AS b(seq, user_id, amount, end_at, placed_at, max_amount, auto) \
              WHERE EXISTS (SELECT 1 FROM moved)",
             [
                 auction_id.into(),
@@ -200,12 +207,47 @@ pub async fn append_bids(
                 top.end_at.into(),
                 generation.into(),
                 ((first.seq - 1) as i32).into(),
+                maxima.into(),
+                autos.into(),
             ],
         ))
         .await?;
     if written.rows_affected() == bids.len() as u64 {
         return Ok(Append::Written);
     }
+    fence(db, auction_id).await
+}
+
+/// Raises the maximum behind bid `seq` (the leader's, in live state `generation`) to
+/// `max_amount`: the leader raised its own maximum without bidding. Like [`append_bids`] it
+/// moves the auction row, so it is ordered with a rebuild (which then reads the raised
+/// maximum, or has switched the generation and this is refused), and it needs the bid
+/// written first (`bid_count` at least `seq`; below, that bid is still on its way).
+pub async fn raise_max(
+    db: &impl ConnectionTrait,
+    auction_id: Uuid,
+    generation: &str,
+    seq: i64,
+    user_id: Uuid,
+    max_amount: Decimal,
+) -> Result<Append, DbErr> {
+    let raised = db
+        .execute_raw(stmt(
+            "WITH fence AS ( \
+                 UPDATE auctions SET updated_at = now() \
+                 WHERE id = $1 AND bid_generation = $2 AND bid_count >= $3 RETURNING id) \
+             UPDATE bids SET max_amount = GREATEST(max_amount, $5) \
+             WHERE auction_id = $1 AND seq = $3 AND user_id = $4 AND EXISTS (SELECT 1 FROM fence)",
+            [auction_id.into(), generation.into(), (seq as i32).into(), user_id.into(), max_amount.into()],
+        ))
+        .await?;
+    if raised.rows_affected() == 1 {
+        return Ok(Append::Written);
+    }
+    fence(db, auction_id).await
+}
+
+async fn fence(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Append, DbErr> {
     #[derive(FromQueryResult)]
     struct Fence {
         bid_generation: String,
@@ -230,7 +272,7 @@ pub async fn bids_between(
     to: i64,
 ) -> Result<Vec<BidRow>, DbErr> {
     BidRow::find_by_statement(stmt(
-        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+        &format!("SELECT {BID_COLUMNS} FROM bids WHERE auction_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"),
         [auction_id.into(), from.into(), to.into()],
     ))
     .all(db)
@@ -351,14 +393,19 @@ pub struct BidRow {
     pub seq: i64,
     pub user_id: Uuid,
     pub amount: Decimal,
+    /// Only the service reads it (to rebuild the leader's maximum); the API never shows it.
+    pub max_amount: Decimal,
+    pub auto: bool,
     pub end_at: DateTime<Utc>,
     pub placed_at: DateTime<Utc>,
 }
 
+const BID_COLUMNS: &str = "seq, user_id, amount, max_amount, auto, end_at, placed_at";
+
 /// Newest first.
 pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limit: u64) -> Result<Page<BidRow>, DbErr> {
     let items = BidRow::find_by_statement(stmt(
-        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3",
+        &format!("SELECT {BID_COLUMNS} FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3"),
         [auction_id.into(), (limit as i64).into(), (offset as i64).into()],
     ))
     .all(db)
@@ -367,10 +414,11 @@ pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limi
     Ok(Page { items, total: total as u64 })
 }
 
-/// The highest persisted bid (for a rebuild after Redis lost the live state).
+/// The highest persisted bid (for a rebuild after Redis lost the live state): its
+/// `max_amount` is the leader's maximum.
 pub async fn top_bid(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Option<BidRow>, DbErr> {
     BidRow::find_by_statement(stmt(
-        "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1",
+        &format!("SELECT {BID_COLUMNS} FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1"),
         [auction_id.into()],
     ))
     .one(db)
@@ -411,22 +459,41 @@ pub async fn highest_bids(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<Run
 pub struct BidLedger {
     pub bids: i64,
     pub max_seq: i64,
-    /// Bids whose amount is not above the previous one's.
+    /// Bids whose amount is not above the previous one's, other than the tie of proxy
+    /// bidding (an automatic answer at its maximum, equal to the bid it answers).
     pub not_rising: i64,
+    /// Automatic bids that do not follow the rule: the leader answering someone else's bid
+    /// at the lower of its maximum and that bid + the minimum increment.
+    pub off_rule: i64,
+    /// Bids above the bidder's maximum behind them.
+    pub over_max: i64,
     pub top_amount: Option<Decimal>,
     pub top_user: Option<Uuid>,
+    /// The leader's maximum (behind the top bid), and the highest maximum of anyone.
+    pub top_max: Option<Decimal>,
+    pub highest_max: Option<Decimal>,
     pub orders: i64,
 }
 
 pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLedger, DbErr> {
     let row = BidLedger::find_by_statement(stmt(
-        "SELECT (SELECT count(*) FROM bids WHERE auction_id = $1) AS bids, \
+        "WITH b AS (SELECT amount, max_amount, auto, user_id, \
+                           lag(amount) OVER (ORDER BY seq) AS previous, \
+                           lag(user_id) OVER (ORDER BY seq) AS previous_user \
+                    FROM bids WHERE auction_id = $1) \
+         SELECT (SELECT count(*) FROM bids WHERE auction_id = $1) AS bids, \
                 COALESCE((SELECT max(seq) FROM bids WHERE auction_id = $1), 0) AS max_seq, \
-                (SELECT count(*) FROM (SELECT amount, lag(amount) OVER (ORDER BY seq) AS previous \
-                                       FROM bids WHERE auction_id = $1) b \
-                 WHERE previous IS NOT NULL AND amount <= previous) AS not_rising, \
+                (SELECT count(*) FROM b WHERE previous IS NOT NULL AND (amount < previous OR \
+                    (amount = previous AND NOT (auto AND amount = max_amount AND user_id <> previous_user)))) \
+                    AS not_rising, \
+                (SELECT count(*) FROM b WHERE auto AND (previous IS NULL OR user_id = previous_user OR \
+                    amount <> LEAST(max_amount, previous + (SELECT min_increment FROM auctions WHERE id = $1)))) \
+                    AS off_rule, \
+                (SELECT count(*) FROM b WHERE amount > max_amount) AS over_max, \
                 (SELECT amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_amount, \
                 (SELECT user_id FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_user, \
+                (SELECT max_amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_max, \
+                (SELECT max(max_amount) FROM bids WHERE auction_id = $1) AS highest_max, \
                 (SELECT count(*) FROM orders WHERE auction_id = $1) AS orders",
         [auction_id.into()],
     ))

@@ -1,6 +1,6 @@
 //! `close_auction.lua`: when an auction ends, and whether it sold.
 
-use repo::cache::auctions::{Bid, Close, Snapshot};
+use repo::cache::auctions::{Accepted, Bid, Close, Snapshot};
 use uuid::Uuid;
 
 use crate::{Lot, now_ms, open_lot};
@@ -24,7 +24,7 @@ async fn an_auction_does_not_close_before_its_end() {
     let end_ms = now_ms() + 60_000;
     let mut lot = Lot::load(Snapshot { end_ms, ..open_lot() }).await;
     assert_eq!(lot.close().await, Close::NotYet { end_ms });
-    assert!(matches!(lot.bid(Uuid::now_v7(), 1_000).await, Bid::Accepted { .. }), "still open");
+    assert!(matches!(lot.bid(Uuid::now_v7(), 1_000).await, Bid::Accepted(Accepted { .. })), "still open");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 mod buy_now;
 mod close_auction;
 mod place_bid;
+mod proxy_bid;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ pub fn open_lot() -> Snapshot {
         window_ms: 0,
         extend_by_ms: 0,
         reserve_cents: 0,
+        max_cents: 0,
         closed: None,
         generation: "g1".to_owned(),
     }
@@ -73,7 +75,26 @@ impl Lot {
 
     /// A bid without an `Idempotency-Key`.
     pub async fn bid(&mut self, user: Uuid, amount_cents: i64) -> Bid {
-        self.place(BidRequest { user_id: user, amount_cents, idempotency_key: None, idempotency_ttl_ms: 60_000 }).await
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: false,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
+    }
+
+    /// A maximum (proxy bid) without an `Idempotency-Key`.
+    pub async fn max(&mut self, user: Uuid, amount_cents: i64) -> Bid {
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: true,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
     }
 
     pub async fn place(&mut self, request: BidRequest<'_>) -> Bid {
