@@ -18,6 +18,7 @@ use poem::listener::TcpListener;
 use poem::{Route, Server};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, OpenApiService};
+use platform::Redis;
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
 use repo::cache::sales::{self, Snapshot};
@@ -44,6 +45,7 @@ enum Command {
     PoemLua {
         #[arg(long, default_value = "127.0.0.1:18082")]
         addr: String,
+        /// One URL, or a Redis Cluster's nodes separated by commas.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
         #[arg(long, default_value = "bench-ceiling")]
@@ -83,7 +85,7 @@ struct Reserved {
 }
 
 struct ReserveApi {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     sale: Uuid,
 }
@@ -106,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             Server::new(TcpListener::bind(addr)).run(Route::new().nest("/", api)).await?;
         }
         Command::PoemLua { addr, redis, prefix } => {
-            let redis = ConnectionManager::new(redis::Client::open(redis)?).await?;
+            let redis = connect_redis(&redis).await?;
             let keys = Keys::new(&prefix);
             let sale = Uuid::now_v7();
             // A sale that never sells out and never hits a limit: every request reserves.
@@ -131,6 +133,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One server, or a Redis Cluster when `url` lists its nodes separated by commas.
+async fn connect_redis(url: &str) -> anyhow::Result<Redis> {
+    if url.contains(',') {
+        let client = redis::cluster::ClusterClient::new(url.split(',').collect::<Vec<_>>())?;
+        return Ok(Redis::Cluster(client.get_async_connection().await?));
+    }
+    Ok(Redis::Single(ConnectionManager::new(redis::Client::open(url)?).await?))
 }
 
 /// Each publisher publishes one persistent message and waits for its confirm, in a loop,

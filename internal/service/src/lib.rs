@@ -45,7 +45,7 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::Redis;
+use platform::{Redis, RedisClient};
 use platform::{Broker, Settings};
 use repo::cache::Keys;
 use repo::mq::Topology;
@@ -60,7 +60,7 @@ pub use repo::db::Page;
 pub struct Deps {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
-    pub redis_client: redis::Client,
+    pub redis_client: RedisClient,
     pub redis: Redis,
     pub broker: Arc<Broker>,
 }
@@ -72,7 +72,7 @@ impl Deps {
 
     pub fn topology(&self) -> Topology {
         let amqp = &self.settings.amqp;
-        Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+        Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone()).with_queue_type(amqp.queue_type)
     }
 
     pub fn confirm_timeout(&self) -> Duration {

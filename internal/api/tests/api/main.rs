@@ -10,6 +10,7 @@
 
 mod helpers;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 mod auctions;
@@ -23,5 +24,6 @@ mod http;
 mod orders;
 mod pipeline;
 mod sales;
+mod scaling;
 mod tls;
 mod users;
