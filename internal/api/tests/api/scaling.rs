@@ -165,6 +165,16 @@ async fn quorum_queues_carry_a_purchase_to_an_order_and_a_close_through_the_dela
     }
     let report = verify(&app, &sale_id).await;
     assert!(report.passed(), "{report}");
+    // Quorum queues never expire (see Topology::quorum_arguments): remove this test's.
+    let settings = app.settings.clone();
+    app.shutdown().await.unwrap();
+    let broker = platform::Broker::connect(&settings.amqp, "spike-test").await.unwrap();
+    let channel = broker.channel().await.unwrap();
+    for &route in repo::mq::topology::ROUTES {
+        for queue in [topology.queue(route), topology.dead_letters(route)] {
+            channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+        }
+    }
 }
 
 /// Whether the broker accepts declaring `queue` (durable) with `x-queue-type = kind`.

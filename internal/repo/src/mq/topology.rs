@@ -233,12 +233,12 @@ impl Topology {
         arguments
     }
 
+    /// No `x-expires`, whatever `amqp.queue_expires_ms` says: a quorum queue's lease is not
+    /// renewed by declaring it again (rabbitmq-server #5894, seen on 3.10.8), so a dead-letter
+    /// queue nobody consumes from would vanish with its messages.
     fn quorum_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
         arguments.insert("x-queue-type".into(), text("quorum"));
-        if self.queue_expires_ms > 0 {
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(self.queue_expires_ms as i64));
-        }
         arguments
     }
 
@@ -291,11 +291,12 @@ mod tests {
         assert_eq!(arg(&consumer, "x-dead-letter-routing-key"), Some(text("spike.order.close.dlq")));
         assert_eq!(arg(&consumer, "x-dead-letter-strategy"), Some(text("at-least-once")));
         assert_eq!(arg(&consumer, "x-overflow"), Some(text("reject-publish")));
-        assert_eq!(arg(&consumer, "x-expires"), Some(AMQPValue::LongLongInt(60_000)));
+        assert_eq!(arg(&consumer, "x-expires"), None, "a quorum queue's lease is not renewed");
         assert_eq!(arg(&consumer, "x-queue-version"), None, "a classic-only argument");
         let delay = topology.delaying(1000, "spike.events", "order.close");
         assert_eq!(arg(&delay, "x-queue-type"), None);
         assert_eq!(arg(&delay, "x-queue-version"), Some(AMQPValue::LongInt(2)));
+        assert_eq!(arg(&delay, "x-expires"), Some(AMQPValue::LongLongInt(61_000)));
         let classic = Topology::new("spike", 0, vec![]).consumer_arguments(ORDER_CLOSE);
         assert_eq!(arg(&classic, "x-queue-type"), None);
         assert_eq!(arg(&classic, "x-dead-letter-exchange"), None);
