@@ -707,7 +707,10 @@ mod tests {
         let seeds = "redis://127.0.0.1:7001,redis://127.0.0.1:7002, redis://127.0.0.1:7003";
         let settings = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", seeds)]).unwrap();
         assert_eq!(settings.redis.mode, RedisMode::Cluster);
-        assert_eq!(settings.redis.urls(), ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"]);
+        assert_eq!(
+            settings.redis.urls(),
+            ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"]
+        );
         assert_eq!(load(None, &[]).unwrap().redis.mode, RedisMode::Single);
     }
 

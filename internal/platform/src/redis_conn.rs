@@ -130,7 +130,10 @@ async fn masters(conn: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>
 /// What a subscription hands on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    Message { channel: String, payload: String },
+    Message {
+        channel: String,
+        payload: String,
+    },
     /// The subscription was (re)established: notices sent in between may have been lost.
     Subscribed,
 }
@@ -174,8 +177,7 @@ impl RedisClient {
             }
             RedisClient::Cluster(builder) => {
                 let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-                let client =
-                    builder().use_protocol(redis::ProtocolVersion::RESP3).push_sender(sender).build()?;
+                let client = builder().use_protocol(redis::ProtocolVersion::RESP3).push_sender(sender).build()?;
                 let mut conn = client.get_async_connection().await?;
                 for channel in channels {
                     conn.ssubscribe(channel).await?;

@@ -45,8 +45,8 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::{Redis, RedisClient};
 use platform::{Broker, Settings};
+use platform::{Redis, RedisClient};
 use repo::cache::Keys;
 use repo::mq::Topology;
 use sea_orm::DatabaseConnection;
@@ -72,7 +72,8 @@ impl Deps {
 
     pub fn topology(&self) -> Topology {
         let amqp = &self.settings.amqp;
-        Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone()).with_queue_type(amqp.queue_type)
+        Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+            .with_queue_type(amqp.queue_type)
     }
 
     pub fn confirm_timeout(&self) -> Duration {

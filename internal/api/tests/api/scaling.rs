@@ -69,7 +69,8 @@ async fn a_flash_sale_race_over_two_instances_on_a_redis_cluster_sells_exactly_t
     // One buyer hammering both instances at once: the per-user limit holds.
     let limited = sale(&a, &admin, 50, 3, 300).await;
     let shopper = a.shopper().await;
-    let attempts = futures::future::join_all((0..12).map(|i| buy(if i % 2 == 0 { &a } else { &b }, &shopper, &limited, 1)));
+    let attempts =
+        futures::future::join_all((0..12).map(|i| buy(if i % 2 == 0 { &a } else { &b }, &shopper, &limited, 1)));
     let attempts = attempts.await;
     assert_eq!(attempts.iter().filter(|r| r.status == 202).count(), 3);
     assert_eq!(attempts.iter().filter(|r| r.body["error"] == "LIMIT_REACHED").count(), 9);
@@ -133,8 +134,7 @@ async fn a_restock_on_one_instance_clears_the_sold_out_flag_of_the_other() {
     buy(&b, &late, &sale_id, 1).await.error(409, "SOLD_OUT", None);
 
     // The unpaid order closes on `a` (the worker), its unit goes back, and `b` hears of it.
-    a.eventually(20, "the unpaid order closes", || async { a.order_status(&shopper, &order).await == "closed" })
-        .await;
+    a.eventually(20, "the unpaid order closes", || async { a.order_status(&shopper, &order).await == "closed" }).await;
     a.eventually(10, "the returned unit sells on the other instance", || async {
         buy(&b, &late, &sale_id, 1).await.status == 202
     })
