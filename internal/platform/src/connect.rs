@@ -118,7 +118,7 @@ async fn redis_single(settings: &RedisSettings) -> Result<(RedisClient, Redis), 
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
     let manager = ConnectionManager::new_with_config(client.clone(), config).await.map_err(unreachable)?;
-    Ok((RedisClient::Single(client), Redis::Single(manager)))
+    Ok((RedisClient::Single(Box::new(client)), Redis::Single(manager)))
 }
 
 /// A Redis Cluster from its seed nodes. A command whose master is failing over is retried

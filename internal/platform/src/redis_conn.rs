@@ -143,7 +143,7 @@ pub type Notices = Pin<Box<dyn Stream<Item = Notice> + Send>>;
 /// Opens subscriptions; one per process, separate from [`Redis`].
 #[derive(Clone)]
 pub enum RedisClient {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// A builder for the subscribing cluster client (it needs its own push channel).
     Cluster(Arc<dyn Fn() -> ClusterClientBuilder + Send + Sync>),
 }

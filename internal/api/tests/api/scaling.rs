@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{TestApp, spawn_app_with, spawn_sibling};
 use crate::redis_cluster::PrivateCluster;
-use crate::sales::{buy, confirmed, sale};
+use crate::sales::{buy, confirmed, drained, sale, verify};
 
 async fn next_message(
     socket: &mut (impl futures::StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
@@ -34,19 +34,6 @@ async fn two_instances(cluster: &PrivateCluster, customize: impl FnOnce(&mut pla
     .await;
     let b = spawn_sibling(&a, Mode::Api, |_| {}).await;
     [a, b]
-}
-
-async fn verify(app: &TestApp, sale: &str) -> service::verify::Report {
-    let deps = &app.services.deps;
-    service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
-}
-
-async fn drained(app: &TestApp, sale: &str) {
-    app.eventually(30, "every reservation has an outcome", || async {
-        let report = verify(app, sale).await;
-        report.passed() && report.checks.iter().any(|c| c.what.starts_with("drained"))
-    })
-    .await;
 }
 
 #[tokio::test]
