@@ -13,10 +13,12 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// Starts the cluster, or says loudly why it cannot and returns `None` (no redis-server
-    /// on this machine: the caller skips).
+    /// Starts the cluster. Without redis-server on this machine it says so and returns
+    /// `None` (the caller skips), except under CI, where a skipped cluster test would hide
+    /// that the cluster support went untested: there it fails.
     pub async fn start() -> Option<Self> {
         if Command::new("redis-server").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "redis-server is not installed, and CI is set");
             eprintln!("SKIPPED: redis-server is not installed; the Redis Cluster tests did not run");
             return None;
         }
