@@ -50,6 +50,7 @@ impl ConnectionLike for Redis {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Redis::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Redis::Cluster(conn) if !pipeline.is_transaction() => Box::pin(each_on_its_slot(conn.clone(), pipeline)),
             Redis::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -60,6 +61,19 @@ impl ConnectionLike for Redis {
             Redis::Cluster(conn) => conn.get_db(),
         }
     }
+}
+
+/// A plain (non-atomic) pipeline on a cluster: redis-rs sends a pipeline to one node and
+/// refuses one whose keys hash to different slots (a batch of reservation statuses, say),
+/// so each command goes on its own, all at once: the connection to each node multiplexes
+/// them, and the replies come back in the pipeline's order, errors in place as with a
+/// pipeline.
+async fn each_on_its_slot(conn: ClusterConnection, pipeline: &redis::Pipeline) -> RedisResult<Vec<Value>> {
+    let replies = pipeline.cmd_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move { conn.req_packed_command(cmd).await }
+    });
+    futures::future::try_join_all(replies).await
 }
 
 impl Redis {

@@ -174,3 +174,21 @@ async fn declares_as(app: &TestApp, queue: &str, kind: &str) -> bool {
     let _ = channel.close(200, "checked".into()).await;
     declared
 }
+
+#[tokio::test]
+async fn a_pipeline_over_keys_of_several_slots_works_on_a_redis_cluster() {
+    let Some(cluster) = PrivateCluster::start().await else { return };
+    let [a, _b] = two_instances(&cluster, |_| {}).await;
+    let (deps, keys) = (&a.services.deps, a.services.deps.keys());
+    let sale = uuid::Uuid::now_v7();
+    // The reservation publisher marks a whole batch "queued" in one pipeline; their keys
+    // carry no common hash tag, so they land in different slots.
+    let batch: Vec<_> = (0..20)
+        .map(|_| domain::reservation::ReservationProgress::queued(uuid::Uuid::now_v7(), sale, uuid::Uuid::now_v7()))
+        .collect();
+    repo::cache::reservations::mark_queued(&mut deps.redis.clone(), &keys, &batch, 60).await.unwrap();
+    for progress in &batch {
+        let found = repo::cache::reservations::find(&mut deps.redis.clone(), &keys, progress.id).await.unwrap();
+        assert_eq!(found.map(|p| p.id), Some(progress.id));
+    }
+}
