@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use platform::Redis;
 use poem::listener::TcpListener;
 use poem::{Route, Server};
 use poem_openapi::payload::Json;
@@ -44,6 +45,7 @@ enum Command {
     PoemLua {
         #[arg(long, default_value = "127.0.0.1:18082")]
         addr: String,
+        /// One URL, or a Redis Cluster's nodes separated by commas.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
         #[arg(long, default_value = "bench-ceiling")]
@@ -83,7 +85,7 @@ struct Reserved {
 }
 
 struct ReserveApi {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     sale: Uuid,
 }
@@ -115,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
             Server::new(TcpListener::bind(addr)).run(Route::new().nest("/", api)).await?;
         }
         Command::PoemLua { addr, redis, prefix } => {
-            let redis = ConnectionManager::new(redis::Client::open(redis)?).await?;
+            let redis = connect_redis(&redis).await?;
             let keys = Keys::new(&prefix);
             let sale = Uuid::now_v7();
             // A sale that never sells out and never hits a limit: every request reserves.
@@ -142,6 +144,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One server, or a Redis Cluster when `url` lists its nodes separated by commas.
+async fn connect_redis(url: &str) -> anyhow::Result<Redis> {
+    if url.contains(',') {
+        let client = redis::cluster::ClusterClient::new(url.split(',').collect::<Vec<_>>())?;
+        return Ok(Redis::Cluster(client.get_async_connection().await?));
+    }
+    Ok(Redis::Single(ConnectionManager::new(redis::Client::open(url)?).await?))
 }
 
 /// Each publisher publishes one persistent message and waits for its confirm, in a loop,

@@ -179,7 +179,8 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
     })?;
     let broker = Arc::new(Broker::connect(&settings.amqp, "spike-dlq").await?);
     let amqp = &settings.amqp;
-    let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone());
+    let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+        .with_queue_type(amqp.queue_type);
     let timeout = Duration::from_millis(amqp.confirm_timeout_ms.get());
     match action {
         DlqAction::List { limit, .. } => {

@@ -143,12 +143,37 @@ impl DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// One server, or in `cluster` mode a comma-separated list of seed nodes.
     pub url: SecretString,
+    pub mode: RedisMode,
     pub prefix: String,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     #[serde(default)]
     pub tls: TlsSettings,
+}
+
+impl RedisSettings {
+    /// The URLs in `url`: one in `single` mode, the seed nodes in `cluster` mode.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url.expose_secret().split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
+    }
+}
+
+/// How Spike talks to Redis: one server (or a primary behind a proxy), or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+}
+
+impl TryFrom<String> for RedisMode {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        one_of(&name, &[("single", RedisMode::Single), ("cluster", RedisMode::Cluster)])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,8 +190,27 @@ pub struct AmqpSettings {
     pub max_batch: NonZeroUsize,
     pub retry_delays_ms: Vec<u64>,
     pub queue_expires_ms: u64,
+    /// The type of the consumer and dead-letter queues; TTL queues are always classic.
+    pub queue_type: QueueType,
     #[serde(default)]
     pub tls: TlsSettings,
+}
+
+/// `classic`: one broker node holds each queue. `quorum`: replicated over the broker
+/// cluster by Raft (RabbitMQ 3.8+; at-least-once dead-lettering needs 3.10+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl TryFrom<String> for QueueType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        one_of(&name, &[("classic", QueueType::Classic), ("quorum", QueueType::Quorum)])
+    }
 }
 
 /// PEM files for a TLS connection (`sslmode=verify-full`, `rediss://`, `amqps://`): the CA
@@ -403,6 +447,7 @@ impl Settings {
                 return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
+        self.validate_redis_urls()?;
         self.database.tls.validate(
             "database",
             verifies_server(self.database.url.expose_secret()),
@@ -441,6 +486,29 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// One URL in `single` mode; in `cluster` mode seed nodes that all speak the same
+    /// protocol (TLS or not: one `redis.tls` applies to all of them).
+    fn validate_redis_urls(&self) -> Result<(), ConfigError> {
+        let urls = self.redis.urls();
+        match self.redis.mode {
+            RedisMode::Single if urls.len() != 1 => {
+                Err(invalid("redis.url", "holds several URLs: list seed nodes only with redis.mode = \"cluster\""))
+            }
+            RedisMode::Cluster if urls.is_empty() => Err(invalid("redis.url", "must list at least one seed node")),
+            _ => {
+                let tls = urls[0].starts_with("rediss://");
+                let schemes_ok = urls.iter().all(|u| u.starts_with(if tls { "rediss://" } else { "redis://" }));
+                if schemes_ok {
+                    Ok(())
+                } else {
+                    Err(invalid("redis.url", "every node must use the same scheme: all redis:// or all rediss://"))
+                }
+            }
+        }
     }
 }
 
@@ -660,6 +728,37 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("dev-only-secret"));
         assert!(!shown.contains("guest:guest"));
+    }
+
+    #[test]
+    fn cluster_mode_takes_a_list_of_seed_nodes() {
+        let seeds = "redis://127.0.0.1:7001,redis://127.0.0.1:7002, redis://127.0.0.1:7003";
+        let settings = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", seeds)]).unwrap();
+        assert_eq!(settings.redis.mode, RedisMode::Cluster);
+        assert_eq!(
+            settings.redis.urls(),
+            ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"]
+        );
+        assert_eq!(load(None, &[]).unwrap().redis.mode, RedisMode::Single);
+    }
+
+    #[test]
+    fn redis_modes_and_seed_lists_are_checked() {
+        let err = load(None, &[("SPIKE__AMQP__QUEUE_TYPE", "stream")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: amqp.queue_type: must be classic or quorum");
+        let settings = load(None, &[("SPIKE__AMQP__QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(settings.amqp.queue_type, QueueType::Quorum);
+        let err = load(None, &[("SPIKE__REDIS__MODE", "sentinel")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: redis.mode: must be single or cluster");
+        let two = "redis://a:7001,redis://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__URL", two)]).unwrap_err();
+        assert!(err.to_string().contains("redis.url: holds several URLs"), "{err}");
+        let mixed = "redis://a:7001,rediss://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", mixed)]).unwrap_err();
+        assert!(err.to_string().contains("same scheme"), "{err}");
+        let bad = "redis://a:7001,http://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", bad)]).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
     }
 
     #[test]

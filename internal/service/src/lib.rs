@@ -49,8 +49,8 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::Redis;
 use platform::{Broker, Settings};
+use platform::{Redis, RedisClient};
 use repo::cache::Keys;
 use repo::mq::Topology;
 use sea_orm::DatabaseConnection;
@@ -64,7 +64,7 @@ pub use repo::db::Page;
 pub struct Deps {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
-    pub redis_client: redis::Client,
+    pub redis_client: RedisClient,
     pub redis: Redis,
     pub broker: Arc<Broker>,
 }
@@ -77,6 +77,7 @@ impl Deps {
     pub fn topology(&self) -> Topology {
         let amqp = &self.settings.amqp;
         Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+            .with_queue_type(amqp.queue_type)
     }
 
     pub fn confirm_timeout(&self) -> Duration {

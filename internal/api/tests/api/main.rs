@@ -10,6 +10,7 @@
 
 mod helpers;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 mod auctions;
@@ -26,5 +27,6 @@ mod pipeline;
 mod proxy_bids;
 mod reservations;
 mod sales;
+mod scaling;
 mod tls;
 mod users;

@@ -46,12 +46,12 @@ pub(crate) async fn confirmed(app: &TestApp, session: &Session, id: &str) -> Val
     panic!("reservation {id} still queued: {last}");
 }
 
-async fn verify(app: &TestApp, sale: &str) -> service::verify::Report {
+pub(crate) async fn verify(app: &TestApp, sale: &str) -> service::verify::Report {
     let deps = &app.services.deps;
     service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
 }
 
-async fn drained(app: &TestApp, sale: &str) {
+pub(crate) async fn drained(app: &TestApp, sale: &str) {
     app.eventually(20, "every reservation has an outcome", || async {
         let report = verify(app, sale).await;
         report.passed() && report.checks.iter().any(|c| c.what.starts_with("drained"))

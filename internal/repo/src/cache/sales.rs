@@ -239,12 +239,34 @@ pub async fn fail(
         .key(&keys.inflight)
         .key(&keys.undone)
         .arg(u8::from(forget))
-        .arg(channel)
+        .arg(script_channel(redis, channel))
         .arg(sale_id.to_string());
     for id in ids {
         invocation.arg(id.to_string());
     }
-    invocation.invoke_async(redis).await
+    let units = invocation.invoke_async(redis).await?;
+    announce_after_script(redis, channel, sale_id, units).await;
+    Ok(units)
+}
+
+/// The channel a script publishes its restock notice on. On one server the script does it,
+/// atomically with the units coming back. On a Redis Cluster a script may not publish to a
+/// channel outside its sale's slot (and a plain PUBLISH would miss the sharded
+/// subscribers), so it gets none and [`announce_after_script`] sends the notice.
+fn script_channel<'a>(redis: &Redis, channel: &'a str) -> &'a str {
+    if redis.is_cluster() { "" } else { channel }
+}
+
+/// On a Redis Cluster, the restock notice of a script that put `units` back. A lost notice
+/// costs little (the local sold-out flags expire after `sales.sold_out_flag_ms`), so a
+/// failure is logged, not returned: the units are back either way.
+async fn announce_after_script(redis: &mut Redis, channel: &str, sale_id: Uuid, units: i64) {
+    if redis.is_cluster()
+        && units > 0
+        && let Err(err) = redis.publish(channel, sale_id.to_string()).await
+    {
+        tracing::warn!(error = %err, %sale_id, "restock notice not sent");
+    }
 }
 
 /// One order's units coming back, for [`restock`].
@@ -263,11 +285,14 @@ pub async fn restock(
     returned: &[Returned],
 ) -> redis::RedisResult<i64> {
     let mut invocation = RESTOCK.key(&keys.state);
-    invocation.key(&keys.buyers).key(&keys.returned).arg(version).arg(channel).arg(sale_id.to_string());
+    invocation.key(&keys.buyers).key(&keys.returned).arg(version);
+    invocation.arg(script_channel(redis, channel)).arg(sale_id.to_string());
     for r in returned {
         invocation.arg(r.order_id.to_string()).arg(r.user_id.to_string()).arg(r.quantity);
     }
-    invocation.invoke_async(redis).await
+    let units = invocation.invoke_async(redis).await?;
+    announce_after_script(redis, channel, sale_id, units).await;
+    Ok(units)
 }
 
 /// A Postgres snapshot of a sale, for [`load`].

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use platform::Settings;
-use redis::aio::ConnectionManager;
+use platform::{Redis, RedisClient, Settings};
 use repo::cache::Keys;
 use repo::cache::auctions::{self, Bid, BidRequest, BuyNow, Close, Live, Snapshot};
 use uuid::Uuid;
@@ -50,8 +49,8 @@ pub fn open_lot() -> Snapshot {
 pub struct Lot {
     pub id: Uuid,
     pub keys: Keys,
-    pub redis: ConnectionManager,
-    client: redis::Client,
+    pub redis: Redis,
+    client: RedisClient,
 }
 
 impl Lot {
@@ -123,7 +122,8 @@ impl Drop for Lot {
     /// Removes every key under the lot's prefix; a plain connection, since this may run
     /// while a failed test unwinds.
     fn drop(&mut self) {
-        let Ok(mut conn) = self.client.get_connection() else { return };
+        let RedisClient::Single(client) = &self.client else { return };
+        let Ok(mut conn) = client.get_connection() else { return };
         let pattern = format!("{}:*", self.keys.prefix());
         let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, &pattern) {
             Ok(iter) => iter.filter_map(Result::ok).collect(),
