@@ -9,7 +9,8 @@
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
 //! - [`relay`]: the outbox relay; [`closer`]: closing unpaid orders and ended auctions,
 //!   their consumers and sweepers;
-//! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
+//! - [`sales`]: flash sales and the purchase path; [`barrier`]: holds a sale whose hot
+//!   state Redis lost until the reservations queued before the loss are processed; [`reservation_publisher`]: the batching
 //!   publisher behind it; [`order_consumer`]: the order and restock consumers;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
@@ -21,6 +22,7 @@
 
 pub mod auctions;
 pub mod auth;
+pub mod barrier;
 pub mod bid_writer;
 pub mod catalog;
 pub mod closer;
@@ -122,17 +124,26 @@ impl Services {
                 status_ttl_secs,
             },
         );
+        let barrier = barrier::RebuildBarrier::new(
+            deps.broker.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            deps.topology(),
+            deps.confirm_timeout(),
+            settings.sales.rebuild_barrier_timeout_ms.get(),
+        );
         let sales = sales::SaleService::new(
             deps.db.clone(),
             deps.redis.clone(),
             deps.keys(),
             catalog.cache().clone(),
             publisher,
+            barrier.clone(),
             settings.sales.clone(),
             idempotency_ttl,
         );
         let order_consumer =
-            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
+            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs, barrier);
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),

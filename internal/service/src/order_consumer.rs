@@ -17,6 +17,7 @@ use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
+use crate::barrier::{RebuildBarrier, barrier_of};
 use crate::error::{Error, Result};
 use crate::orders::announce_and_schedule_close;
 
@@ -27,22 +28,29 @@ pub struct OrderConsumer {
     redis: Redis,
     keys: Keys,
     status_ttl_secs: u64,
+    barrier: RebuildBarrier,
 }
 
 impl OrderConsumer {
-    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, status_ttl_secs: u64) -> Self {
-        Self { db, redis, keys, status_ttl_secs }
+    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, status_ttl_secs: u64, barrier: RebuildBarrier) -> Self {
+        Self { db, redis, keys, status_ttl_secs, barrier }
     }
 
     /// The messages that have arrived (up to the prefetch), their reservations sale by
     /// sale: one transaction per sale for all of them, however many messages they came in.
     /// A message is acked when every sale it touches committed and Redis was told; a failed
     /// sale retries the messages that carry it, which is safe because outcomes already
-    /// recorded are re-applied, not redone.
+    /// recorded are re-applied, not redone. Rebuild barriers are looked at last, after the
+    /// reservations that came with them ([`crate::barrier`]).
     pub async fn handle(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = deliveries.iter().map(|_| None).collect();
         let mut by_sale: BTreeMap<Uuid, Vec<(usize, Reservation)>> = BTreeMap::new();
+        let mut barriers = Vec::new();
         for (index, delivery) in deliveries.iter().enumerate() {
+            if let Some(mark) = barrier_of(&delivery.body) {
+                barriers.push((index, mark));
+                continue;
+            }
             match delivery.json::<ReservationBatch>("reservation batch") {
                 Ok(batch) => {
                     for reservation in batch.reservations {
@@ -52,8 +60,12 @@ impl OrderConsumer {
                 Err(dead) => outcomes[index] = Some(dead),
             }
         }
+        let mut in_hand = self.barrier.hold(by_sale.keys().copied());
         for (sale_id, group) in by_sale {
-            let Err(err) = self.process(sale_id, &distinct(&group)).await else { continue };
+            let Err(err) = self.process(sale_id, &distinct(&group)).await else {
+                in_hand.settled(sale_id);
+                continue;
+            };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
             for index in failed {
                 let outcome = if matches!(err, Error::Unavailable { .. }) {
@@ -74,6 +86,10 @@ impl OrderConsumer {
                     outcomes[index] = Some(outcome);
                 }
             }
+        }
+        drop(in_hand);
+        for (index, mark) in barriers {
+            outcomes[index] = Some(self.barrier.consider(mark).await);
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
     }
