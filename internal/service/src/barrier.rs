@@ -147,8 +147,14 @@ impl RebuildBarrier {
         } else {
             (self.topology.exchange(), SALE_RESERVE.key.to_owned())
         };
-        let message =
-            Message { exchange, routing_key, body, message_id: Some(mark.id.to_string()), mandatory: true, ..Default::default() };
+        let message = Message {
+            exchange,
+            routing_key,
+            body,
+            message_id: Some(mark.id.to_string()),
+            mandatory: true,
+            ..Default::default()
+        };
         self.publisher.publish_all(&[message]).await.map_err(|err| Error::Unavailable {
             service: "rabbitmq",
             cause: Some(anyhow::anyhow!("sending the rebuild barrier of sale {}: {err}", mark.sale_id)),

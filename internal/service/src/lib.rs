@@ -142,8 +142,13 @@ impl Services {
             settings.sales.clone(),
             idempotency_ttl,
         );
-        let order_consumer =
-            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs, barrier);
+        let order_consumer = order_consumer::OrderConsumer::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            status_ttl_secs,
+            barrier,
+        );
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),

@@ -32,7 +32,13 @@ pub struct OrderConsumer {
 }
 
 impl OrderConsumer {
-    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, status_ttl_secs: u64, barrier: RebuildBarrier) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        redis: Redis,
+        keys: Keys,
+        status_ttl_secs: u64,
+        barrier: RebuildBarrier,
+    ) -> Self {
         Self { db, redis, keys, status_ttl_secs, barrier }
     }
 
@@ -226,7 +232,7 @@ fn distinct(group: &[(usize, Reservation)]) -> Vec<Reservation> {
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
 /// sale in Redis (once per order).
-pub async fn handle_restock(redis: &Redis, keys: &Keys, delivery: Delivery) -> Outcome {
+pub async fn handle_restock(db: &DatabaseConnection, redis: &Redis, keys: &Keys, delivery: Delivery) -> Outcome {
     let message: SaleRestock = match delivery.json("restock message") {
         Ok(message) => message,
         Err(dead) => return dead,
@@ -236,17 +242,34 @@ pub async fn handle_restock(redis: &Redis, keys: &Keys, delivery: Delivery) -> O
         .iter()
         .map(|r| hot::Returned { order_id: r.order_id, user_id: r.user_id, quantity: r.quantity })
         .collect();
-    let channel = keys.sale_restock_channel();
-    let sale_keys = keys.sale(message.sale_id);
-    match hot::restock(&mut redis.clone(), &sale_keys, &channel, message.sale_id, message.version, &returned).await {
+    match restock(db, redis, keys, message.sale_id, message.version, &returned).await {
         Ok(units) => {
             if units > 0 {
                 tracing::info!(sale_id = %message.sale_id, units, "units back on sale");
             }
             Outcome::Ack
         }
-        Err(err) => Error::from(err).outcome("restocking Redis"),
+        Err(err) => err.outcome("restocking Redis"),
     }
+}
+
+/// Puts returned units back in Redis (the script counts each order once, and not at all
+/// when the hot state already includes the return), then records in Postgres that Redis
+/// was told, so that the restock sweeper leaves these orders alone. Returns the units put
+/// back.
+pub async fn restock(
+    db: &DatabaseConnection,
+    redis: &Redis,
+    keys: &Keys,
+    sale_id: Uuid,
+    version: i64,
+    returned: &[hot::Returned],
+) -> Result<i64> {
+    let channel = keys.sale_restock_channel();
+    let units = hot::restock(&mut redis.clone(), &keys.sale(sale_id), &channel, sale_id, version, returned).await?;
+    let order_ids: Vec<Uuid> = returned.iter().map(|r| r.order_id).collect();
+    sales::mark_restocked(db, &order_ids).await?;
+    Ok(units)
 }
 
 /// What the consumer decided for one new reservation.

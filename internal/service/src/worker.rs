@@ -59,8 +59,8 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         deps,
         SALE_RESTOCK,
         &stop,
-        (deps.redis.clone(), deps.keys()),
-        |(redis, keys), delivery| async move { order_consumer::handle_restock(&redis, &keys, delivery).await },
+        (deps.db.clone(), deps.redis.clone(), deps.keys()),
+        |(db, redis, keys), delivery| async move { order_consumer::handle_restock(&db, &redis, &keys, delivery).await },
     );
 
     workers.spawn_consumer(
@@ -76,6 +76,13 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         deps.db.clone(),
         services.auction_closer.clone(),
         every(settings.auctions.sweep_interval_secs),
+        stop.clone(),
+    ));
+    workers.tasks.spawn(closer::sweep_restocks(
+        deps.db.clone(),
+        deps.redis.clone(),
+        deps.keys(),
+        every(settings.sales.restock_sweep_interval_secs),
         stop.clone(),
     ));
     workers.tasks.spawn(closer::sweep_orders(

@@ -363,6 +363,32 @@ async fn a_rebuild_waits_for_the_reservations_queued_before_redis_lost_the_sale(
 }
 
 #[tokio::test]
+async fn a_lost_restock_message_is_made_good_by_the_sweeper() {
+    let first = spawn_app().await;
+    let admin = first.admin().await;
+    let sale = sale(&first, &admin, 3, 1, 300).await;
+    let shopper = first.shopper().await;
+    let id = buy(&first, &shopper, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let order = confirmed(&first, &shopper, &id).await["order_id"].as_str().unwrap().to_owned();
+    // From here on nothing relays or consumes: the cancel's restock message stays in the
+    // outbox, where it is lost.
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap();
+    let reply = api.post(&format!("/api/v1/orders/{order}/cancel"), json!(null), shopper.token()).await;
+    assert_eq!(reply.data(200)["status"], "cancelled");
+    let lost = api
+        .scalar("WITH d AS (DELETE FROM outbox WHERE routing_key = 'sale.restock' RETURNING 1) SELECT count(*) FROM d");
+    assert_eq!(lost.await, 1);
+    let remaining = || async { api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"].clone() };
+    assert_eq!(remaining().await, 2, "Redis has not heard of the cancel");
+
+    let _worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    api.eventually(15, "the sweeper puts the unit back on sale", || async { remaining().await == 3 }).await;
+    assert_eq!(buy(&api, &shopper, &sale, 1).await.status, 202, "the buyer's slot is free again");
+    drained(&api, &sale).await;
+}
+
+#[tokio::test]
 async fn a_worker_stopped_mid_drain_loses_nothing_and_duplicates_nothing() {
     let api = spawn_api_only().await;
     let admin = api.admin().await;

@@ -46,7 +46,12 @@ pub enum Gate {
     Publish { replaced: bool },
 }
 
-pub async fn gate(redis: &mut Redis, keys: &BarrierKeys, barrier_id: Uuid, timeout_ms: u64) -> redis::RedisResult<Gate> {
+pub async fn gate(
+    redis: &mut Redis,
+    keys: &BarrierKeys,
+    barrier_id: Uuid,
+    timeout_ms: u64,
+) -> redis::RedisResult<Gate> {
     let reply: Vec<i64> = BARRIER
         .key(&keys.state)
         .key(&keys.rebuilding)
@@ -75,7 +80,12 @@ pub async fn current(redis: &mut Redis, keys: &BarrierKeys) -> redis::RedisResul
 }
 
 /// The barrier passed: the API may load the sale. Kept as long as the barrier may wait.
-pub async fn mark_drained(redis: &mut Redis, keys: &BarrierKeys, barrier_id: Uuid, ttl_ms: u64) -> redis::RedisResult<()> {
+pub async fn mark_drained(
+    redis: &mut Redis,
+    keys: &BarrierKeys,
+    barrier_id: Uuid,
+    ttl_ms: u64,
+) -> redis::RedisResult<()> {
     redis.pset_ex(&keys.drained, barrier_id.to_string(), ttl_ms).await
 }
 

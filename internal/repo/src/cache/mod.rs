@@ -10,6 +10,7 @@ pub mod barrier;
 pub mod keys;
 pub mod products;
 pub mod reservations;
+pub mod returns;
 pub mod sales;
 
 pub use keys::Keys;

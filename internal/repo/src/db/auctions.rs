@@ -302,6 +302,9 @@ pub struct BidLedger {
     pub top_amount: Option<Decimal>,
     pub top_user: Option<Uuid>,
     pub orders: i64,
+    /// The (first) order of the auction: its buyer and amount.
+    pub order_user: Option<Uuid>,
+    pub order_total: Option<Decimal>,
 }
 
 pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLedger, DbErr> {
@@ -313,7 +316,9 @@ pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLe
                  WHERE previous IS NOT NULL AND amount <= previous) AS not_rising, \
                 (SELECT amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_amount, \
                 (SELECT user_id FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_user, \
-                (SELECT count(*) FROM orders WHERE auction_id = $1) AS orders",
+                (SELECT count(*) FROM orders WHERE auction_id = $1) AS orders, \
+                (SELECT user_id FROM orders WHERE auction_id = $1 ORDER BY created_at LIMIT 1) AS order_user, \
+                (SELECT total FROM orders WHERE auction_id = $1 ORDER BY created_at LIMIT 1) AS order_total",
         [auction_id.into()],
     ))
     .one(db)
