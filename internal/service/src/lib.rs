@@ -138,10 +138,10 @@ impl Services {
             deps.keys(),
             catalog.cache().clone(),
             publisher,
-            barrier.clone(),
             settings.sales.clone(),
             idempotency_ttl,
-        );
+        )
+        .with_barrier(barrier.clone());
         let order_consumer = order_consumer::OrderConsumer::new(
             deps.db.clone(),
             deps.redis.clone(),

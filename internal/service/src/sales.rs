@@ -122,7 +122,8 @@ pub struct SaleService {
     keys: Keys,
     products: ProductCache,
     publisher: ReservationPublisher,
-    barrier: RebuildBarrier,
+    /// Set by [`SaleService::with_barrier`]; without one a lost hot state is never rebuilt.
+    barrier: Option<RebuildBarrier>,
     flags: Arc<SoldOutFlags>,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
     settings: SaleSettings,
@@ -136,13 +137,17 @@ impl SaleService {
         keys: Keys,
         products: ProductCache,
         publisher: ReservationPublisher,
-        barrier: RebuildBarrier,
         settings: SaleSettings,
         idempotency_ttl: Duration,
     ) -> Self {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
         let rebuilds = Arc::default();
-        Self { db, redis, keys, products, publisher, barrier, flags, rebuilds, settings, idempotency_ttl }
+        Self { db, redis, keys, products, publisher, barrier: None, flags, rebuilds, settings, idempotency_ttl }
+    }
+
+    /// The barrier a rebuild waits for ([`crate::barrier`]).
+    pub fn with_barrier(self, barrier: RebuildBarrier) -> Self {
+        Self { barrier: Some(barrier), ..self }
     }
 
     pub fn flags(&self) -> &Arc<SoldOutFlags> {
@@ -297,11 +302,12 @@ impl SaleService {
     /// Rebuilds the hot state after Redis lost it, once the reservations accepted before
     /// the loss have been processed ([`crate::barrier`]); until then `Error::Rebuilding`.
     pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
-        if !self.barrier.pass(sale_id).await? {
+        let barrier = self.barrier.as_ref().ok_or(Error::Rebuilding)?;
+        if !barrier.pass(sale_id).await? {
             return Ok(());
         }
         self.load_hot_state(sale_id).await?;
-        self.barrier.finish(sale_id).await
+        barrier.finish(sale_id).await
     }
 
     /// Loads the hot state from Postgres if Redis has none (one load per sale per instance
