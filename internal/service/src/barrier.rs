@@ -105,29 +105,29 @@ impl RebuildBarrier {
         self.hands.take(sales.into_iter().collect(), linger)
     }
 
-    /// The order consumer met a barrier: it passes, goes round again, or is dropped (a
-    /// barrier the API no longer waits for).
-    pub async fn consider(&self, mark: BarrierMark) -> Outcome {
+    /// The order consumer met a barrier: it passes (`true`: the sale may be loaded now),
+    /// goes round again, or is dropped (a barrier the API no longer waits for).
+    pub async fn consider(&self, mark: BarrierMark) -> (Outcome, bool) {
         let keys = self.keys.barrier(mark.sale_id);
         let mut redis = self.redis.clone();
         match marks::current(&mut redis, &keys).await {
             Ok(Some(current)) if current == mark.id.to_string() => {}
-            Ok(_) => return Outcome::Ack,
-            Err(err) => return Error::from(err).outcome("reading the rebuild barrier"),
+            Ok(_) => return (Outcome::Ack, false),
+            Err(err) => return (Error::from(err).outcome("reading the rebuild barrier"), false),
         }
         let quiet = if self.hands.quiet(mark.sale_id, self.round()) { mark.quiet + 1 } else { 0 };
         let waited = self.round() * mark.cycles >= self.confirm_window;
         if waited && quiet >= 2 {
             if let Err(err) = marks::mark_drained(&mut redis, &keys, mark.id, self.timeout_ms).await {
-                return Error::from(err).outcome("passing the rebuild barrier");
+                return (Error::from(err).outcome("passing the rebuild barrier"), false);
             }
             tracing::info!(sale_id = %mark.sale_id, rounds = mark.cycles, "rebuild barrier passed: the sale may be loaded from Postgres");
-            return Outcome::Ack;
+            return (Outcome::Ack, true);
         }
         let next = BarrierMark { cycles: mark.cycles + 1, quiet, ..mark };
         match self.send(&next, true).await {
-            Ok(()) => Outcome::Ack,
-            Err(err) => err.outcome("sending the rebuild barrier round"),
+            Ok(()) => (Outcome::Ack, false),
+            Err(err) => (err.outcome("sending the rebuild barrier round"), false),
         }
     }
 
@@ -243,5 +243,41 @@ impl Drop for InHand {
             }
         }
         state.sales.retain(|_, held| held.count > 0 || held.until > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUND: Duration = Duration::from_millis(200);
+    const LINGER: Duration = Duration::from_secs(6);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sale_in_hand_or_lately_unsettled_is_not_quiet() {
+        let hands = Arc::new(Hands::default());
+        let (sale, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(hands.quiet(sale, ROUND));
+
+        let mut in_hand = hands.take([sale, other].into(), LINGER);
+        assert!(!hands.quiet(sale, ROUND), "in hand");
+        in_hand.settled(sale);
+        drop(in_hand);
+        assert!(hands.quiet(sale, ROUND), "settled: nothing comes back");
+        assert!(!hands.quiet(other, ROUND), "retried or held: it comes back");
+        tokio::time::advance(LINGER).await;
+        assert!(hands.quiet(other, ROUND));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_handler_call_may_hold_any_sale_in_its_prefetch() {
+        let hands = Arc::new(Hands::default());
+        let busy = hands.take([Uuid::now_v7()].into(), LINGER);
+        let sale = Uuid::now_v7();
+        assert!(hands.quiet(sale, ROUND), "a call that just began took its messages after the barrier");
+        tokio::time::advance(ROUND).await;
+        assert!(!hands.quiet(sale, ROUND));
+        drop(busy);
+        assert!(hands.quiet(sale, ROUND));
     }
 }

@@ -148,6 +148,7 @@ impl Services {
             deps.keys(),
             status_ttl_secs,
             barrier,
+            sales.clone(),
         );
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::barrier::{RebuildBarrier, barrier_of};
 use crate::error::{Error, Result};
 use crate::orders::announce_and_schedule_close;
+use crate::sales::SaleService;
 
 /// Writes the orders of reserved units.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ pub struct OrderConsumer {
     keys: Keys,
     status_ttl_secs: u64,
     barrier: RebuildBarrier,
+    /// Loads a sale whose barrier passed, so that it is back without waiting for a purchase.
+    sales: SaleService,
 }
 
 impl OrderConsumer {
@@ -38,8 +41,9 @@ impl OrderConsumer {
         keys: Keys,
         status_ttl_secs: u64,
         barrier: RebuildBarrier,
+        sales: SaleService,
     ) -> Self {
-        Self { db, redis, keys, status_ttl_secs, barrier }
+        Self { db, redis, keys, status_ttl_secs, barrier, sales }
     }
 
     /// The messages that have arrived (up to the prefetch), their reservations sale by
@@ -95,7 +99,12 @@ impl OrderConsumer {
         }
         drop(in_hand);
         for (index, mark) in barriers {
-            outcomes[index] = Some(self.barrier.consider(mark).await);
+            let sale_id = mark.sale_id;
+            let (outcome, passed) = self.barrier.consider(mark).await;
+            if passed && let Err(err) = self.sales.rebuild(sale_id).await {
+                tracing::warn!(%sale_id, error = %err, "could not load the sale after its barrier passed; the next purchase will");
+            }
+            outcomes[index] = Some(outcome);
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
     }

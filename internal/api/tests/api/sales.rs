@@ -346,6 +346,9 @@ async fn a_rebuild_waits_for_the_reservations_queued_before_redis_lost_the_sale(
     assert_eq!(buy(&api, &late[1], &sale, 1).await.status, 503, "held while nothing drains the queue");
 
     let _worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    // No purchase needed: the worker loads the sale once its barrier passed (verify fails
+    // on an active sale without hot state).
+    api.eventually(30, "the sale is loaded again", || async { verify(&api, &sale).await.passed() }).await;
     let mut accepted = Vec::new();
     for shopper in &late {
         let reply = buy_past_the_barrier(&api, shopper, &sale).await;
