@@ -14,12 +14,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::Utc;
 use platform::{Broker, Redis};
 use repo::cache::Keys;
 use repo::cache::barrier::{self as marks, Gate};
+use repo::db::sales;
 use repo::mq::messages::{BarrierMark, SaleBarrier};
 use repo::mq::topology::SALE_RESERVE;
 use repo::mq::{ConfirmPublisher, Message, Outcome, Topology};
+use sea_orm::DatabaseConnection;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -33,6 +36,7 @@ const HOLD_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// them pass).
 #[derive(Clone)]
 pub struct RebuildBarrier {
+    db: DatabaseConnection,
     redis: Redis,
     keys: Keys,
     topology: Topology,
@@ -46,6 +50,7 @@ pub struct RebuildBarrier {
 
 impl RebuildBarrier {
     pub fn new(
+        db: DatabaseConnection,
         broker: Arc<Broker>,
         redis: Redis,
         keys: Keys,
@@ -55,6 +60,7 @@ impl RebuildBarrier {
     ) -> Self {
         let publisher = Arc::new(ConfirmPublisher::new(broker, confirm_timeout));
         Self {
+            db,
             redis,
             keys,
             topology,
@@ -77,6 +83,12 @@ impl RebuildBarrier {
             Gate::Drained => return Ok(true),
             Gate::Wait => {}
             Gate::Publish { replaced } => {
+                // A sale that does not exist, or has ended, sells nothing: nothing to wait for.
+                let still_selling = self.still_selling(sale_id).await;
+                if !matches!(still_selling, Ok(true)) {
+                    marks::abandon(&mut redis, &keys).await?;
+                    return still_selling.map(|_| true);
+                }
                 if replaced {
                     tracing::warn!(%sale_id, timeout_ms = self.timeout_ms, "the rebuild barrier did not pass in time; purchases stay on hold and another barrier is sent");
                     metrics::counter!("rebuild_barriers_timed_out_total").increment(1);
@@ -91,6 +103,12 @@ impl RebuildBarrier {
             }
         }
         Err(Error::Rebuilding)
+    }
+
+    /// Whether the sale has not ended yet (NotFound when there is no such sale).
+    async fn still_selling(&self, sale_id: Uuid) -> Result<bool> {
+        let row = sales::find(&self.db, sale_id).await?.ok_or(Error::NotFound("sale"))?;
+        Ok(row.end_at > Utc::now())
     }
 
     /// The state is loaded: the marks are done with.

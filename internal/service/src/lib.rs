@@ -125,6 +125,7 @@ impl Services {
             },
         );
         let barrier = barrier::RebuildBarrier::new(
+            deps.db.clone(),
             deps.broker.clone(),
             deps.redis.clone(),
             deps.keys(),
