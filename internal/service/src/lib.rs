@@ -9,9 +9,10 @@
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
 //! - [`relay`]: the outbox relay; [`closer`]: closing unpaid orders and ended auctions,
 //!   their consumers and sweepers;
-//! - [`sales`]: flash sales and the purchase path; [`barrier`]: holds a sale whose hot
-//!   state Redis lost until the reservations queued before the loss are processed; [`reservation_publisher`]: the batching
-//!   publisher behind it; [`order_consumer`]: the order and restock consumers;
+//! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
+//!   publisher behind it; [`barrier`]: holds a sale whose hot state Redis lost until the
+//!   reservations queued before the loss are processed; [`order_consumer`]: the order and
+//!   restock consumers;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
 //!   Postgres, in order, before they are answered; [`live`]: the local fan-out to WebSocket watchers;
