@@ -7,6 +7,7 @@
 //! - `m20261123_000003_sales`: flash sales, their buyers and reservations;
 //! - `m20261123_000004_auctions`: auctions and their bids;
 //! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order;
+//! - `m20261202_000006_reservation_idempotency`: a purchase's Idempotency-Key, kept with its outcome;
 //! - `m20261202_000007_sale_returns`: when and at which version a sale order's units came
 //!   back, and when Redis was told (the restock sweeper, `verify`).
 
@@ -18,6 +19,7 @@ mod m20261123_000002_catalog_orders;
 mod m20261123_000003_sales;
 mod m20261123_000004_auctions;
 mod m20261201_000005_bid_generation;
+mod m20261202_000006_reservation_idempotency;
 mod m20261202_000007_sale_returns;
 
 pub struct Migrator;
@@ -31,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_sales::Migration),
             Box::new(m20261123_000004_auctions::Migration),
             Box::new(m20261201_000005_bid_generation::Migration),
+            Box::new(m20261202_000006_reservation_idempotency::Migration),
             Box::new(m20261202_000007_sale_returns::Migration),
         ]
     }

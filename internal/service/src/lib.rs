@@ -13,6 +13,7 @@
 //!   publisher behind it; [`barrier`]: holds a sale whose hot state Redis lost until the
 //!   reservations queued before the loss are processed; [`order_consumer`]: the order and
 //!   restock consumers;
+//!   [`undo`]: undoing reservations that will not become orders, and the worker's reaper;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
 //!   Postgres, in order, before they are answered; [`live`]: the local fan-out to WebSocket watchers;
@@ -42,6 +43,7 @@ pub mod reservation_publisher;
 pub mod sales;
 pub mod seed;
 pub mod singleflight;
+pub mod undo;
 pub mod verify;
 pub mod worker;
 
@@ -92,6 +94,7 @@ pub struct Services {
     pub orders: orders::OrderService,
     pub sales: sales::SaleService,
     pub order_consumer: order_consumer::OrderConsumer,
+    pub undo: undo::Undo,
     pub auctions: auctions::AuctionService,
     pub auction_closer: closer::AuctionCloser,
     pub live: Arc<live::LiveHub>,
@@ -152,6 +155,7 @@ impl Services {
             barrier,
             sales.clone(),
         );
+        let undo = sales.undo().clone();
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),
@@ -162,7 +166,7 @@ impl Services {
         let auction_closer =
             closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, auction_closer, live })
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, undo, auctions, auction_closer, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).
