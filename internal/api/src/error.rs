@@ -225,6 +225,9 @@ impl From<Error> for ApiError {
                 return ApiError::new(AUCTION_CLOSED, message)
                     .with_details(serde_json::json!({ "current_price": current.map(|m| m.to_string()) }));
             }
+            Error::Rebuilding => {
+                return ApiError { retry_after_secs: Some(1), ..ApiError::new(SERVICE_UNAVAILABLE, message) };
+            }
             Error::Unavailable { .. } => {
                 let Error::Unavailable { cause, .. } = err else { unreachable!() };
                 return ApiError { source: cause, ..ApiError::new(SERVICE_UNAVAILABLE, message) };

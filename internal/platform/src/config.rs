@@ -326,6 +326,12 @@ pub struct SaleSettings {
     /// How long a reservation may stay unconfirmed by the broker before the worker's
     /// reaper undoes it (its API process died, or its Redis reply was lost).
     pub reservation_deadline_ms: NonZeroU64,
+    /// How long purchases wait (503) for one rebuild barrier after Redis lost a sale's hot
+    /// state; a barrier that has not passed by then is replaced by a new one.
+    pub rebuild_barrier_timeout_ms: NonZeroU64,
+    /// How often the sweeper puts back in Redis the units of closed or cancelled sale
+    /// orders whose `sale.restock` message never arrived.
+    pub restock_sweep_interval_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -483,6 +489,18 @@ impl Settings {
             return Err(invalid(
                 "auctions.second_chance_offers",
                 format!("must be between 0 and {MAX_SECOND_CHANCE_OFFERS}"),
+            ));
+        }
+        if self.amqp.retry_delays_ms.is_empty() {
+            return Err(invalid("amqp.retry_delays_ms", "must list at least one delay"));
+        }
+        // A barrier must be able to wait out the confirms of purchases made before the loss
+        // and make two rounds through the first retry queue before it is replaced.
+        let barrier_needs = 2 * self.amqp.confirm_timeout_ms.get() + 1000 + 4 * self.amqp.retry_delays_ms[0];
+        if self.sales.rebuild_barrier_timeout_ms.get() <= barrier_needs {
+            return Err(invalid(
+                "sales.rebuild_barrier_timeout_ms",
+                format!("must exceed 2 x amqp.confirm_timeout_ms + 1000 + 4 x the first retry delay ({barrier_needs})"),
             ));
         }
         Ok(())

@@ -1,7 +1,9 @@
 //! Closing what ran out of time: unpaid orders at their payment deadline, auctions at their
 //! (possibly extended) end. Each has a consumer of its delayed close messages and a sweeper
-//! that closes whatever a lost message left behind.
+//! that closes whatever a lost message left behind; a third sweeper backs up the
+//! `sale.restock` messages of closed sale orders.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -11,8 +13,10 @@ use domain::order::OrderKind;
 use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions::{self as live, BuyNow, Close};
+use repo::cache::sales::Returned;
 use repo::db::auctions;
 use repo::db::orders::{self, Finish, NewLine, NewOrder};
+use repo::db::sales;
 use repo::mq::Outcome;
 use repo::mq::consumer::Delivery;
 use repo::mq::messages::{CloseAuction, CloseOrders};
@@ -23,6 +27,7 @@ use uuid::Uuid;
 use crate::auctions::{AuctionService, millis, schedule_auction_close};
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
+use crate::order_consumer;
 use crate::orders::{OrderService, announce_and_schedule_close};
 
 /// Orders a sweeper round closes at most per statement.
@@ -76,6 +81,44 @@ async fn close_overdue_orders(db: &DatabaseConnection, orders: &OrderService, ev
                 tracing::warn!(error = %err, "sweeper could not close overdue orders");
                 return;
             }
+        }
+    }
+}
+
+/// Every `every`, puts back in Redis the units of closed or cancelled sale orders that
+/// Postgres returned more than `every` ago and Redis was not told of: their `sale.restock`
+/// message was lost, parked in the outbox or dead-lettered. Idempotent with the consumer:
+/// the restock script counts each order once.
+pub async fn sweep_restocks(
+    db: DatabaseConnection,
+    redis: Redis,
+    keys: Keys,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    repeat(every, stop, || restock_overdue(&db, &redis, &keys, every)).await
+}
+
+async fn restock_overdue(db: &DatabaseConnection, redis: &Redis, keys: &Keys, every: Duration) {
+    let due = match sales::restocks_due(db, every.as_millis() as i64, SWEEP_BATCH as u64).await {
+        Ok(due) => due,
+        Err(err) => {
+            tracing::warn!(error = %err, "restock sweeper could not look for returns Redis missed");
+            return;
+        }
+    };
+    let mut batches: BTreeMap<(Uuid, i64), Vec<Returned>> = BTreeMap::new();
+    for d in due {
+        let returned = Returned { order_id: d.order_id, user_id: d.user_id, quantity: d.quantity };
+        batches.entry((d.sale_id, d.returned_version)).or_default().push(returned);
+    }
+    for ((sale_id, version), returned) in batches {
+        match order_consumer::restock(db, redis, keys, sale_id, version, &returned).await {
+            Ok(units) => {
+                tracing::warn!(%sale_id, orders = returned.len(), units, "restock sweeper told Redis of returns it had missed");
+                metrics::counter!("restocks_swept_total").increment(returned.len() as u64);
+            }
+            Err(err) => tracing::warn!(%sale_id, error = %err, "restock sweeper could not restock"),
         }
     }
 }

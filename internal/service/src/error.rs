@@ -47,6 +47,10 @@ pub enum Error {
     AuctionClosed { current: Option<Money> },
     #[error("{0}")]
     BuyNowUnavailable(&'static str),
+    /// Redis lost the sale's hot state; its purchases wait until the reservations accepted
+    /// before the loss are processed (`crate::barrier`).
+    #[error("the sale is being restored after a cache failure; try again in a moment")]
+    Rebuilding,
     /// A dependency did not answer. The cause goes to the log with the request (once, by
     /// the API layer), never to the client.
     #[error("{service} is unavailable")]

@@ -11,7 +11,9 @@
 //!   their consumers and sweepers, and buy-it-now; [`second_chance`]: an unpaid auction
 //!   order passes the lot to the next bidder;
 //! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
-//!   publisher behind it; [`order_consumer`]: the order and restock consumers;
+//!   publisher behind it; [`barrier`]: holds a sale whose hot state Redis lost until the
+//!   reservations queued before the loss are processed; [`order_consumer`]: the order and
+//!   restock consumers;
 //!   [`undo`]: undoing reservations that will not become orders, and the worker's reaper;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
@@ -23,6 +25,7 @@
 
 pub mod auctions;
 pub mod auth;
+pub mod barrier;
 pub mod bid_writer;
 pub mod catalog;
 pub mod closer;
@@ -133,6 +136,15 @@ impl Services {
                 status_ttl_secs,
             },
         );
+        let barrier = barrier::RebuildBarrier::new(
+            deps.db.clone(),
+            deps.broker.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            deps.topology(),
+            deps.confirm_timeout(),
+            settings.sales.rebuild_barrier_timeout_ms.get(),
+        );
         let sales = sales::SaleService::new(
             deps.db.clone(),
             deps.redis.clone(),
@@ -141,10 +153,17 @@ impl Services {
             publisher,
             settings.sales.clone(),
             idempotency_ttl,
+        )
+        .with_barrier(barrier.clone());
+        let order_consumer = order_consumer::OrderConsumer::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            status_ttl_secs,
+            barrier,
+            sales.clone(),
         );
         let undo = sales.undo().clone();
-        let order_consumer =
-            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),

@@ -376,6 +376,8 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
         }
         let released: Vec<(Uuid, i32)> = released.into_iter().collect();
         sales::release_buyers(txn, sale_id, &released).await?;
+        let order_ids: Vec<Uuid> = units.iter().map(|u| u.order_id).collect();
+        sales::mark_returned(txn, sale_id, &order_ids, version).await?;
         let payload = SaleRestock {
             sale_id,
             version,

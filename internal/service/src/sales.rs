@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::barrier::RebuildBarrier;
 use crate::catalog::ProductCache;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
@@ -124,6 +125,8 @@ pub struct SaleService {
     products: ProductCache,
     publisher: ReservationPublisher,
     undo: Undo,
+    /// Set by [`SaleService::with_barrier`]; without one a lost hot state is never rebuilt.
+    barrier: Option<RebuildBarrier>,
     flags: Arc<SoldOutFlags>,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
     settings: SaleSettings,
@@ -142,7 +145,13 @@ impl SaleService {
     ) -> Self {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
         let undo = Undo::new(db.clone(), redis.clone(), keys.clone(), settings.reservation_status_ttl_secs.get());
-        Self { db, redis, keys, products, publisher, undo, flags, rebuilds: Arc::default(), settings, idempotency_ttl }
+        let rebuilds = Arc::default();
+        Self { db, redis, keys, products, publisher, undo, barrier: None, flags, rebuilds, settings, idempotency_ttl }
+    }
+
+    /// The barrier a rebuild waits for ([`crate::barrier`]).
+    pub fn with_barrier(self, barrier: RebuildBarrier) -> Self {
+        Self { barrier: Some(barrier), ..self }
     }
 
     pub fn flags(&self) -> &Arc<SoldOutFlags> {
@@ -188,7 +197,8 @@ impl SaleService {
         };
         txn.commit().await?;
         self.products.forget(&[new.product_id]).await;
-        self.rebuild(row.id).await?;
+        // Nothing can be in flight for a sale that did not exist: no barrier to wait for.
+        self.load_hot_state(row.id).await?;
         Ok(SaleView::new(row, None))
     }
 
@@ -320,11 +330,22 @@ impl SaleService {
         Err(Error::unavailable("rabbitmq"))
     }
 
-    /// Rebuilds the hot state from Postgres if Redis has none (one rebuild per sale per
-    /// instance at a time; the load script makes concurrent rebuilds across instances
-    /// harmless). The sale row is share-locked while it is read and loaded, so no commit
-    /// of the order consumer or of a close can fall between the snapshot and the load.
+    /// Rebuilds the hot state after Redis lost it, once the reservations accepted before
+    /// the loss have been processed ([`crate::barrier`]); until then `Error::Rebuilding`.
     pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
+        let barrier = self.barrier.as_ref().ok_or(Error::Rebuilding)?;
+        if !barrier.pass(sale_id).await? {
+            return Ok(());
+        }
+        self.load_hot_state(sale_id).await?;
+        barrier.finish(sale_id).await
+    }
+
+    /// Loads the hot state from Postgres if Redis has none (one load per sale per instance
+    /// at a time; the load script makes concurrent loads across instances harmless). The
+    /// sale row is share-locked while it is read and loaded, so no commit of the order
+    /// consumer or of a close can fall between the snapshot and the load.
+    pub async fn load_hot_state(&self, sale_id: Uuid) -> Result<()> {
         let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| Error::Unavailable {
             service: "redis",
             cause: Some(anyhow::anyhow!("rebuilding the hot state of sale {sale_id} failed: {e}")),

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
+use repo::cache::returns;
 use repo::cache::sales as hot;
 use repo::db::{auctions, sales};
 use rust_decimal::Decimal;
@@ -77,6 +78,8 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
         format!("buyer holdings match their orders ({} mismatch(es))", ledger.buyer_mismatches),
     );
 
+    returned_once(&mut report, db, redis, keys, sale_id).await?;
+
     match hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
         None if (sale.start_at..sale.end_at).contains(&Utc::now()) => report.check(
             false,
@@ -126,6 +129,104 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
         }
     }
     Ok(report)
+}
+
+/// Each closed or cancelled order gave its units back exactly once, order by order: in
+/// Postgres (recorded by the close), and in Redis (by the restock script, unless the hot
+/// state was loaded from a snapshot that already counts the return). A restock still on
+/// its way is waited for a bounded time, then reported as in flight (or as stuck once
+/// Redis has not been told for a minute).
+async fn returned_once(
+    report: &mut Report,
+    db: &DatabaseConnection,
+    redis: &Redis,
+    keys: &Keys,
+    sale_id: Uuid,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    let mut looks = 0;
+    let returns = loop {
+        // Redis first: whatever it counts was closed in Postgres before.
+        let (snap, in_redis) = returns::returned(&mut redis.clone(), &keys.sale(sale_id)).await?;
+        let orders = sales::order_returns(db, sale_id).await?;
+        let returns = Returns::count(&orders, snap, &in_redis);
+        looks += 1;
+        // A finding is looked at twice (a restock may have landed between the two reads);
+        // work in flight is waited for.
+        let settled = returns.in_flight == 0 && (returns.clean() || looks >= 2);
+        if settled || tokio::time::Instant::now() >= deadline {
+            break returns;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    report.check(
+        returns.never == 0 && returns.while_held == 0,
+        format!(
+            "postgres: every closed or cancelled order returned its units once ({} never, {} while its order still holds them)",
+            returns.never, returns.while_held
+        ),
+    );
+    report.check(
+        returns.missing == 0 && returns.twice == 0 && returns.stuck == 0,
+        format!(
+            "redis: every return counted once ({} never, {} twice, {} not told for over a minute)",
+            returns.missing, returns.twice, returns.stuck
+        ),
+    );
+    if returns.in_flight > 0 {
+        report.check(true, format!("{} restock(s) still on their way to redis", returns.in_flight));
+    }
+    Ok(())
+}
+
+/// The per-order return findings of one look at Postgres and Redis.
+#[derive(Debug, Default)]
+struct Returns {
+    never: usize,
+    while_held: usize,
+    missing: usize,
+    twice: usize,
+    stuck: usize,
+    in_flight: usize,
+}
+
+impl Returns {
+    fn count(orders: &[sales::OrderReturn], snap: Option<i64>, in_redis: &[Uuid]) -> Self {
+        let mut found = Self::default();
+        let in_redis: std::collections::HashSet<&Uuid> = in_redis.iter().collect();
+        let mut finished = std::collections::HashSet::new();
+        for order in orders {
+            let done = matches!(order.status.as_str(), "closed" | "cancelled");
+            if done {
+                finished.insert(order.order_id);
+            }
+            match (done, order.returned) {
+                (true, false) => found.never += 1,
+                (false, true) => found.while_held += 1,
+                _ => {}
+            }
+            let (Some(snap), Some(version), true) = (snap, order.returned_version, done) else { continue };
+            let counted = in_redis.contains(&order.order_id);
+            if version <= snap {
+                // The snapshot counts it; the script must not have counted it again.
+                found.twice += usize::from(counted);
+            } else if !counted && order.restocked {
+                found.missing += 1;
+            } else if !counted && order.restock_overdue {
+                found.stuck += 1;
+            } else if !counted {
+                found.in_flight += 1;
+            }
+        }
+        if snap.is_some() {
+            found.twice += in_redis.iter().filter(|id| !finished.contains(**id)).count();
+        }
+        found
+    }
+
+    fn clean(&self) -> bool {
+        self.never + self.while_held + self.missing + self.twice + self.stuck == 0
+    }
 }
 
 /// "12.00 by <user id>", or "no bid".

@@ -59,8 +59,8 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         deps,
         SALE_RESTOCK,
         &stop,
-        (deps.redis.clone(), deps.keys()),
-        |(redis, keys), delivery| async move { order_consumer::handle_restock(&redis, &keys, delivery).await },
+        (deps.db.clone(), deps.redis.clone(), deps.keys()),
+        |(db, redis, keys), delivery| async move { order_consumer::handle_restock(&db, &redis, &keys, delivery).await },
     );
 
     workers.spawn_consumer(
@@ -83,6 +83,13 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
     let deadline = Duration::from_millis(settings.sales.reservation_deadline_ms.get());
     let reaper = services.undo.clone();
     workers.tasks.spawn(undo::reap_forever(reaper, (deadline / 4).max(Duration::from_millis(100)), stop.clone()));
+    workers.tasks.spawn(closer::sweep_restocks(
+        deps.db.clone(),
+        deps.redis.clone(),
+        deps.keys(),
+        every(settings.sales.restock_sweep_interval_secs),
+        stop.clone(),
+    ));
     workers.tasks.spawn(closer::sweep_orders(
         deps.db.clone(),
         services.orders.clone(),

@@ -380,3 +380,78 @@ pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, 
     .await?;
     row.ok_or_else(|| DbErr::RecordNotFound("sale ledger".into()))
 }
+
+/// Records that these orders' units went back to the sale in Postgres, at `version` (in
+/// the close transaction that returned them).
+pub async fn mark_returned(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    order_ids: &[Uuid],
+    version: i64,
+) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE reservations SET returned_at = now(), returned_version = $3 WHERE sale_id = $1 AND order_id = ANY($2)",
+        [sale_id.into(), order_ids.to_vec().into(), version.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Records that Redis was told of these orders' returns.
+pub async fn mark_restocked(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE reservations SET restocked_at = now() WHERE order_id = ANY($1) AND restocked_at IS NULL",
+        [order_ids.to_vec().into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// A return Redis has not been told of.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct DueReturn {
+    pub sale_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub returned_version: i64,
+}
+
+/// Returns older than `older_than_ms` that Redis has not been told of (their `sale.restock`
+/// message was lost or is stuck), oldest first.
+pub async fn restocks_due(db: &impl ConnectionTrait, older_than_ms: i64, limit: u64) -> Result<Vec<DueReturn>, DbErr> {
+    DueReturn::find_by_statement(stmt(
+        "SELECT sale_id, order_id, user_id, quantity, returned_version FROM reservations \
+         WHERE returned_at IS NOT NULL AND restocked_at IS NULL AND returned_version IS NOT NULL \
+           AND returned_at < now() - make_interval(secs => $1::float8 / 1000) \
+         ORDER BY returned_at LIMIT $2",
+        [older_than_ms.into(), (limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// One sale order as `verify` checks its return.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OrderReturn {
+    pub order_id: Uuid,
+    pub status: String,
+    pub returned: bool,
+    pub returned_version: Option<i64>,
+    pub restocked: bool,
+    /// Redis not told for more than a minute.
+    pub restock_overdue: bool,
+}
+
+/// Every confirmed reservation's order of the sale, with its return.
+pub async fn order_returns(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<OrderReturn>, DbErr> {
+    OrderReturn::find_by_statement(stmt(
+        "SELECT r.order_id, o.status, r.returned_at IS NOT NULL AS returned, r.returned_version, \
+                r.restocked_at IS NOT NULL AS restocked, \
+                COALESCE(r.restocked_at IS NULL AND r.returned_at < now() - interval '60 seconds', false) AS restock_overdue \
+         FROM reservations r JOIN orders o ON o.id = r.order_id WHERE r.sale_id = $1",
+        [sale_id.into()],
+    ))
+    .all(db)
+    .await
+}

@@ -64,3 +64,22 @@ pub struct SaleRestock {
 pub struct CloseAuction {
     pub auction_id: Uuid,
 }
+
+/// Sent with `sale.reserve`, behind the reservations, when Redis lost a sale's hot state:
+/// the sale is loaded from Postgres again only once the order consumer has seen this with
+/// nothing of the sale in front of it (`service::barrier`). JSON `{"barrier": {...}}`, so a
+/// reservation batch never reads as one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaleBarrier {
+    pub barrier: BarrierMark,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BarrierMark {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    /// Trips made through the first retry queue so far (each one takes its delay).
+    pub cycles: u32,
+    /// Consecutive deliveries that found nothing of the sale in the consumer's hands.
+    pub quiet: u32,
+}
