@@ -7,6 +7,7 @@
 
 pub mod auctions;
 pub mod keys;
+pub mod lua;
 pub mod products;
 pub mod reservations;
 pub mod sales;

@@ -52,6 +52,8 @@ pub struct NewAuction<'a> {
     pub payment_timeout_secs: i32,
 }
 
+#[tracing::instrument(name = "INSERT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "auctions"))]
 pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<AuctionRow, DbErr> {
     let row = AuctionRow::find_by_statement(stmt(
         &format!(
@@ -78,6 +80,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<A
     row.ok_or_else(|| DbErr::RecordNotInserted)
 }
 
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(&format!("SELECT {COLUMNS} FROM auctions WHERE id = $1"), [id.into()]))
         .one(db)
@@ -86,6 +90,8 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionR
 
 /// All auctions, newest start first; or with `current`, only open ones (scheduled or
 /// live), soonest end first.
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn list(
     db: &impl ConnectionTrait,
     offset: u64,
@@ -105,6 +111,8 @@ pub async fn list(
 
 /// The auction, its row locked until the transaction ends: a rebuild holds it while it
 /// reads the bids and sets the new generation, so no bid write falls in between.
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn lock(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(
         &format!("SELECT {COLUMNS} FROM auctions WHERE id = $1 FOR UPDATE"),
@@ -115,6 +123,8 @@ pub async fn lock(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionR
 }
 
 /// From now on only bids of live state `generation` may be written.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn set_generation(db: &impl ConnectionTrait, id: Uuid, generation: &str) -> Result<(), DbErr> {
     db.execute_raw(stmt("UPDATE auctions SET bid_generation = $2 WHERE id = $1", [id.into(), generation.into()]))
         .await
@@ -122,6 +132,8 @@ pub async fn set_generation(db: &impl ConnectionTrait, id: Uuid, generation: &st
 }
 
 /// Open auctions whose end passed more than `grace_ms` ago (the sweeper's backstop).
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn overdue(db: &impl ConnectionTrait, grace_ms: i64) -> Result<Vec<Uuid>, DbErr> {
     ids(
         db,
@@ -159,6 +171,8 @@ pub enum Append {
 /// bids before `first`. So the history never gets a gap or a second bid for one seq, and a
 /// rebuilt state's predecessor cannot write behind its back. The row lock also orders
 /// concurrent writers: the next one waits for this commit, then sees the new count.
+#[tracing::instrument(name = "INSERT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "bids"))]
 pub async fn append_bids(
     db: &impl ConnectionTrait,
     auction_id: Uuid,
@@ -218,6 +232,8 @@ pub async fn append_bids(
 
 /// The written bids with seqs `from..=to`, oldest first (to tell a retry that is in
 /// already from a bid that was refused).
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn bids_between(
     db: &impl ConnectionTrait,
     auction_id: Uuid,
@@ -233,6 +249,8 @@ pub async fn bids_between(
 }
 
 /// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn finish(
     db: &impl ConnectionTrait,
     id: Uuid,
@@ -254,6 +272,8 @@ pub async fn finish(
 
 /// Links the winner's order both ways; the unique `orders.auction_id` makes a second order
 /// for one auction impossible.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn set_order(db: &impl ConnectionTrait, id: Uuid, order_id: Uuid) -> Result<(), DbErr> {
     db.execute_raw(stmt("UPDATE orders SET auction_id = $1 WHERE id = $2", [id.into(), order_id.into()])).await?;
     db.execute_raw(stmt("UPDATE auctions SET order_id = $2 WHERE id = $1", [id.into(), order_id.into()]))
@@ -271,6 +291,8 @@ pub struct BidRow {
 }
 
 /// Newest first.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limit: u64) -> Result<Page<BidRow>, DbErr> {
     let items = BidRow::find_by_statement(stmt(
         "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3",
@@ -283,6 +305,8 @@ pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limi
 }
 
 /// The highest persisted bid (for a rebuild after Redis lost the live state).
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn top_bid(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Option<BidRow>, DbErr> {
     BidRow::find_by_statement(stmt(
         "SELECT seq, user_id, amount, end_at, placed_at FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -304,6 +328,8 @@ pub struct BidLedger {
     pub orders: i64,
 }
 
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLedger, DbErr> {
     let row = BidLedger::find_by_statement(stmt(
         "SELECT (SELECT count(*) FROM bids WHERE auction_id = $1) AS bids, \
