@@ -287,11 +287,14 @@ fn close_server_span(span: &tracing::Span, method: &Method, route: Option<&str>,
     }
 }
 
-/// poem's `/sales/:id/purchase` as OpenAPI and OpenTelemetry write it: `/sales/{id}/purchase`.
+/// poem's `/sales/:param0/purchase` as OpenAPI and OpenTelemetry write it:
+/// `/sales/{id}/purchase`. poem-openapi names path parameters by position (`param0`); in
+/// this API the only path parameter of every route is the resource's id.
 fn route_template(pattern: &str) -> String {
     pattern
         .split('/')
         .map(|segment| match segment.strip_prefix(':') {
+            Some("param0") => "{id}".to_owned(),
             Some(name) => format!("{{{name}}}"),
             None => segment.to_owned(),
         })
@@ -372,7 +375,8 @@ mod tests {
 
     #[test]
     fn route_templates_name_their_parameters_in_braces() {
-        assert_eq!(route_template("/api/v1/sales/:id/purchase"), "/api/v1/sales/{id}/purchase");
+        assert_eq!(route_template("/api/v1/sales/:param0/purchase"), "/api/v1/sales/{id}/purchase");
+        assert_eq!(route_template("/docs/:name"), "/docs/{name}");
         assert_eq!(route_template("/healthz"), "/healthz");
     }
 

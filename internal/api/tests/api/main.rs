@@ -24,4 +24,5 @@ mod orders;
 mod pipeline;
 mod sales;
 mod tls;
+mod traces;
 mod users;

@@ -154,7 +154,8 @@ fn producer_span(message: &Message) -> Span {
         messaging.system = "rabbitmq",
         messaging.operation.type = "send",
         messaging.operation.name = "publish",
-        messaging.destination.name = message.exchange.as_str(),
+        // The default exchange (a publish straight to a queue) is `amq.default` by convention.
+        messaging.destination.name = if message.exchange.is_empty() { "amq.default" } else { message.exchange.as_str() },
         messaging.rabbitmq.destination.routing_key = message.routing_key.as_str(),
         messaging.message.id = message.message_id.as_deref(),
         messaging.message.body.size = message.body.len(),
