@@ -7,18 +7,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::middleware::wrap;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::test::TestClient;
 use poem::web::Data;
-use poem::{EndpointExt, Response, Route, Server, handler, post};
+use poem::{EndpointExt, Response, Route, Server, get, handler, post};
 use prost::Message;
 use serde_json::json;
 
 use crate::helpers::spawn_app_with;
+use crate::http::policy;
 use crate::sales::{confirmed, sale};
 
 /// The caller's trace and span, as a gateway would send them.
@@ -254,4 +259,40 @@ async fn one_purchase_is_one_trace_from_the_callers_request_to_the_delayed_close
             assert!(!noise, "{} carries {}", span.name, kv.key);
         }
     }
+}
+
+#[handler]
+fn boom() -> &'static str {
+    panic!("a bug in a handler")
+}
+
+#[tokio::test]
+async fn a_5xx_marks_the_server_span_as_failed_and_a_4xx_does_not() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint.clone();
+    let app = spawn_app_with(move |s| s.telemetry.otlp_endpoint = endpoint).await;
+    let missing = uuid::Uuid::now_v7();
+    app.get(&format!("/api/v1/sales/{missing}"), None).await.error(404, "NOT_FOUND", None);
+    let client = TestClient::new(wrap(Route::new().at("/boom", get(boom)), policy(Duration::from_secs(5))));
+    client.get("/boom").send().await.assert_status(poem::http::StatusCode::INTERNAL_SERVER_ERROR);
+
+    let failed = |span: &Span| span.status.as_ref().is_some_and(|status| status.code == 2);
+    app.eventually(10, "both server spans are exported", || async {
+        tokio::task::spawn_blocking(platform::telemetry::flush).await.unwrap();
+        let spans = receiver.all();
+        let not_found = spans.iter().find(|s| s.name == "GET /api/v1/sales/{id}").cloned();
+        // A panic loses the route (the panic is caught outside the router): the span is `GET`.
+        let panicked = spans.iter().find(|s| attr(s, "url.path").as_deref() == Some("/boom")).cloned();
+        match (not_found, panicked) {
+            (Some(not_found), Some(panicked)) => {
+                assert_eq!(attr(&not_found, "http.response.status_code").as_deref(), Some("404"));
+                assert!(!failed(&not_found), "a 4xx is the client's error, not the server's");
+                assert_eq!(attr(&panicked, "http.response.status_code").as_deref(), Some("500"));
+                assert!(failed(&panicked), "a 5xx is a failed server span");
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
 }
