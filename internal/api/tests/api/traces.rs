@@ -203,6 +203,11 @@ async fn one_purchase_is_one_trace_from_the_callers_request_to_the_delayed_close
     assert_eq!(attr(server, "http.route").as_deref(), Some("/api/v1/sales/{id}/purchase"));
     assert_eq!(attr(server, "http.response.status_code").as_deref(), Some("202"));
     assert!(traceparent.contains(&hex(&server.span_id)), "{traceparent}");
+    assert_eq!(server.trace_state, "gateway=1", "the caller's tracestate is kept");
+    // The span's fields are what the JSON logs print with each line of the request.
+    let request_id = reply.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(attr(server, "request_id").as_deref(), Some(request_id));
+    assert_eq!(attr(server, "trace_id").as_deref(), Some(TRACE_ID));
 
     let reserve = trace.one("EVALSHA reserve_stock");
     assert_eq!(kind(reserve), SpanKind::Client);
