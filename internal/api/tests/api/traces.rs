@@ -301,3 +301,31 @@ async fn a_5xx_marks_the_server_span_as_failed_and_a_4xx_does_not() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn with_a_zero_sample_ratio_only_callers_sampled_traces_are_exported() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint.clone();
+    let app = spawn_app_with(move |s| {
+        s.telemetry.otlp_endpoint = endpoint;
+        s.telemetry.sample_ratio = 0.0;
+    })
+    .await;
+    let unsampled = app.get("/api/v1/sales", None).await;
+    assert_eq!(unsampled.status, 200);
+    let traceparent = unsampled.headers["traceparent"].to_str().unwrap();
+    assert!(traceparent.ends_with("-00"), "not sampled, and says so: {traceparent}");
+
+    let sampled =
+        app.client.get(app.url("/api/v1/sales")).header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"));
+    assert_eq!(app.send(sampled).await.status, 200);
+    app.eventually(10, "the caller's trace is exported", || async {
+        tokio::task::spawn_blocking(platform::telemetry::flush).await.unwrap();
+        !receiver.trace(TRACE_ID).0.is_empty()
+    })
+    .await;
+    // The unsampled request ended first: had it been sampled, this flush would have sent it.
+    let others: Vec<String> =
+        receiver.all().iter().filter(|s| hex(&s.trace_id) != TRACE_ID).map(|s| s.name.clone()).collect();
+    assert!(others.is_empty(), "only the caller's trace: {others:?}");
+}
