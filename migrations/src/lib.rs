@@ -6,7 +6,8 @@
 //! - `m20261123_000002_catalog_orders`: products, orders, idempotency keys, the outbox;
 //! - `m20261123_000003_sales`: flash sales, their buyers and reservations;
 //! - `m20261123_000004_auctions`: auctions and their bids;
-//! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order.
+//! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order;
+//! - `m20261202_000006_reservation_idempotency`: a purchase's Idempotency-Key, kept with its outcome.
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -16,6 +17,7 @@ mod m20261123_000002_catalog_orders;
 mod m20261123_000003_sales;
 mod m20261123_000004_auctions;
 mod m20261201_000005_bid_generation;
+mod m20261202_000006_reservation_idempotency;
 
 pub struct Migrator;
 
@@ -28,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_sales::Migration),
             Box::new(m20261123_000004_auctions::Migration),
             Box::new(m20261201_000005_bid_generation::Migration),
+            Box::new(m20261202_000006_reservation_idempotency::Migration),
         ]
     }
 }

@@ -93,7 +93,16 @@ impl ReserveApi {
     #[oai(path = "/reserve", method = "post")]
     async fn reserve(&self) -> Json<Reserved> {
         let keys = self.keys.sale(self.sale);
-        let answer = sales::reserve(&mut self.redis.clone(), &keys, Uuid::new_v4(), 1, Uuid::now_v7(), None, 0).await;
+        let ask = sales::Ask {
+            user_id: Uuid::new_v4(),
+            quantity: 1,
+            reservation_id: Uuid::now_v7(),
+            idempotency_key: None,
+            fingerprint: "q1",
+            idempotency_ttl_ms: 0,
+            deadline_ms: 60_000,
+        };
+        let answer = sales::reserve(&mut self.redis.clone(), &keys, &ask).await;
         Json(Reserved { reserved: matches!(answer, Ok(sales::Reserve::Reserved { .. })) })
     }
 }
@@ -120,6 +129,8 @@ async fn main() -> anyhow::Result<()> {
                 generation: "bench".into(),
                 expire_at_ms: far,
                 buyers: vec![],
+                keys: vec![],
+                idempotency_ttl_ms: 0,
             };
             sales::load(&mut redis.clone(), &keys.sale(sale), &snapshot).await?;
             let api = OpenApiService::new(ReserveApi { redis, keys, sale }, "reserve", "1");

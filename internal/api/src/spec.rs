@@ -342,9 +342,16 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
             &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, ORDER_NOT_PENDING, SERVICE_UNAVAILABLE]
         }
         ("post", "/sales") => &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, INSUFFICIENT_STOCK, SERVICE_UNAVAILABLE],
-        ("post", "/sales/{id}/purchase") => {
-            &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, SOLD_OUT, LIMIT_REACHED, NOT_ACTIVE, SERVICE_UNAVAILABLE]
-        }
+        ("post", "/sales/{id}/purchase") => &[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            SOLD_OUT,
+            LIMIT_REACHED,
+            NOT_ACTIVE,
+            IDEMPOTENCY_KEY_REUSED,
+            SERVICE_UNAVAILABLE,
+        ],
         ("post", "/auctions/{id}/bids") => {
             &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, BID_TOO_LOW, AUCTION_CLOSED, SERVICE_UNAVAILABLE]
         }

@@ -279,6 +279,9 @@ pub struct CacheSettings {
 pub struct SaleSettings {
     pub sold_out_flag_ms: u64,
     pub reservation_status_ttl_secs: NonZeroU64,
+    /// How long a reservation may stay unconfirmed by the broker before the worker's
+    /// reaper undoes it (its API process died, or its Redis reply was lost).
+    pub reservation_deadline_ms: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +419,11 @@ impl Settings {
             if !ok {
                 return Err(invalid(key, "must be non-empty: letters, digits, - _ . :"));
             }
+        }
+        if self.sales.reservation_deadline_ms.get() <= 2 * self.amqp.confirm_timeout_ms.get() + 1000 {
+            // The longest a purchase waits for its confirm: a shorter deadline would undo
+            // reservations whose confirm is merely slow.
+            return Err(invalid("sales.reservation_deadline_ms", "must exceed 2 x amqp.confirm_timeout_ms + 1000"));
         }
         if self.jwt.secret.expose_secret().len() < 32 {
             return Err(invalid("jwt.secret", "must be at least 32 bytes"));

@@ -11,6 +11,7 @@
 //!   their consumers and sweepers;
 //! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
 //!   publisher behind it; [`order_consumer`]: the order and restock consumers;
+//!   [`undo`]: undoing reservations that will not become orders, and the worker's reaper;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
 //!   Postgres, in order, before they are answered; [`live`]: the local fan-out to WebSocket watchers;
@@ -39,6 +40,7 @@ pub mod reservation_publisher;
 pub mod sales;
 pub mod seed;
 pub mod singleflight;
+pub mod undo;
 pub mod verify;
 pub mod worker;
 
@@ -89,6 +91,7 @@ pub struct Services {
     pub orders: orders::OrderService,
     pub sales: sales::SaleService,
     pub order_consumer: order_consumer::OrderConsumer,
+    pub undo: undo::Undo,
     pub auctions: auctions::AuctionService,
     pub auction_closer: closer::AuctionCloser,
     pub live: Arc<live::LiveHub>,
@@ -131,6 +134,7 @@ impl Services {
             settings.sales.clone(),
             idempotency_ttl,
         );
+        let undo = sales.undo().clone();
         let order_consumer =
             order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
         let auctions = auctions::AuctionService::new(
@@ -143,7 +147,7 @@ impl Services {
         let auction_closer =
             closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, auction_closer, live })
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, undo, auctions, auction_closer, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).

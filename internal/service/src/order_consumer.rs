@@ -182,6 +182,8 @@ impl OrderConsumer {
                     reason: Some(FailureReason::NotProcessed.as_str()),
                     reserved_at: r.reserved_at,
                     generation: r.generation.clone(),
+                    idempotency_key: r.idempotency_key.clone(),
+                    fingerprint: r.fingerprint.clone(),
                 })
                 .collect();
             sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
@@ -300,6 +302,8 @@ impl Decision<'_> {
             reason: self.refusal.map(FailureReason::as_str),
             reserved_at: self.reservation.reserved_at,
             generation: self.reservation.generation.clone(),
+            idempotency_key: self.reservation.idempotency_key.clone(),
+            fingerprint: self.reservation.fingerprint.clone(),
         }
     }
 
@@ -336,14 +340,10 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            // The consumer records failures with one of these three reasons only; the reason
-            // is what the buyer sees, the release is the same for all of them.
-            refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
-                match row.reason.as_deref().map(str::parse) {
-                    Some(Ok(reason @ (FailureReason::LimitReached | FailureReason::NotProcessed))) => reason,
-                    _ => FailureReason::SoldOut,
-                }
-            }),
+            // The reason is what the buyer sees; the release is the same for all of them
+            // (`broker_unavailable`: an undo recorded it, and this copy arrived after all).
+            refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed))
+                .then(|| row.reason.as_deref().and_then(|r| r.parse().ok()).unwrap_or(FailureReason::SoldOut)),
         }
     }
 
@@ -389,6 +389,8 @@ mod tests {
             quantity,
             generation: "g".into(),
             reserved_at: Utc::now(),
+            idempotency_key: None,
+            fingerprint: None,
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::OutboxRelay;
-use crate::{Deps, Services, closer, order_consumer};
+use crate::{Deps, Services, closer, order_consumer, undo};
 
 pub struct Workers {
     tasks: JoinSet<()>,
@@ -78,6 +78,11 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         every(settings.auctions.sweep_interval_secs),
         stop.clone(),
     ));
+    // Reservations nobody finished (their API died between reserve and confirm) are undone
+    // a few times per deadline, so none outlives its deadline by much.
+    let deadline = Duration::from_millis(settings.sales.reservation_deadline_ms.get());
+    let reaper = services.undo.clone();
+    workers.tasks.spawn(undo::reap_forever(reaper, (deadline / 4).max(Duration::from_millis(100)), stop.clone()));
     workers.tasks.spawn(closer::sweep_orders(
         deps.db.clone(),
         services.orders.clone(),

@@ -16,7 +16,7 @@ use crate::helpers::{Session, TestApp, spawn_app, spawn_app_with, spawn_sibling}
 use crate::proxy::TcpProxy;
 
 /// `url` with its `host:port` replaced by `proxy`.
-fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
+pub(crate) fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
     let url = url.expose_secret();
     SecretString::from(url.replacen(&platform::connect::address_of(url), &proxy.to_string(), 1))
 }
@@ -198,7 +198,7 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
     .await;
 }
 
-async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
+pub(crate) async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
     let deps = &app.services.deps;
     service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
 }
@@ -296,17 +296,46 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
 
 /// A reservation made by the Lua script, as the purchase path makes it, and the delivery
 /// that carries it to the order consumer; no broker involved.
-async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
+pub(crate) async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
+    reserve_with_deadline(app, sale, buyer, quantity, 600_000, None).await
+}
+
+/// [`reserve_directly`], with the deadline after which the reaper may undo it, and an
+/// `Idempotency-Key`.
+pub(crate) async fn reserve_with_deadline(
+    app: &TestApp,
+    sale: &str,
+    buyer: &Session,
+    quantity: u32,
+    deadline_ms: u64,
+    key: Option<&str>,
+) -> repo::mq::Delivery {
     let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
     let deps = &app.services.deps;
     let id = uuid::Uuid::now_v7();
     let keys = deps.keys().sale(sale_id);
     let mut redis = deps.redis.clone();
-    let reserved = repo::cache::sales::reserve(&mut redis, &keys, user_id, quantity, id, None, 60_000).await.unwrap();
+    let ask = repo::cache::sales::Ask {
+        user_id,
+        quantity,
+        reservation_id: id,
+        idempotency_key: key,
+        fingerprint: &format!("q{quantity}"),
+        idempotency_ttl_ms: 60_000,
+        deadline_ms,
+    };
+    let reserved = repo::cache::sales::reserve(&mut redis, &keys, &ask).await.unwrap();
     let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
-    let quantity = quantity as i32;
-    let reservation =
-        repo::mq::messages::Reservation { id, sale_id, user_id, quantity, generation, reserved_at: Utc::now() };
+    let reservation = repo::mq::messages::Reservation {
+        id,
+        sale_id,
+        user_id,
+        quantity: quantity as i32,
+        generation,
+        reserved_at: Utc::now(),
+        idempotency_key: None,
+        fingerprint: None,
+    };
     let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
     repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false }
 }

@@ -22,6 +22,7 @@ mod health;
 mod http;
 mod orders;
 mod pipeline;
+mod reservations;
 mod sales;
 mod tls;
 mod traces;

@@ -460,21 +460,27 @@ async fn an_undo_and_the_consumers_claim_exclude_each_other() {
     // on the confirm; the undo then refuses, and the API answers 202.
     let claimed = repo::cache::sales::claim(&mut redis, &keys, &[stored.parse().unwrap()]).await.unwrap();
     assert_eq!(claimed, [true]);
-    let undone =
-        repo::cache::sales::undo(&mut redis, &keys, ann.user_id.parse().unwrap(), stored.parse().unwrap(), None);
-    assert!(!undone.await.unwrap(), "a claimed reservation is never undone");
+    let held = |session: &Session, id: &str| repo::cache::sales::Held {
+        reservation_id: id.parse().unwrap(),
+        user_id: session.user_id.parse().unwrap(),
+        quantity: 1,
+    };
+    let undo = &api.services.undo;
+    let sale_id = sale.parse().unwrap();
+    assert!(!undo.reservation(sale_id, held(&ann, &stored)).await.unwrap(), "a claimed reservation is never undone");
 
     // Bob's publish "failed" first: the undo returns his unit, and his late message must
     // then be dropped by the consumer.
-    let undone = repo::cache::sales::undo(&mut redis, &keys, bob.user_id.parse().unwrap(), late.parse().unwrap(), None);
-    assert!(undone.await.unwrap());
+    assert!(undo.reservation(sale_id, held(&bob, &late)).await.unwrap());
     assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
 
     let worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
     assert_eq!(confirmed(&api, &ann, &stored).await["status"], "confirmed");
     // Both messages (one per purchase) consumed, the late one dropped.
     wait_for_metric(r#"amqp_consumed_total{queue="sale.reservations",outcome="ack"}"#, 2.0).await;
-    assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 1);
+    assert_eq!(api.scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'").await, 1);
+    let undone = "SELECT count(*) FROM reservations WHERE status = 'failed' AND reason = 'broker_unavailable'";
+    assert_eq!(api.scalar(undone).await, 1, "the undo is recorded");
     assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1, "no order for the undone one");
     let bobs = format!("SELECT count(*) FROM orders WHERE user_id = '{}'", bob.user_id);
     assert_eq!(api.scalar(&bobs).await, 0);

@@ -130,6 +130,20 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
     Ok(Page { items, total: total as u64 })
 }
 
+/// The sales whose hot state may hold reservations: started, and whose Redis keys have not
+/// expired yet (a day after the end).
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
+pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: Uuid,
+    }
+    let sql = "SELECT id FROM sales WHERE start_at <= now() AND end_at > now() - interval '1 day'";
+    let rows = Id::find_by_statement(stmt(sql, Vec::<Value>::new())).all(db).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
 /// Units each buyer holds (pending or paid orders).
 #[tracing::instrument(name = "SELECT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "SELECT", db.collection.name = "sale_buyers"))]
@@ -252,6 +266,9 @@ pub struct NewReservation {
     pub reason: Option<&'static str>,
     pub reserved_at: DateTime<Utc>,
     pub generation: String,
+    /// The purchase's `Idempotency-Key` and body fingerprint, if it had a key.
+    pub idempotency_key: Option<String>,
+    pub fingerprint: Option<String>,
 }
 
 /// Records outcomes; the primary key makes a second recording of a reservation fail, which
@@ -275,13 +292,19 @@ pub async fn insert_reservations(
     let reasons: Vec<String> = rows.iter().map(|r| r.reason.unwrap_or("").to_owned()).collect();
     let reserved: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reserved_at).collect();
     let generations: Vec<String> = rows.iter().map(|r| r.generation.clone()).collect();
+    // No key: the empty string stands for NULL (a key has at least one character).
+    let keys: Vec<String> = rows.iter().map(|r| r.idempotency_key.clone().unwrap_or_default()).collect();
+    let prints: Vec<String> = rows.iter().map(|r| r.fingerprint.clone().unwrap_or_default()).collect();
     db.execute_raw(stmt(
-        "INSERT INTO reservations (id, sale_id, user_id, quantity, status, order_id, reason, reserved_at, sale_version, generation) \
+        "INSERT INTO reservations (id, sale_id, user_id, quantity, status, order_id, reason, reserved_at, sale_version, \
+                                   generation, idempotency_key, fingerprint) \
          SELECT id, $2, user_id, quantity, \
                 CASE WHEN order_id = '00000000-0000-0000-0000-000000000000' THEN 'failed' ELSE 'confirmed' END, \
-                NULLIF(order_id, '00000000-0000-0000-0000-000000000000'), NULLIF(reason, ''), reserved_at, $3, generation \
-         FROM unnest($1::uuid[], $4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::timestamptz[], $9::text[]) \
-              AS r(id, user_id, quantity, order_id, reason, reserved_at, generation)",
+                NULLIF(order_id, '00000000-0000-0000-0000-000000000000'), NULLIF(reason, ''), reserved_at, $3, generation, \
+                NULLIF(idem, ''), NULLIF(print, '') \
+         FROM unnest($1::uuid[], $4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::timestamptz[], $9::text[], \
+                     $10::text[], $11::text[]) \
+              AS r(id, user_id, quantity, order_id, reason, reserved_at, generation, idem, print)",
         [
             ids.into(),
             sale_id.into(),
@@ -292,10 +315,40 @@ pub async fn insert_reservations(
             reasons.into(),
             reserved.into(),
             generations.into(),
+            keys.into(),
+            prints.into(),
         ],
     ))
     .await
     .map(|_| ())
+}
+
+/// An `Idempotency-Key` a purchase of the sale was made with, and what it replays.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct KeyRow {
+    pub user_id: Uuid,
+    pub idempotency_key: String,
+    pub id: Uuid,
+    pub fingerprint: String,
+}
+
+/// The keys of the sale's reservations made since `since`, except those undone because
+/// their message was not confirmed (a retry with such a key reserves again).
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
+pub async fn idempotency_keys(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<KeyRow>, DbErr> {
+    KeyRow::find_by_statement(stmt(
+        "SELECT user_id, idempotency_key, id, COALESCE(fingerprint, '') AS fingerprint FROM reservations \
+         WHERE sale_id = $1 AND idempotency_key IS NOT NULL AND reserved_at > $2 \
+           AND reason IS DISTINCT FROM 'broker_unavailable'",
+        [sale_id.into(), since.into()],
+    ))
+    .all(db)
+    .await
 }
 
 /// A closed or cancelled sale order's units, found through its reservation.

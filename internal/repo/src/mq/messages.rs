@@ -27,6 +27,12 @@ pub struct Reservation {
     /// The Redis hot-state generation that reserved it (see `cache::sales`).
     pub generation: String,
     pub reserved_at: chrono::DateTime<chrono::Utc>,
+    /// The purchase's `Idempotency-Key` and the fingerprint of its body: the consumer keeps
+    /// them with the outcome, so that they survive a loss of Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// `sale.reserve`: many reservations in one message, so one broker confirm and one
