@@ -8,6 +8,7 @@
 //! - `m20261123_000004_auctions`: auctions and their bids;
 //! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order;
 //! - `m20261202_000006_reservation_idempotency`: a purchase's Idempotency-Key, kept with its outcome.
+//! - `m20261202_000009_buy_now_second_chance`: buy-it-now, and several orders per auction (one live).
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -18,6 +19,7 @@ mod m20261123_000003_sales;
 mod m20261123_000004_auctions;
 mod m20261201_000005_bid_generation;
 mod m20261202_000006_reservation_idempotency;
+mod m20261202_000009_buy_now_second_chance;
 
 pub struct Migrator;
 
@@ -31,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_auctions::Migration),
             Box::new(m20261201_000005_bid_generation::Migration),
             Box::new(m20261202_000006_reservation_idempotency::Migration),
+            Box::new(m20261202_000009_buy_now_second_chance::Migration),
         ]
     }
 }

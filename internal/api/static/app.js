@@ -513,6 +513,9 @@ class AuctionCard {
     this.seq = auction.bid_count;     // the number of accepted bids so far
     this.endAt = auction.end_at;
     this.winnerId = auction.winner_id;
+    // Buy-now: its price while on offer (until a bid meets the reserve), else null.
+    this.reserveCents = auction.reserve_price === null ? null : toCents(auction.reserve_price);
+    this.buyNowCents = auction.buy_now_price == null ? null : toCents(auction.buy_now_price);
     this.outbid = false;
     this.bidding = false;
     // The socket and its reconnect backoff.
@@ -526,6 +529,8 @@ class AuctionCard {
     this.customButton = part(this.element, 'bid-custom-button');
     this.amountInput = part(this.element, 'bid-amount');
     this.messageLine = part(this.element, 'auction-message');
+    this.buyNowButton = part(this.element, 'buy-now-button');
+    this.buyNowButton.addEventListener('click', () => this.buyNow());
     this.bidButton.addEventListener('click', () => this.bid(this.minNextBidCents()));
     this.customButton.addEventListener('click', () => this.bidCustom());
     this.amountInput.addEventListener('keydown', (event) => {
@@ -556,6 +561,7 @@ class AuctionCard {
       if (message.type === 'state') this.onState(message);
       else if (message.type === 'bid') this.onBid(message);
       else if (message.type === 'closed') this.onClosed(message);
+      else if (message.type === 'second_chance') this.onSecondChance(message);
     });
 
     socket.addEventListener('close', () => {
@@ -593,6 +599,7 @@ class AuctionCard {
     }
     this.status = message.status;
     this.winnerId = message.winner_id;
+    this.buyNowCents = message.buy_now_price == null ? null : toCents(message.buy_now_price);
     if (this.closed) {
       this.disconnect();
       this.setConnection('closed', 'auction over');
@@ -605,6 +612,17 @@ class AuctionCard {
     if (message.seq <= this.seq) return;
     this.moveTo(message.price, message.leader_id, message.seq, message.end_at);
     this.render();
+  }
+
+  /** The winner did not pay: the lot went to the next bidder at their highest bid. */
+  onSecondChance(message) {
+    this.winnerId = message.winner_id;
+    this.priceCents = toCents(message.price);
+    this.render();
+    if (isMe(this.winnerId)) {
+      this.note(`The winner did not pay: the lot is offered to you at ${message.price}.`, 'ok');
+      refreshOrders();
+    }
   }
 
   onClosed(message) {
@@ -628,6 +646,10 @@ class AuctionCard {
     this.leaderId = leaderId;
     this.seq = seq;
     this.endAt = endAt; // anti-sniping may have moved the end out
+    // Buy-now goes with the first bid that meets the reserve (the first bid without one).
+    if (this.priceCents !== null && (this.reserveCents === null || this.priceCents >= this.reserveCents)) {
+      this.buyNowCents = null;
+    }
     if (isMe(leaderId)) {
       this.outbid = false;
     } else if (wasLeading && leaderId) {
@@ -681,6 +703,28 @@ class AuctionCard {
     }
   }
 
+  async buyNow() {
+    this.bidding = true;
+    this.render();
+    this.note(`Buying for ${formatCents(this.buyNowCents)}…`, 'pending');
+    try {
+      const order = await api('POST', `/auctions/${this.id}/buy-now`, {});
+      // The socket's "closed" names us as the winner; the order is ours already.
+      this.note(`Bought for ${order.total}: pay in My orders.`, 'ok');
+      refreshOrders();
+    } catch (err) {
+      if (err.code === 'BUY_NOW_UNAVAILABLE') {
+        this.buyNowCents = null;
+        this.note('Buy now is no longer available.', 'error');
+      } else {
+        this.note(errorText(err), 'error');
+      }
+    } finally {
+      this.bidding = false;
+      this.render();
+    }
+  }
+
   // --- drawing ---------------------------------------------------------------------
 
   /** Before start_at the server says "scheduled"; after it, the auction is live. */
@@ -719,6 +763,9 @@ class AuctionCard {
     this.customButton.disabled = !canBid;
     this.amountInput.disabled = !canBid;
     this.bidButton.textContent = session.user ? `Bid ${formatCents(this.minNextBidCents())}` : 'Log in to bid';
+    this.buyNowButton.hidden = this.buyNowCents === null || this.closed;
+    this.buyNowButton.disabled = !canBid;
+    if (this.buyNowCents !== null) this.buyNowButton.textContent = `Buy now for ${formatCents(this.buyNowCents)}`;
     element.querySelector('.bidding').hidden = this.closed;
 
     this.renderResult();

@@ -289,7 +289,12 @@ pub struct SaleSettings {
 pub struct AuctionSettings {
     pub bid_write_timeout_ms: NonZeroU64,
     pub sweep_interval_secs: NonZeroU64,
+    /// How many times an unpaid winner's lot goes to the next bidder (0: never).
+    pub second_chance_offers: u32,
 }
+
+/// At most this many second-chance offers: each one waits a whole payment timeout.
+pub const MAX_SECOND_CHANCE_OFFERS: u32 = 10;
 
 /// How long a purchase or a bid sent again with the same `Idempotency-Key` replays the
 /// first answer. (Orders keep their keys in Postgres, for good.)
@@ -438,6 +443,12 @@ impl Settings {
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.get() {
             return Err(invalid("argon2.memory_kib", "must be at least 8 x parallelism"));
         }
+        if self.auctions.second_chance_offers > MAX_SECOND_CHANCE_OFFERS {
+            return Err(invalid(
+                "auctions.second_chance_offers",
+                format!("must be between 0 and {MAX_SECOND_CHANCE_OFFERS}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -536,6 +547,15 @@ mod tests {
             let err = load(None, &[(var, "0")]).unwrap_err();
             assert_eq!(err.to_string(), format!("invalid configuration: {key}: must be greater than 0"));
         }
+    }
+
+    #[test]
+    fn second_chance_offers_default_to_two_and_zero_turns_them_off() {
+        assert_eq!(load(None, &[]).unwrap().auctions.second_chance_offers, 2);
+        let off = load(None, &[("SPIKE__AUCTIONS__SECOND_CHANCE_OFFERS", "0")]).unwrap();
+        assert_eq!(off.auctions.second_chance_offers, 0);
+        let err = load(None, &[("SPIKE__AUCTIONS__SECOND_CHANCE_OFFERS", "11")]).unwrap_err();
+        assert!(err.to_string().contains("auctions.second_chance_offers: must be between 0 and 10"), "{err}");
     }
 
     #[test]

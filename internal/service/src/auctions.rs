@@ -36,6 +36,8 @@ pub struct AuctionView {
     pub start_price: Money,
     pub min_increment: Money,
     pub reserve_price: Option<Money>,
+    /// Only while buy-now is on offer (see [`buy_now_on_offer`]).
+    pub buy_now_price: Option<Money>,
     pub current_price: Option<Money>,
     pub leader_id: Option<Uuid>,
     pub bid_count: i64,
@@ -55,6 +57,7 @@ impl AuctionView {
     fn new(row: AuctionRow, live: Option<live::Live>) -> Self {
         let start_price = Money::from_decimal(row.start_price);
         let min_increment = Money::from_decimal(row.min_increment);
+        let closed_in_redis = live.as_ref().is_some_and(|l| l.closed);
         let (current_price, leader_id, bid_count, end_at) = match &live {
             Some(l) => (
                 (l.seq > 0).then(|| Money::from_cents(l.price_cents)),
@@ -70,13 +73,16 @@ impl AuctionView {
             _ if Utc::now() < row.start_at => AuctionStatus::Scheduled,
             _ => AuctionStatus::Live,
         };
+        let reserve_price = row.reserve_price.map(Money::from_decimal);
+        let on_offer = !status.is_closed() && !closed_in_redis && buy_now_on_offer(reserve_price, current_price);
         Self {
             id: row.id,
             title: row.title,
             description: row.description,
             start_price,
             min_increment,
-            reserve_price: row.reserve_price.map(Money::from_decimal),
+            reserve_price,
+            buy_now_price: row.buy_now_price.map(Money::from_decimal).filter(|_| on_offer),
             min_next_bid: min_next_bid(current_price, start_price, min_increment),
             current_price,
             leader_id,
@@ -90,6 +96,16 @@ impl AuctionView {
             winner_id: row.winner_id,
             order_id: row.order_id,
         }
+    }
+}
+
+/// Buy-now stays on offer until the first bid that meets the reserve (the first bid when
+/// there is no reserve); `buy_now.lua` decides, this only says what to show.
+fn buy_now_on_offer(reserve: Option<Money>, current_price: Option<Money>) -> bool {
+    match (reserve, current_price) {
+        (_, None) => true,
+        (Some(reserve), Some(price)) => price < reserve,
+        (None, Some(_)) => false,
     }
 }
 
@@ -159,6 +175,7 @@ impl AuctionService {
                 start_price: new.start_price.decimal(),
                 min_increment: new.min_increment.decimal(),
                 reserve_price: new.reserve_price.map(Money::decimal),
+                buy_now_price: new.buy_now_price.map(Money::decimal),
                 start_at: new.start_at,
                 end_at: new.end_at,
                 extend_window_secs: new.extend_window_secs as i32,

@@ -42,6 +42,8 @@ pub enum Error {
     BidTooLow { current: Option<Money>, minimum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
+    #[error("{0}")]
+    BuyNowUnavailable(&'static str),
     /// A dependency did not answer. The cause goes to the log with the request (once, by
     /// the API layer), never to the client.
     #[error("{service} is unavailable")]

@@ -8,7 +8,8 @@
 //! - [`catalog`]: products and the cache-aside product cache ([`singleflight`]);
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
 //! - [`relay`]: the outbox relay; [`closer`]: closing unpaid orders and ended auctions,
-//!   their consumers and sweepers;
+//!   their consumers and sweepers, and buy-it-now; [`second_chance`]: an unpaid auction
+//!   order passes the lot to the next bidder;
 //! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
 //!   publisher behind it; [`order_consumer`]: the order and restock consumers;
 //!   [`undo`]: undoing reservations that will not become orders, and the worker's reaper;
@@ -38,6 +39,7 @@ pub mod pubsub;
 pub mod relay;
 pub mod reservation_publisher;
 pub mod sales;
+pub mod second_chance;
 pub mod seed;
 pub mod singleflight;
 pub mod undo;
@@ -110,6 +112,11 @@ impl Services {
             deps.db.clone(),
             catalog.cache().clone(),
             settings.orders.payment_timeout_secs.get(),
+            orders::Lots {
+                redis: deps.redis.clone(),
+                keys: deps.keys(),
+                second_chance_offers: settings.auctions.second_chance_offers,
+            },
         );
         let status_ttl_secs = settings.sales.reservation_status_ttl_secs.get();
         let idempotency_ttl = Duration::from_secs(settings.idempotency.ttl_secs.get());

@@ -17,14 +17,34 @@ use uuid::Uuid;
 /// A live auction event, decoded from what the bid path and the closer publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
-    Closed { auction_id: Uuid, status: AuctionStatus, winner: Option<Uuid>, price: Option<Money> },
+    Bid {
+        auction_id: Uuid,
+        price: Money,
+        leader: Uuid,
+        seq: i64,
+        end_at: DateTime<Utc>,
+        min_next_bid: Money,
+    },
+    Closed {
+        auction_id: Uuid,
+        status: AuctionStatus,
+        winner: Option<Uuid>,
+        price: Option<Money>,
+    },
+    /// The winner left the order unpaid: the lot went to the next bidder.
+    SecondChance {
+        auction_id: Uuid,
+        winner: Uuid,
+        price: Money,
+    },
 }
 
 impl Event {
     pub fn auction_id(&self) -> Uuid {
         match self {
-            Event::Bid { auction_id, .. } | Event::Closed { auction_id, .. } => *auction_id,
+            Event::Bid { auction_id, .. }
+            | Event::Closed { auction_id, .. }
+            | Event::SecondChance { auction_id, .. } => *auction_id,
         }
     }
 
@@ -48,6 +68,9 @@ impl Event {
                     price: (cents > 0).then(|| Money::from_cents(cents)),
                     status,
                 }
+            }
+            LiveEvent::SecondChance { auction_id, winner, price_cents } => {
+                Event::SecondChance { auction_id, winner, price: Money::from_cents(price_cents.parse().ok()?) }
             }
         })
     }
@@ -86,11 +109,12 @@ impl LiveHub {
 }
 
 /// Bids are announced by the request that placed them, once written, so two of them may
-/// reach pub/sub in either order: an older price never replaces a newer one, and nothing
-/// follows the close.
+/// reach pub/sub in either order: an older price never replaces a newer one, and no bid
+/// follows the close (only what happens to the lot afterwards: second-chance offers, and
+/// `unsold` when none was paid).
 fn is_newer(latest: Option<&Event>, event: &Event) -> bool {
     match (latest, event) {
-        (Some(Event::Closed { .. }), _) => false,
+        (Some(Event::Closed { .. } | Event::SecondChance { .. }), Event::Bid { .. }) => false,
         (Some(Event::Bid { seq: seen, .. }), Event::Bid { seq, .. }) => seq > seen,
         _ => true,
     }
@@ -150,6 +174,10 @@ mod tests {
         hub.publish(closed.clone());
         hub.publish(bid(auction, 3));
         assert_eq!(*watcher.borrow_and_update(), Some(closed));
+        let offer = Event::SecondChance { auction_id: auction, winner: Uuid::nil(), price: Money::from_cents(900) };
+        hub.publish(offer.clone());
+        hub.publish(bid(auction, 4));
+        assert_eq!(*watcher.borrow_and_update(), Some(offer), "a second-chance offer follows the close");
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn new_auction(services: &Services, admin: &Caller, now: DateTime<Utc>) ->
         start_price: "10.00",
         min_increment: "1.00",
         reserve_price: Some("50.00"),
+        buy_now_price: Some("200.00"),
         start_at: now,
         end_at: now + WINDOW,
         extend_window_secs: 10,

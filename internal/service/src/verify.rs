@@ -156,7 +156,8 @@ fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
 }
 
 /// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
-/// the winner holding the highest bid, at most one order.
+/// the winner holding the highest bid (or a second-chance offer's bid, or the buy-now
+/// price), at most one order pending or paid.
 pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auction_id: Uuid) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
@@ -186,36 +187,102 @@ pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auctio
         (top, None) => top.is_some(),
         (None, Some(_)) => false,
     };
-    match row.status.as_str() {
-        "open" => report.check(
+    if row.status == "open" {
+        report.check(
             !overdue(Some(row.end_at)),
             format!("an open auction is not past its end by more than {}s (end {})", OVERDUE.num_seconds(), row.end_at),
+        );
+    }
+    let orders = auctions::orders_of(db, auction_id).await?;
+    if row.bought_now {
+        check_bought_now(&mut report, &row, &orders, reserve_met);
+    } else {
+        let highest = auctions::highest_bids(db, auction_id).await?;
+        check_offers(&mut report, &row, &ledger, &orders, &highest, reserve_met);
+    }
+    Ok(report)
+}
+
+/// A buy-now: only while no bid had met the reserve, one order at the buy-now price to
+/// the winner, and no second chance (unpaid, it ends unsold).
+fn check_bought_now(report: &mut Report, row: &auctions::AuctionRow, orders: &[auctions::LotOrder], reserve_met: bool) {
+    report.check(!reserve_met, "bought now: no bid had met the reserve (the first bid, without one)");
+    let one = match orders {
+        [only] => only.total == row.buy_now_price.unwrap_or_default(),
+        _ => false,
+    };
+    report.check(
+        one,
+        format!("bought now: one order, at the buy-now price {:?} ({} order(s))", row.buy_now_price, orders.len()),
+    );
+    if let (Some(order), "sold") = (orders.first(), row.status.as_str()) {
+        report.check(
+            row.winner_id == Some(order.user_id) && row.final_price == Some(order.total),
+            format!("the buyer {:?} holds the order at {:?}", row.winner_id, row.final_price),
+        );
+    }
+}
+
+/// A lot won by bidding: the first order is the top bidder's at the top bid; each later
+/// one (a second-chance offer, after the one before closed unpaid) goes to another bidder
+/// at their own highest bid, which met the reserve. Only the last may be pending or paid,
+/// and it is the auction's current order while sold; unsold means none is.
+fn check_offers(
+    report: &mut Report,
+    row: &auctions::AuctionRow,
+    ledger: &auctions::BidLedger,
+    orders: &[auctions::LotOrder],
+    highest: &[auctions::Runner],
+    reserve_met: bool,
+) {
+    if let Some(first) = orders.first() {
+        report.check(
+            Some(first.user_id) == ledger.top_user && Some(first.total) == ledger.top_amount,
+            format!(
+                "the first order is the top bid's ({} at {}, top bid {:?} at {:?})",
+                first.user_id, first.total, ledger.top_user, ledger.top_amount
+            ),
+        );
+    }
+    let reserve = row.reserve_price.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for (i, order) in orders.iter().enumerate() {
+        let best = highest.iter().find(|h| h.user_id == order.user_id).map(|h| h.amount);
+        report.check(
+            best == Some(order.total) && order.total >= reserve && seen.insert(order.user_id),
+            format!("order {} goes to a new bidder at their highest bid, at or above the reserve ({} at {}, highest {best:?})", i + 1, order.user_id, order.total),
+        );
+        let last = i + 1 == orders.len();
+        report.check(
+            last || matches!(order.status.as_str(), "closed" | "cancelled"),
+            format!("order {} passed on only once unpaid ({})", i + 1, order.status),
+        );
+    }
+    let live = orders.last().filter(|o| matches!(o.status.as_str(), "pending_payment" | "paid"));
+    match row.status.as_str() {
+        "sold" => report.check(
+            reserve_met
+                && live.is_some_and(|o| {
+                    row.order_id == Some(o.id) && row.winner_id == Some(o.user_id) && row.final_price == Some(o.total)
+                }),
+            format!(
+                "sold: the winner {:?} holds the live order {:?} at {:?}",
+                row.winner_id, row.order_id, row.final_price
+            ),
         ),
-        "unsold" => report.check(
+        "unsold" if orders.is_empty() => report.check(
             !reserve_met,
             format!(
                 "unsold: no bid met the reserve (top bid {:?}, reserve {:?})",
                 ledger.top_amount, row.reserve_price
             ),
         ),
-        _ => {}
+        "unsold" => report.check(
+            live.is_none(),
+            format!("unsold: none of its {} order(s) is pending or paid (every offer lapsed)", orders.len()),
+        ),
+        _ => report.check(orders.is_empty(), format!("not sold: no order ({})", orders.len())),
     }
-    match row.status.as_str() {
-        "sold" => {
-            let holds_top =
-                row.winner_id.is_some() && row.winner_id == ledger.top_user && row.final_price == ledger.top_amount;
-            report.check(
-                holds_top,
-                format!(
-                    "the winner holds the highest bid (winner {:?} at {:?}, top bid {:?} at {:?})",
-                    row.winner_id, row.final_price, ledger.top_user, ledger.top_amount
-                ),
-            );
-            report.check(ledger.orders == 1, format!("sold: exactly one order ({})", ledger.orders));
-        }
-        _ => report.check(ledger.orders == 0, format!("not sold: no order ({})", ledger.orders)),
-    }
-    Ok(report)
 }
 
 /// Every answered bid is written before its answer, so Redis's live state (when it has one)
@@ -234,6 +301,14 @@ async fn live_state_matches_postgres(
         format!("the auction row counts {} bids, postgres has {}", row.bid_count, ledger.bids),
     );
     match live_state::live(&mut redis.clone(), keys, row.id).await? {
+        // A buy-now made the buyer the leader at its price: only the count must agree.
+        Some(live) if row.bought_now => report.check(
+            live.seq == ledger.bids,
+            format!(
+                "every bid redis accepted is in postgres: redis at seq {}, postgres at seq {}",
+                live.seq, ledger.bids
+            ),
+        ),
         Some(live) => {
             let price = (live.seq > 0).then(|| domain::Money::from_cents(live.price_cents).decimal());
             let leader = live.leader.filter(|_| live.seq > 0);

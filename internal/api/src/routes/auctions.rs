@@ -14,17 +14,22 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service::auctions::{AuctionService, AuctionView, BidView, Placed};
+use service::closer::AuctionCloser;
 use service::live::{Event, LiveHub};
+use service::orders::OrderService;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::ApiTags;
+use super::orders::OrderResponse;
 use crate::auth::BearerAuth;
 use crate::envelope::{Envelope, JsonBody, PageOf, ok};
 use crate::error::ApiResult;
 
 pub struct AuctionsApi {
     pub auctions: AuctionService,
+    pub closer: AuctionCloser,
+    pub orders: OrderService,
     pub live: Arc<LiveHub>,
     pub keep_alive: KeepAlive,
 }
@@ -48,6 +53,9 @@ pub struct CreateAuctionRequest {
     pub min_increment: String,
     /// Below this final price the lot stays unsold.
     pub reserve_price: Option<String>,
+    /// Anyone may end the auction at once at this price (`POST /auctions/{id}/buy-now`)
+    /// until the first bid that meets the reserve. At least the start and reserve prices.
+    pub buy_now_price: Option<String>,
     #[serde(deserialize_with = "crate::envelope::date_time")]
     pub start_at: DateTime<Utc>,
     #[serde(deserialize_with = "crate::envelope::date_time")]
@@ -78,6 +86,8 @@ pub struct AuctionResponse {
     pub start_price: String,
     pub min_increment: String,
     pub reserve_price: Option<String>,
+    /// Present only while buy-now is on offer (until a bid meets the reserve).
+    pub buy_now_price: Option<String>,
     /// Absent until the first bid.
     pub current_price: Option<String>,
     pub leader_id: Option<String>,
@@ -108,6 +118,7 @@ impl From<AuctionView> for AuctionResponse {
             start_price: a.start_price.to_string(),
             min_increment: a.min_increment.to_string(),
             reserve_price: a.reserve_price.map(|m| m.to_string()),
+            buy_now_price: a.buy_now_price.map(|m| m.to_string()),
             current_price: a.current_price.map(|m| m.to_string()),
             leader_id: a.leader_id.map(|id| id.to_string()),
             bid_count: a.bid_count,
@@ -190,6 +201,13 @@ pub enum BidPlaced {
 }
 
 #[derive(ApiResponse)]
+pub enum BoughtNow {
+    /// The auction is yours: pay this order before `expires_at`.
+    #[oai(status = 201)]
+    Created(Json<Envelope<OrderResponse>>),
+}
+
+#[derive(ApiResponse)]
 pub enum BidList {
     /// Persisted bids, newest first.
     #[oai(status = 200)]
@@ -208,6 +226,7 @@ impl AuctionsApi {
             start_price: &b.start_price,
             min_increment: &b.min_increment,
             reserve_price: b.reserve_price.as_deref(),
+            buy_now_price: b.buy_now_price.as_deref(),
             start_at: b.start_at,
             end_at: b.end_at,
             extend_window_secs: b.extend_window_secs,
@@ -261,6 +280,28 @@ impl AuctionsApi {
         Ok(BidPlaced::Created(ok(placed.into())))
     }
 
+    /// Buy it now
+    ///
+    /// Ends the auction at once, sold to you at its `buy_now_price`: 201 with your order
+    /// (`pending_payment`, the auction's payment timeout), and watchers get `closed` naming
+    /// you as the winner. On offer from the start until the first bid that meets the
+    /// reserve (the first bid when there is none): 409 `BUY_NOW_UNAVAILABLE` after that, or
+    /// when the auction has no buy-now price, has not started or has closed. Buying again
+    /// what you bought answers with the same order (so a retry, with or without an
+    /// `Idempotency-Key`, is safe).
+    #[oai(path = "/:id/buy-now", method = "post")]
+    async fn buy_now(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<BoughtNow> {
+        idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
+        let order_id = self.closer.buy_now(auth.caller(), id.0).await?;
+        let order = self.orders.get(auth.caller(), order_id).await?;
+        Ok(BoughtNow::Created(ok(order.into())))
+    }
+
     /// The persisted bid history
     #[oai(path = "/:id/bids", method = "get")]
     async fn bids(
@@ -279,8 +320,11 @@ impl AuctionsApi {
     /// On connect: `{"type":"state", ..., "server_time"}`. Then
     /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
     /// bid (a slow client may skip to the latest) and
-    /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
-    /// closes the socket. It pings every `http.ws_ping_ms` (20 s by default) and drops a
+    /// `{"type":"closed","status","winner_id","price"}` at the end (also after a buy-now,
+    /// naming the buyer), after which the server closes the socket. A watcher that connects
+    /// to a sold auction also hears `{"type":"second_chance","winner_id","price"}` when an
+    /// unpaid winner's lot goes to the next bidder, and `closed` with `unsold` when no offer
+    /// was paid. It pings every `http.ws_ping_ms` (20 s by default) and drops a
     /// client silent for `http.ws_idle_ms` (60 s).
     #[oai(path = "/:id/live", method = "get")]
     async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
@@ -349,6 +393,7 @@ fn state_message(a: &AuctionView) -> Value {
         "end_at": a.end_at.to_rfc3339(),
         "min_next_bid": a.min_next_bid.to_string(),
         "winner_id": a.winner_id,
+        "buy_now_price": a.buy_now_price.map(|m| m.to_string()),
         "server_time": Utc::now().to_rfc3339(),
     })
 }
@@ -370,6 +415,9 @@ fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
         }
         Event::Closed { status, winner, price, .. } => Some(json!({
             "type": "closed", "status": status.as_str(), "winner_id": winner, "price": price.map(|p| p.to_string())
+        })),
+        Event::SecondChance { winner, price, .. } => Some(json!({
+            "type": "second_chance", "winner_id": winner, "price": price.to_string()
         })),
     }
 }

@@ -15,6 +15,7 @@ mod redis_server;
 mod auctions;
 mod auth;
 mod bid_durability;
+mod buy_now;
 mod catalog;
 mod contract;
 mod faults;

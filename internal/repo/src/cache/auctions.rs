@@ -15,6 +15,7 @@ use super::lua::Lua;
 static PLACE_BID: LazyLock<Lua> = LazyLock::new(|| Lua::new("place_bid", include_str!("lua/place_bid.lua")));
 static CLOSE: LazyLock<Lua> = LazyLock::new(|| Lua::new("close_auction", include_str!("lua/close_auction.lua")));
 static LOAD: LazyLock<Lua> = LazyLock::new(|| Lua::new("load_auction", include_str!("lua/load_auction.lua")));
+static BUY_NOW: LazyLock<Lua> = LazyLock::new(|| Lua::new("buy_now", include_str!("lua/buy_now.lua")));
 static UNDO: LazyLock<Lua> = LazyLock::new(|| Lua::new("undo_bid", include_str!("lua/undo_bid.lua")));
 
 pub struct AuctionKeys {
@@ -157,10 +158,34 @@ pub async fn announce_close(
     redis.publish(keys.auction_channel(), event.to_string()).await
 }
 
+/// Tells every instance's watchers that the lot went to `winner` at `price_cents` (a
+/// second-chance offer: the previous winner left it unpaid).
+pub async fn announce_second_chance(
+    redis: &mut Redis,
+    keys: &Keys,
+    auction_id: Uuid,
+    winner: Uuid,
+    price_cents: i64,
+) -> redis::RedisResult<()> {
+    let event = json!({ "t": "second_chance", "a": auction_id, "l": winner, "p": price_cents.to_string() });
+    redis.publish(keys.auction_channel(), event.to_string()).await
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
-    NotYet { end_ms: i64 },
-    Closed { price_cents: i64, leader: Option<Uuid>, seq: i64, end_ms: i64, sold: bool, generation: String },
+    NotYet {
+        end_ms: i64,
+    },
+    /// `bought`: closed by buy-now (the leader is the buyer, the price the buy-now price).
+    Closed {
+        price_cents: i64,
+        leader: Option<Uuid>,
+        seq: i64,
+        end_ms: i64,
+        sold: bool,
+        generation: String,
+        bought: bool,
+    },
     Missing,
 }
 
@@ -177,8 +202,47 @@ pub async fn close(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::R
             end_ms: int(4),
             sold: text(5) == "sold",
             generation: text(6),
+            bought: int(7) == 1,
         },
         _ => Close::Missing,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuyNow {
+    /// Closed now, sold to this buyer, in live state `generation`.
+    Bought {
+        generation: String,
+    },
+    /// This buyer bought it earlier (a retry).
+    BoughtEarlier {
+        generation: String,
+    },
+    Unavailable,
+    Missing,
+}
+
+/// Closes the auction sold to `user_id` at `price_cents`, if buy-now is still on offer.
+pub async fn buy_now(
+    redis: &mut Redis,
+    keys: &Keys,
+    auction_id: Uuid,
+    user_id: Uuid,
+    price_cents: i64,
+) -> redis::RedisResult<BuyNow> {
+    let reply: Vec<redis::Value> = BUY_NOW
+        .key(keys.auction(auction_id).state)
+        .arg(user_id.to_string())
+        .arg(price_cents)
+        .invoke_async(redis)
+        .await?;
+    let int = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
+    let generation = reply.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
+    Ok(match int(0) {
+        1 => BuyNow::Bought { generation },
+        2 => BuyNow::BoughtEarlier { generation },
+        3 => BuyNow::Unavailable,
+        _ => BuyNow::Missing,
     })
 }
 
@@ -251,9 +315,10 @@ pub async fn live(redis: &mut Redis, keys: &Keys, auction_id: Uuid) -> redis::Re
     }))
 }
 
-/// What [`announce_bid`] and [`announce_close`] publish on the auction channel.
+/// What [`announce_bid`], [`announce_close`] and [`announce_second_chance`] publish on the
+/// auction channel.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase")]
+#[serde(tag = "t", rename_all = "snake_case")]
 pub enum LiveEvent {
     Bid {
         #[serde(rename = "a")]
@@ -279,12 +344,22 @@ pub enum LiveEvent {
         #[serde(rename = "p")]
         price_cents: String,
     },
+    SecondChance {
+        #[serde(rename = "a")]
+        auction_id: Uuid,
+        #[serde(rename = "l")]
+        winner: Uuid,
+        #[serde(rename = "p")]
+        price_cents: String,
+    },
 }
 
 impl LiveEvent {
     pub fn auction_id(&self) -> Uuid {
         match self {
-            LiveEvent::Bid { auction_id, .. } | LiveEvent::Closed { auction_id, .. } => *auction_id,
+            LiveEvent::Bid { auction_id, .. }
+            | LiveEvent::Closed { auction_id, .. }
+            | LiveEvent::SecondChance { auction_id, .. } => *auction_id,
         }
     }
 }

@@ -32,11 +32,14 @@ pub struct AuctionRow {
     pub closed_at: Option<DateTime<Utc>>,
     /// The Redis live state whose bids may be written (see [`append_bids`]).
     pub bid_generation: String,
+    pub buy_now_price: Option<Decimal>,
+    /// Sold by buy-it-now (its order gets no second-chance offer).
+    pub bought_now: bool,
 }
 
 const COLUMNS: &str = "id, title, description, start_price, min_increment, reserve_price, start_at, end_at, \
      extend_window_secs, extend_by_secs, payment_timeout_secs, status, current_price, leader_id, bid_count, \
-     winner_id, final_price, order_id, closed_at, bid_generation";
+     winner_id, final_price, order_id, closed_at, bid_generation, buy_now_price, bought_now";
 
 pub struct NewAuction<'a> {
     pub id: Uuid,
@@ -45,6 +48,7 @@ pub struct NewAuction<'a> {
     pub start_price: Decimal,
     pub min_increment: Decimal,
     pub reserve_price: Option<Decimal>,
+    pub buy_now_price: Option<Decimal>,
     pub start_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
     pub extend_window_secs: i32,
@@ -58,8 +62,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<A
     let row = AuctionRow::find_by_statement(stmt(
         &format!(
             "INSERT INTO auctions (id, title, description, start_price, min_increment, reserve_price, start_at, end_at, \
-             extend_window_secs, extend_by_secs, payment_timeout_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
+             extend_window_secs, extend_by_secs, payment_timeout_secs, buy_now_price) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
         ),
         [
             new.id.into(),
@@ -73,6 +77,7 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<A
             new.extend_window_secs.into(),
             new.extend_by_secs.into(),
             new.payment_timeout_secs.into(),
+            new.buy_now_price.into(),
         ],
     ))
     .one(db)
@@ -248,37 +253,125 @@ pub async fn bids_between(
     .await
 }
 
+/// How an auction ended, for [`finish`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sold: bool,
+    pub winner: Option<Uuid>,
+    pub final_price: Option<Decimal>,
+    pub end_at: DateTime<Utc>,
+    /// Bought now from live state `generation`: recorded only while Postgres still takes
+    /// that state's bids (a rebuilt state never saw the purchase), and the end becomes now.
+    pub bought_in: Option<String>,
+}
+
 /// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.
 #[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "UPDATE", db.collection.name = "auctions"))]
-pub async fn finish(
-    db: &impl ConnectionTrait,
-    id: Uuid,
-    sold: bool,
-    winner: Option<Uuid>,
-    final_price: Option<Decimal>,
-    end_at: DateTime<Utc>,
-) -> Result<Option<AuctionRow>, DbErr> {
+pub async fn finish(db: &impl ConnectionTrait, id: Uuid, outcome: &Outcome) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(
         &format!(
-            "UPDATE auctions SET status = $2, winner_id = $3, final_price = $4, end_at = GREATEST(end_at, $5), \
-             closed_at = now(), updated_at = now() WHERE id = $1 AND status = 'open' RETURNING {COLUMNS}"
+            "UPDATE auctions SET status = $2, winner_id = $3, final_price = $4, \
+             end_at = CASE WHEN $6::text IS NULL THEN GREATEST(end_at, $5) \
+             ELSE GREATEST(now(), start_at + interval '1 millisecond') END, \
+             bought_now = $6::text IS NOT NULL, closed_at = now(), updated_at = now() \
+             WHERE id = $1 AND status = 'open' AND ($6::text IS NULL OR bid_generation = $6::text) \
+             RETURNING {COLUMNS}"
         ),
-        [id.into(), (if sold { "sold" } else { "unsold" }).into(), winner.into(), final_price.into(), end_at.into()],
+        [
+            id.into(),
+            (if outcome.sold { "sold" } else { "unsold" }).into(),
+            outcome.winner.into(),
+            outcome.final_price.into(),
+            outcome.end_at.into(),
+            outcome.bought_in.clone().into(),
+        ],
     ))
     .one(db)
     .await
 }
 
-/// Links the winner's order both ways; the unique `orders.auction_id` makes a second order
-/// for one auction impossible.
+/// Makes `order_id` the auction's current order, for `winner` at `price`, and links it
+/// both ways. The partial unique index on `orders.auction_id` makes a second pending or
+/// paid order for one auction impossible.
 #[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "UPDATE", db.collection.name = "auctions"))]
-pub async fn set_order(db: &impl ConnectionTrait, id: Uuid, order_id: Uuid) -> Result<(), DbErr> {
+pub async fn set_order(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    order_id: Uuid,
+    winner: Uuid,
+    price: Decimal,
+) -> Result<(), DbErr> {
     db.execute_raw(stmt("UPDATE orders SET auction_id = $1 WHERE id = $2", [id.into(), order_id.into()])).await?;
-    db.execute_raw(stmt("UPDATE auctions SET order_id = $2 WHERE id = $1", [id.into(), order_id.into()]))
-        .await
-        .map(|_| ())
+    db.execute_raw(stmt(
+        "UPDATE auctions SET order_id = $2, winner_id = $3, final_price = $4, updated_at = now() WHERE id = $1",
+        [id.into(), order_id.into(), winner.into(), price.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// The auction whose current order is `order_id`, its row locked until the transaction
+/// ends (an earlier, passed-on order is no auction's current order any more).
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
+pub async fn lock_by_order(db: &impl ConnectionTrait, order_id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
+    AuctionRow::find_by_statement(stmt(
+        &format!("SELECT {COLUMNS} FROM auctions WHERE order_id = $1 FOR UPDATE"),
+        [order_id.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// Orders the auction has given so far: the winner's and one per second-chance offer.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
+pub async fn orders_given(db: &impl ConnectionTrait, id: Uuid) -> Result<i64, DbErr> {
+    scalar(db, "SELECT count(*) FROM orders WHERE auction_id = $1", [id.into()]).await
+}
+
+/// A bidder's highest bid.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Runner {
+    pub user_id: Uuid,
+    pub amount: Decimal,
+}
+
+/// The bidder a second-chance offer goes to: the highest highest-bid (the earlier one on a
+/// tie) at or above the reserve, among the bidders who have had no order for this lot.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
+pub async fn next_runner(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    reserve: Option<Decimal>,
+) -> Result<Option<Runner>, DbErr> {
+    Runner::find_by_statement(stmt(
+        "SELECT user_id, amount FROM ( \
+             SELECT DISTINCT ON (user_id) user_id, amount, seq FROM bids WHERE auction_id = $1 \
+             ORDER BY user_id, amount DESC, seq) best \
+         WHERE amount >= COALESCE($2, 0) \
+           AND user_id NOT IN (SELECT user_id FROM orders WHERE auction_id = $1) \
+         ORDER BY amount DESC, seq LIMIT 1",
+        [id.into(), reserve.into()],
+    ))
+    .one(db)
+    .await
+}
+
+/// No order of the auction was paid and no offer is left: it ends unsold.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
+pub async fn end_unsold(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE auctions SET status = 'unsold', winner_id = NULL, final_price = NULL, order_id = NULL, \
+         updated_at = now() WHERE id = $1",
+        [id.into()],
+    ))
+    .await
+    .map(|_| ())
 }
 
 #[derive(Debug, Clone, FromQueryResult)]
@@ -313,6 +406,39 @@ pub async fn top_bid(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Opti
         [auction_id.into()],
     ))
     .one(db)
+    .await
+}
+
+/// An order the auction gave (the winner's, or a second-chance offer's).
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct LotOrder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub total: Decimal,
+    pub status: String,
+}
+
+/// The auction's orders, oldest first.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
+pub async fn orders_of(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<LotOrder>, DbErr> {
+    LotOrder::find_by_statement(stmt(
+        "SELECT id, user_id, total, status FROM orders WHERE auction_id = $1 ORDER BY created_at, id",
+        [id.into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// Every bidder's highest bid.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
+pub async fn highest_bids(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<Runner>, DbErr> {
+    Runner::find_by_statement(stmt(
+        "SELECT user_id, max(amount) AS amount FROM bids WHERE auction_id = $1 GROUP BY user_id",
+        [id.into()],
+    ))
+    .all(db)
     .await
 }
 

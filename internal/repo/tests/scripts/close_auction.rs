@@ -33,7 +33,10 @@ async fn the_highest_bid_wins_once_the_end_has_passed() {
     let end_ms = snapshot.end_ms;
     let mut lot = Lot::load(snapshot).await;
     let generation = "g1".to_owned();
-    assert_eq!(lot.close().await, Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true, generation });
+    assert_eq!(
+        lot.close().await,
+        Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true, generation, bought: false }
+    );
     assert!(lot.live().await.closed);
 }
 

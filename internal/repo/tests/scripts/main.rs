@@ -5,6 +5,7 @@
 //! To test a new rule, load a [`Lot`] in the state the rule starts from and drive it with
 //! [`Lot::bid`] / [`Lot::place`] and [`Lot::close`].
 
+mod buy_now;
 mod close_auction;
 mod place_bid;
 
@@ -15,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use platform::Settings;
 use redis::aio::ConnectionManager;
 use repo::cache::Keys;
-use repo::cache::auctions::{self, Bid, BidRequest, Close, Live, Snapshot};
+use repo::cache::auctions::{self, Bid, BidRequest, BuyNow, Close, Live, Snapshot};
 use uuid::Uuid;
 
 /// Milliseconds since the epoch, as the scripts count them (Redis runs on this machine).
@@ -77,6 +78,10 @@ impl Lot {
 
     pub async fn place(&mut self, request: BidRequest<'_>) -> Bid {
         auctions::place_bid(&mut self.redis, &self.keys, self.id, request).await.unwrap()
+    }
+
+    pub async fn buy_now(&mut self, user: Uuid, price_cents: i64) -> BuyNow {
+        auctions::buy_now(&mut self.redis, &self.keys, self.id, user, price_cents).await.unwrap()
     }
 
     pub async fn close(&mut self) -> Close {
