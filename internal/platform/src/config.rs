@@ -370,6 +370,12 @@ pub struct TelemetrySettings {
     pub log_level: String,
     pub otlp_endpoint: String,
     pub service_name: String,
+    /// The share of new traces exported (0.0 to 1.0). A request or message that arrives
+    /// with a trace context follows its caller's decision instead (parent-based).
+    pub sample_ratio: f64,
+    /// Adds each span's thread, source location and busy/idle times as attributes: useful
+    /// when profiling, noise otherwise.
+    pub span_details: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -481,6 +487,9 @@ impl Settings {
         let shared = !matches!(self.app.env, AppEnv::Dev | AppEnv::Test);
         if shared && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
             return Err(invalid("jwt.secret", "is the development secret; set SPIKE__JWT__SECRET"));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
         }
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.get() {
             return Err(invalid("argon2.memory_kib", "must be at least 8 x parallelism"));
@@ -603,6 +612,13 @@ mod tests {
         assert!(err.to_string().contains("jwt.secret"), "{err}");
         let err = load(None, &[("SPIKE__DATABASE__MAX_CONNECTIONS", "lots")]).unwrap_err();
         assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_sample_ratio_outside_0_to_1_is_refused() {
+        assert_eq!(load(None, &[]).unwrap().telemetry.sample_ratio, 1.0);
+        let err = load(None, &[("SPIKE__TELEMETRY__SAMPLE_RATIO", "1.5")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: telemetry.sample_ratio: must be between 0.0 and 1.0");
     }
 
     #[test]

@@ -29,4 +29,5 @@ mod reservations;
 mod sales;
 mod scaling;
 mod tls;
+mod traces;
 mod users;

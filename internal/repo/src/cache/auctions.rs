@@ -4,18 +4,19 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use platform::Redis;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::Keys;
+use super::lua::Lua;
 
-static PLACE_BID: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/place_bid.lua")));
-static CLOSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/close_auction.lua")));
-static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/load_auction.lua")));
-static BUY_NOW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/buy_now.lua")));
-static UNDO: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/undo_bid.lua")));
+static PLACE_BID: LazyLock<Lua> = LazyLock::new(|| Lua::new("place_bid", include_str!("lua/place_bid.lua")));
+static CLOSE: LazyLock<Lua> = LazyLock::new(|| Lua::new("close_auction", include_str!("lua/close_auction.lua")));
+static LOAD: LazyLock<Lua> = LazyLock::new(|| Lua::new("load_auction", include_str!("lua/load_auction.lua")));
+static BUY_NOW: LazyLock<Lua> = LazyLock::new(|| Lua::new("buy_now", include_str!("lua/buy_now.lua")));
+static UNDO: LazyLock<Lua> = LazyLock::new(|| Lua::new("undo_bid", include_str!("lua/undo_bid.lua")));
 
 pub struct AuctionKeys {
     pub state: String,

@@ -8,6 +8,7 @@
 pub mod auctions;
 pub mod barrier;
 pub mod keys;
+pub mod lua;
 pub mod products;
 pub mod reservations;
 pub mod returns;

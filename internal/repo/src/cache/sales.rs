@@ -1,27 +1,31 @@
 //! A flash sale's hot state in Redis, and the scripts that change it.
 //!
 //! All keys of one sale share the hash tag `{sale:<id>}`, so each script touches a single
-//! Redis Cluster slot. The scripts are `redis::Script`s: called by SHA, and re-sent
-//! automatically after a `NOSCRIPT` (a restarted or flushed Redis forgets them).
+//! Redis Cluster slot. The scripts are `redis::Script`s, named for their spans
+//! (`super::lua`): called by SHA, and re-sent automatically after a `NOSCRIPT` (a restarted
+//! or flushed Redis forgets them).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use platform::Redis;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use uuid::Uuid;
 
 use super::Keys;
+use super::lua::Lua;
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
-static UNDO: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/undo_reservation.lua")));
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_reservations.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle_reservations.lua")));
-static FAIL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/fail_reservations.lua")));
-static RESTOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/restock_sale.lua")));
-static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/load_sale.lua")));
-static PUBLISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_published.lua")));
-static REAP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reap_reservations.lua")));
+static RESERVE: LazyLock<Lua> = LazyLock::new(|| Lua::new("reserve_stock", include_str!("lua/reserve_stock.lua")));
+static UNDO: LazyLock<Lua> = LazyLock::new(|| Lua::new("undo_reservation", include_str!("lua/undo_reservation.lua")));
+static CLAIM: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("claim_reservations", include_str!("lua/claim_reservations.lua")));
+static SETTLE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("settle_reservations", include_str!("lua/settle_reservations.lua")));
+static FAIL: LazyLock<Lua> = LazyLock::new(|| Lua::new("fail_reservations", include_str!("lua/fail_reservations.lua")));
+static RESTOCK: LazyLock<Lua> = LazyLock::new(|| Lua::new("restock_sale", include_str!("lua/restock_sale.lua")));
+static LOAD: LazyLock<Lua> = LazyLock::new(|| Lua::new("load_sale", include_str!("lua/load_sale.lua")));
+static PUBLISHED: LazyLock<Lua> = LazyLock::new(|| Lua::new("mark_published", include_str!("lua/mark_published.lua")));
+static REAP: LazyLock<Lua> = LazyLock::new(|| Lua::new("reap_reservations", include_str!("lua/reap_reservations.lua")));
 
 /// The key names of one sale.
 pub struct SaleKeys {

@@ -56,6 +56,8 @@ pub struct NewAuction<'a> {
     pub payment_timeout_secs: i32,
 }
 
+#[tracing::instrument(name = "INSERT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "auctions"))]
 pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<AuctionRow, DbErr> {
     let row = AuctionRow::find_by_statement(stmt(
         &format!(
@@ -83,6 +85,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewAuction<'_>) -> Result<A
     row.ok_or_else(|| DbErr::RecordNotInserted)
 }
 
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(&format!("SELECT {COLUMNS} FROM auctions WHERE id = $1"), [id.into()]))
         .one(db)
@@ -91,6 +95,8 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionR
 
 /// All auctions, newest start first; or with `current`, only open ones (scheduled or
 /// live), soonest end first.
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn list(
     db: &impl ConnectionTrait,
     offset: u64,
@@ -110,6 +116,8 @@ pub async fn list(
 
 /// The auction, its row locked until the transaction ends: a rebuild holds it while it
 /// reads the bids and sets the new generation, so no bid write falls in between.
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn lock(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(
         &format!("SELECT {COLUMNS} FROM auctions WHERE id = $1 FOR UPDATE"),
@@ -120,6 +128,8 @@ pub async fn lock(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<AuctionR
 }
 
 /// From now on only bids of live state `generation` may be written.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn set_generation(db: &impl ConnectionTrait, id: Uuid, generation: &str) -> Result<(), DbErr> {
     db.execute_raw(stmt("UPDATE auctions SET bid_generation = $2 WHERE id = $1", [id.into(), generation.into()]))
         .await
@@ -127,6 +137,8 @@ pub async fn set_generation(db: &impl ConnectionTrait, id: Uuid, generation: &st
 }
 
 /// Open auctions whose end passed more than `grace_ms` ago (the sweeper's backstop).
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn overdue(db: &impl ConnectionTrait, grace_ms: i64) -> Result<Vec<Uuid>, DbErr> {
     ids(
         db,
@@ -168,6 +180,8 @@ pub enum Append {
 /// bids before `first`. So the history never gets a gap or a second bid for one seq, and a
 /// rebuilt state's predecessor cannot write behind its back. The row lock also orders
 /// concurrent writers: the next one waits for this commit, then sees the new count.
+#[tracing::instrument(name = "INSERT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "bids"))]
 pub async fn append_bids(
     db: &impl ConnectionTrait,
     auction_id: Uuid,
@@ -265,6 +279,8 @@ async fn fence(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Append, Db
 
 /// The written bids with seqs `from..=to`, oldest first (to tell a retry that is in
 /// already from a bid that was refused).
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn bids_between(
     db: &impl ConnectionTrait,
     auction_id: Uuid,
@@ -292,6 +308,8 @@ pub struct Outcome {
 }
 
 /// Records the outcome, once: only an `open` auction moves. Returns the row if it moved.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn finish(db: &impl ConnectionTrait, id: Uuid, outcome: &Outcome) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(
         &format!(
@@ -318,6 +336,8 @@ pub async fn finish(db: &impl ConnectionTrait, id: Uuid, outcome: &Outcome) -> R
 /// Makes `order_id` the auction's current order, for `winner` at `price`, and links it
 /// both ways. The partial unique index on `orders.auction_id` makes a second pending or
 /// paid order for one auction impossible.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn set_order(
     db: &impl ConnectionTrait,
     id: Uuid,
@@ -336,6 +356,8 @@ pub async fn set_order(
 
 /// The auction whose current order is `order_id`, its row locked until the transaction
 /// ends (an earlier, passed-on order is no auction's current order any more).
+#[tracing::instrument(name = "SELECT auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "auctions"))]
 pub async fn lock_by_order(db: &impl ConnectionTrait, order_id: Uuid) -> Result<Option<AuctionRow>, DbErr> {
     AuctionRow::find_by_statement(stmt(
         &format!("SELECT {COLUMNS} FROM auctions WHERE order_id = $1 FOR UPDATE"),
@@ -346,6 +368,8 @@ pub async fn lock_by_order(db: &impl ConnectionTrait, order_id: Uuid) -> Result<
 }
 
 /// Orders the auction has given so far: the winner's and one per second-chance offer.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn orders_given(db: &impl ConnectionTrait, id: Uuid) -> Result<i64, DbErr> {
     scalar(db, "SELECT count(*) FROM orders WHERE auction_id = $1", [id.into()]).await
 }
@@ -359,6 +383,8 @@ pub struct Runner {
 
 /// The bidder a second-chance offer goes to: the highest highest-bid (the earlier one on a
 /// tie) at or above the reserve, among the bidders who have had no order for this lot.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn next_runner(
     db: &impl ConnectionTrait,
     id: Uuid,
@@ -378,6 +404,8 @@ pub async fn next_runner(
 }
 
 /// No order of the auction was paid and no offer is left: it ends unsold.
+#[tracing::instrument(name = "UPDATE auctions", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "auctions"))]
 pub async fn end_unsold(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
     db.execute_raw(stmt(
         "UPDATE auctions SET status = 'unsold', winner_id = NULL, final_price = NULL, order_id = NULL, \
@@ -403,6 +431,8 @@ pub struct BidRow {
 const BID_COLUMNS: &str = "seq, user_id, amount, max_amount, auto, end_at, placed_at";
 
 /// Newest first.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limit: u64) -> Result<Page<BidRow>, DbErr> {
     let items = BidRow::find_by_statement(stmt(
         &format!("SELECT {BID_COLUMNS} FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3"),
@@ -416,6 +446,8 @@ pub async fn bids(db: &impl ConnectionTrait, auction_id: Uuid, offset: u64, limi
 
 /// The highest persisted bid (for a rebuild after Redis lost the live state): its
 /// `max_amount` is the leader's maximum.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn top_bid(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<Option<BidRow>, DbErr> {
     BidRow::find_by_statement(stmt(
         &format!("SELECT {BID_COLUMNS} FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1"),
@@ -435,6 +467,8 @@ pub struct LotOrder {
 }
 
 /// The auction's orders, oldest first.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn orders_of(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<LotOrder>, DbErr> {
     LotOrder::find_by_statement(stmt(
         "SELECT id, user_id, total, status FROM orders WHERE auction_id = $1 ORDER BY created_at, id",
@@ -445,6 +479,8 @@ pub async fn orders_of(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<LotOrd
 }
 
 /// Every bidder's highest bid.
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn highest_bids(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<Runner>, DbErr> {
     Runner::find_by_statement(stmt(
         "SELECT user_id, max(amount) AS amount FROM bids WHERE auction_id = $1 GROUP BY user_id",
@@ -475,6 +511,8 @@ pub struct BidLedger {
     pub orders: i64,
 }
 
+#[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bids"))]
 pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLedger, DbErr> {
     let row = BidLedger::find_by_statement(stmt(
         "WITH b AS (SELECT amount, max_amount, auto, user_id, \

@@ -49,6 +49,8 @@ pub enum Created {
 
 /// Moves the sale's units out of the product's stock and creates the sale, in the caller's
 /// transaction. The conditional UPDATE makes "enough stock" and "take it" one step.
+#[tracing::instrument(name = "INSERT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "sales"))]
 pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created, DbErr> {
     let taken = db
         .execute_raw(stmt(
@@ -81,6 +83,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created,
     Ok(find(db, new.id).await?.map_or(Created::NoProduct, Created::Sale))
 }
 
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<SaleRow>, DbErr> {
     SaleRow::find_by_statement(stmt(
         &format!("SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id WHERE s.id = $1"),
@@ -93,6 +97,8 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<SaleRow>
 /// Locks the sale row against concurrent stock changes for the rest of the transaction.
 /// `exclusive`: the order consumer and the close (they change it); otherwise a shared lock
 /// for a rebuild (it only needs a snapshot no commit can slip into).
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Result<Option<SaleRow>, DbErr> {
     let mode = if exclusive { "UPDATE" } else { "SHARE" };
     SaleRow::find_by_statement(stmt(
@@ -107,6 +113,8 @@ pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Resul
 
 /// All sales, newest start first; or with `current`, only those not ended yet, soonest
 /// start first.
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: bool) -> Result<Page<SaleRow>, DbErr> {
     let (filter, order) = if current { ("WHERE s.end_at > now()", "s.start_at ASC") } else { ("", "s.start_at DESC") };
     let items = SaleRow::find_by_statement(stmt(
@@ -124,6 +132,8 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
 
 /// The sales whose hot state may hold reservations: started, and whose Redis keys have not
 /// expired yet (a day after the end).
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {
@@ -135,11 +145,15 @@ pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
 }
 
 /// Units each buyer holds (pending or paid orders).
+#[tracing::instrument(name = "SELECT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buyers"))]
 pub async fn buyers(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<(Uuid, i32)>, DbErr> {
     held(db, "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity > 0", [sale_id.into()]).await
 }
 
 /// Units held by these buyers (the order consumer needs only the buyers of its batch).
+#[tracing::instrument(name = "SELECT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buyers"))]
 pub async fn holdings(db: &impl ConnectionTrait, sale_id: Uuid, users: Vec<Uuid>) -> Result<Vec<(Uuid, i32)>, DbErr> {
     let sql = "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND user_id = ANY($2)";
     held(db, sql, [sale_id.into(), users.into()]).await
@@ -162,6 +176,8 @@ async fn held(
 
 /// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
 /// CHECK constraint on the column is the last wall: Postgres never oversells.
+#[tracing::instrument(name = "UPDATE sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "sales"))]
 pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
     scalar(
         db,
@@ -174,6 +190,8 @@ pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) 
 
 /// Adds `quantity` to each buyer's holding. The holding has a CHECK against the sale's
 /// per-user limit: the database's own wall behind the Lua check.
+#[tracing::instrument(name = "INSERT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "sale_buyers"))]
 pub async fn add_to_buyers(
     db: &impl ConnectionTrait,
     sale_id: Uuid,
@@ -196,6 +214,8 @@ pub async fn add_to_buyers(
 }
 
 /// Takes `quantity` off each buyer's holding (their order was closed or cancelled).
+#[tracing::instrument(name = "UPDATE sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "sale_buyers"))]
 pub async fn release_buyers(db: &impl ConnectionTrait, sale_id: Uuid, changes: &[(Uuid, i32)]) -> Result<(), DbErr> {
     if changes.is_empty() {
         return Ok(());
@@ -226,6 +246,8 @@ pub struct ReservationRow {
 }
 
 /// The outcome the order consumer recorded for each of these reservations, if any.
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn reservations(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<ReservationRow>, DbErr> {
     ReservationRow::find_by_statement(stmt(
         "SELECT id, sale_id, user_id, quantity, status, order_id, reason, sale_version, generation \
@@ -251,6 +273,8 @@ pub struct NewReservation {
 
 /// Records outcomes; the primary key makes a second recording of a reservation fail, which
 /// the consumer prevents by reading [`reservations`] first under the sale lock.
+#[tracing::instrument(name = "INSERT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "reservations"))]
 pub async fn insert_reservations(
     db: &impl ConnectionTrait,
     sale_id: Uuid,
@@ -310,6 +334,8 @@ pub struct KeyRow {
 
 /// The keys of the sale's reservations made since `since`, except those undone because
 /// their message was not confirmed (a retry with such a key reserves again).
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn idempotency_keys(
     db: &impl ConnectionTrait,
     sale_id: Uuid,
@@ -334,6 +360,8 @@ pub struct OrderUnits {
     pub quantity: i32,
 }
 
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn units_of_orders(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<Vec<OrderUnits>, DbErr> {
     OrderUnits::find_by_statement(stmt(
         "SELECT order_id, sale_id, user_id, quantity FROM reservations \
@@ -358,6 +386,8 @@ pub struct Ledger {
     pub over_limit: i64,
 }
 
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, DbErr> {
     let row = Ledger::find_by_statement(stmt(
         "WITH held AS ( \
