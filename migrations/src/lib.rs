@@ -6,7 +6,12 @@
 //! - `m20261123_000002_catalog_orders`: products, orders, idempotency keys, the outbox;
 //! - `m20261123_000003_sales`: flash sales, their buyers and reservations;
 //! - `m20261123_000004_auctions`: auctions and their bids;
-//! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order.
+//! - `m20261201_000005_bid_generation`: the fence that keeps a rebuilt auction's bids in order;
+//! - `m20261202_000006_reservation_idempotency`: a purchase's Idempotency-Key, kept with its outcome;
+//! - `m20261202_000007_sale_returns`: when and at which version a sale order's units came
+//!   back, and when Redis was told (the restock sweeper, `verify`);
+//! - `m20261202_000008_bid_maximums`: proxy bidding's maximum behind each bid, and automatic bids.
+//! - `m20261202_000009_buy_now_second_chance`: buy-it-now, and several orders per auction (one live).
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -16,6 +21,10 @@ mod m20261123_000002_catalog_orders;
 mod m20261123_000003_sales;
 mod m20261123_000004_auctions;
 mod m20261201_000005_bid_generation;
+mod m20261202_000006_reservation_idempotency;
+mod m20261202_000007_sale_returns;
+mod m20261202_000008_bid_maximums;
+mod m20261202_000009_buy_now_second_chance;
 
 pub struct Migrator;
 
@@ -28,6 +37,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_sales::Migration),
             Box::new(m20261123_000004_auctions::Migration),
             Box::new(m20261201_000005_bid_generation::Migration),
+            Box::new(m20261202_000006_reservation_idempotency::Migration),
+            Box::new(m20261202_000007_sale_returns::Migration),
+            Box::new(m20261202_000008_bid_maximums::Migration),
+            Box::new(m20261202_000009_buy_now_second_chance::Migration),
         ]
     }
 }

@@ -153,6 +153,18 @@ async function main() {
       payment_timeout_secs: 300,
     },
   });
+  const buyable = await call('POST', '/auctions', {
+    token: admin,
+    body: {
+      title: `E2E buy-now lot ${stamp}`,
+      start_price: '10.00',
+      min_increment: '1.00',
+      buy_now_price: '40.00',
+      start_at: new Date(now).toISOString(),
+      end_at: new Date(now + 5 * 60_000).toISOString(),
+      payment_timeout_secs: 300,
+    },
+  });
   const product = await call('POST', '/products', {
     token: admin,
     body: { title: `E2E gadget ${stamp}`, price: '10.00', stock: 10 },
@@ -256,6 +268,27 @@ async function main() {
     const tooLow = /^Too low: the minimum bid is now 16\.50\.$/;
     await expectText(byTestId(cardB, 'auction-message'), tooLow, 'page B bid message', 5_000);
     await expectText(byTestId(cardB, 'live-price'), '15.50', 'page B live price', 1_000);
+
+    step('A bids up to 30.00 (a maximum): the price stays, B bids 20.00 and is outbid at once by 21.00');
+    await byTestId(cardA, 'bid-amount').fill('30.00');
+    await byTestId(cardA, 'bid-max-button').click();
+    await expectText(byTestId(cardA, 'auction-message'), 'You lead at 15.50; the site bids for you up to 30.00.', 'page A maximum', 5_000);
+    await byTestId(cardB, 'bid-amount').fill('20.00');
+    await byTestId(cardB, 'bid-custom-button').click();
+    await expectText(byTestId(cardB, 'auction-message'), /^Your bid of 20\.00 was outbid at once by a maximum: the price is now 21\.00\.$/, 'page B message', 5_000);
+    await expectText(byTestId(cardA, 'live-price'), '21.00', 'page A live price', LIVE_TIMEOUT_MS);
+    await expectText(byTestId(cardA, 'auction-leader'), 'You lead', 'page A leader line', LIVE_TIMEOUT_MS);
+    if (framesB.some((f) => f.includes('"30.00"'))) throw new Error("A's maximum reached page B");
+
+    step('B buys the buy-now lot: B has won it, A sees it sold to bob');
+    const buyableA = pageA.locator(`[data-testid="auction-card"][data-auction-id="${buyable.id}"]`);
+    const buyableB = pageB.locator(`[data-testid="auction-card"][data-auction-id="${buyable.id}"]`);
+    await expectText(byTestId(buyableA, 'buy-now-button'), 'Buy now for 40.00', 'page A buy-now button', 15_000);
+    await expectEnabled(byTestId(buyableB, 'buy-now-button'), 'page B buy-now button', 15_000);
+    await byTestId(buyableB, 'buy-now-button').click();
+    await expectText(byTestId(buyableB, 'auction-result'), /^You won at 40\.00!/, 'page B result', LIVE_TIMEOUT_MS);
+    await expectText(byTestId(buyableA, 'auction-result'), `Sold to bob-${stamp} for 40.00.`, 'page A result', LIVE_TIMEOUT_MS);
+    if (await byTestId(buyableA, 'buy-now-button').isVisible()) throw new Error('page A still offers buy now');
 
     step('A buys in the flash sale: the reservation reaches confirmed');
     const saleA = pageA.locator(`[data-testid="sale-card"][data-sale-id="${sale.id}"]`);

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use platform::Redis;
 use poem::listener::TcpListener;
 use poem::{Route, Server};
 use poem_openapi::payload::Json;
@@ -51,6 +52,7 @@ enum Command {
     PoemLua {
         #[arg(long, default_value = "127.0.0.1:18082")]
         addr: String,
+        /// One URL, or a Redis Cluster's nodes separated by commas.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
         #[arg(long, default_value = "bench-ceiling")]
@@ -94,7 +96,7 @@ struct Reserved {
 }
 
 struct ReserveApi {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     sale: Uuid,
 }
@@ -104,7 +106,16 @@ impl ReserveApi {
     #[oai(path = "/reserve", method = "post")]
     async fn reserve(&self) -> Json<Reserved> {
         let keys = self.keys.sale(self.sale);
-        let answer = sales::reserve(&mut self.redis.clone(), &keys, Uuid::new_v4(), 1, Uuid::now_v7(), None, 0).await;
+        let ask = sales::Ask {
+            user_id: Uuid::new_v4(),
+            quantity: 1,
+            reservation_id: Uuid::now_v7(),
+            idempotency_key: None,
+            fingerprint: "q1",
+            idempotency_ttl_ms: 0,
+            deadline_ms: 60_000,
+        };
+        let answer = sales::reserve(&mut self.redis.clone(), &keys, &ask).await;
         Json(Reserved { reserved: matches!(answer, Ok(sales::Reserve::Reserved { .. })) })
     }
 }
@@ -117,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
             Server::new(TcpListener::bind(addr)).run(Route::new().nest("/", api)).await?;
         }
         Command::PoemLua { addr, redis, prefix } => {
-            let redis = ConnectionManager::new(redis::Client::open(redis)?).await?;
+            let redis = connect_redis(&redis).await?;
             let keys = Keys::new(&prefix);
             let sale = Uuid::now_v7();
             // A sale that never sells out and never hits a limit: every request reserves.
@@ -131,6 +142,8 @@ async fn main() -> anyhow::Result<()> {
                 generation: "bench".into(),
                 expire_at_ms: far,
                 buyers: vec![],
+                keys: vec![],
+                idempotency_ttl_ms: 0,
             };
             sales::load(&mut redis.clone(), &keys.sale(sale), &snapshot).await?;
             let api = OpenApiService::new(ReserveApi { redis, keys, sale }, "reserve", "1");
@@ -144,6 +157,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Watchers(args) => println!("{}", watchers::run(args).await?),
     }
     Ok(())
+}
+
+/// One server, or a Redis Cluster when `url` lists its nodes separated by commas.
+async fn connect_redis(url: &str) -> anyhow::Result<Redis> {
+    if url.contains(',') {
+        let client = redis::cluster::ClusterClient::new(url.split(',').collect::<Vec<_>>())?;
+        return Ok(Redis::Cluster(client.get_async_connection().await?));
+    }
+    Ok(Redis::Single(ConnectionManager::new(redis::Client::open(url)?).await?))
 }
 
 /// Each publisher publishes one persistent message and waits for its confirm, in a loop,

@@ -1,6 +1,8 @@
 //! `spike-server bots`: bidding robots. N bidders each read the price and bid
-//! +1..+10 over it, as fast as the server lets them, while a watcher on the live WebSocket
-//! checks that the price never goes backwards. Every answer is counted by status and error
+//! +1..+10 over it, as fast as the server lets them; with `--proxy-share` that share of them
+//! leaves a maximum instead (+1..+30 over the price) whenever it does not lead. A watcher on
+//! the live WebSocket checks that the price never goes backwards (equal only for the tie of
+//! proxy bidding: an automatic answer at the leader's maximum). Every answer is counted by status and error
 //! name; a 429 makes that robot wait as long as `Retry-After` says. Then a summary and
 //! `verify --auction`.
 
@@ -27,8 +29,10 @@ use crate::setup;
 struct Tally {
     /// "bid 201", "bid 409 BID_TOO_LOW", "read 429 RATE_LIMITED", "bid no answer", ...
     answers: Mutex<BTreeMap<String, u64>>,
-    /// Live bid messages the watcher saw, and how many of them went backwards.
+    /// Live bid messages the watcher saw, how many were automatic raises, and how many went
+    /// backwards.
     seen: AtomicU64,
+    auto: AtomicU64,
     backwards: AtomicU64,
 }
 
@@ -67,15 +71,20 @@ fn expected(answer: &str) -> bool {
         || answer == "read 200"
 }
 
-pub async fn run(
-    settings: Arc<Settings>,
-    auction: Uuid,
-    bidders: usize,
-    secs: u64,
-    url: &str,
-) -> anyhow::Result<ExitCode> {
+/// How many robots, for how long, and the share of them that bid with maximums.
+pub struct Robots {
+    pub bidders: usize,
+    pub secs: u64,
+    pub proxy_share: f64,
+}
+
+pub async fn run(settings: Arc<Settings>, auction: Uuid, robots: Robots, url: &str) -> anyhow::Result<ExitCode> {
+    let Robots { bidders, secs, proxy_share } = robots;
     if bidders == 0 || secs == 0 {
         anyhow::bail!("--bidders and --secs must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&proxy_share) {
+        anyhow::bail!("--proxy-share must be between 0 and 1");
     }
     let services = setup::services(settings).await?;
     let tokens = services
@@ -96,9 +105,14 @@ pub async fn run(
     let watcher = tokio::spawn(watch_prices(format!("{}/live", auction_url.replacen("http", "ws", 1)), tally.clone()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
+    let proxies = (bidders as f64 * proxy_share).round() as usize;
     let bots: Vec<_> = tokens
         .into_iter()
-        .map(|token| tokio::spawn(bidder(client.clone(), auction_url.clone(), token, tally.clone(), deadline)))
+        .enumerate()
+        .map(|(i, token)| {
+            let robot = Bidder { client: client.clone(), auction_url: auction_url.clone(), token, proxy: i < proxies };
+            tokio::spawn(robot.run(tally.clone(), deadline))
+        })
         .collect();
 
     let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
@@ -121,13 +135,14 @@ pub async fn run(
     let secs_run = started.elapsed().as_secs_f64();
     let final_price = current_price(&client, &auction_url).await;
     let (seen, backwards) = (tally.seen.load(Ordering::Relaxed), tally.backwards.load(Ordering::Relaxed));
+    let auto = tally.auto.load(Ordering::Relaxed);
     let answers = tally.snapshot();
     let accepted = tally.get(ACCEPTED);
     println!();
-    println!("bidders           {bidders}");
+    println!("bidders           {bidders} ({proxies} with maximums)");
     println!("accepted bids     {accepted} ({:.0}/s)", accepted as f64 / secs_run);
     println!("final price       {final_price}");
-    println!("live updates seen {seen}; price went backwards {backwards} time(s)");
+    println!("live updates seen {seen} ({auto} automatic raises); price went backwards {backwards} time(s)");
     println!("answers, by request, status and error:");
     for (answer, n) in &answers {
         println!("  {answer:<32} {n:>8}");
@@ -185,30 +200,51 @@ impl Throttled {
 }
 
 /// One robot: read the minimum next bid, bid it plus 0..9 (so +1..+10 over the price with
-/// a 1.00 increment), repeat until the deadline or the close.
-async fn bidder(client: reqwest::Client, auction_url: String, token: String, tally: Arc<Tally>, deadline: Instant) {
-    let bids_url = format!("{auction_url}/bids");
-    while Instant::now() < deadline {
-        let reply = client.get(&auction_url).send().await;
-        let Some((body, wait)) = answer(&tally, "read", reply).await else { continue };
-        if let Some(wait) = wait {
-            tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
-            continue;
+/// a 1.00 increment), repeat until the deadline or the close. A proxy robot leaves a
+/// maximum of the minimum plus 0..29 instead, and only when it does not lead (a maximum
+/// below its own would be refused).
+struct Bidder {
+    client: reqwest::Client,
+    auction_url: String,
+    token: String,
+    proxy: bool,
+}
+
+impl Bidder {
+    async fn run(self, tally: Arc<Tally>, deadline: Instant) {
+        let bids_url = format!("{}/bids", self.auction_url);
+        let me = if self.proxy { self.user_id().await } else { None };
+        while Instant::now() < deadline {
+            let reply = self.client.get(&self.auction_url).send().await;
+            let Some((body, wait)) = answer(&tally, "read", reply).await else { continue };
+            if let Some(wait) = wait {
+                tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
+                continue;
+            }
+            let Some(minimum) = body["data"]["min_next_bid"].as_str().and_then(cents) else { continue };
+            if me.is_some() && body["data"]["leader_id"].as_str() == me.as_deref() {
+                // Leading: its maximum bids for it. Look again a little later.
+                tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(50))).await;
+                continue;
+            }
+            let (field, steps) = if self.proxy { ("max_amount", 30) } else { ("amount", 10) };
+            let amount = minimum + 100 * rand::thread_rng().gen_range(0..steps);
+            let text = format!("{}.{:02}", amount / 100, amount % 100);
+            let reply = self.client.post(&bids_url).bearer_auth(&self.token).json(&json!({ field: text })).send().await;
+            let Some((body, wait)) = answer(&tally, "bid", reply).await else { continue };
+            if let Some(wait) = wait {
+                tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
+            } else if body["error"] == "AUCTION_CLOSED" {
+                return;
+            }
         }
-        let Some(minimum) = body["data"]["min_next_bid"].as_str().and_then(cents) else { continue };
-        let amount = minimum + 100 * rand::thread_rng().gen_range(0..10);
-        let reply = client
-            .post(&bids_url)
-            .bearer_auth(&token)
-            .json(&json!({ "amount": format!("{}.{:02}", amount / 100, amount % 100) }))
-            .send()
-            .await;
-        let Some((body, wait)) = answer(&tally, "bid", reply).await else { continue };
-        if let Some(wait) = wait {
-            tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
-        } else if body["error"] == "AUCTION_CLOSED" {
-            return;
-        }
+    }
+
+    async fn user_id(&self) -> Option<String> {
+        let base = self.auction_url.split("/api/v1/").next()?;
+        let reply = self.client.get(format!("{base}/api/v1/users/me")).bearer_auth(&self.token).send().await.ok()?;
+        let body = reply.json::<Value>().await.ok()?;
+        body["data"]["id"].as_str().map(str::to_owned)
     }
 }
 
@@ -260,7 +296,11 @@ async fn watch_prices(url: String, tally: Arc<Tally>) {
                 tally.seen.fetch_add(1, Ordering::Relaxed);
                 let price = event["price"].as_str().and_then(cents).unwrap_or(0);
                 let seq = event["seq"].as_i64().unwrap_or(0);
-                if price <= last_price || seq <= last_seq {
+                let auto = event["auto"].as_bool().unwrap_or(false);
+                if auto {
+                    tally.auto.fetch_add(1, Ordering::Relaxed);
+                }
+                if out_of_line((last_price, last_seq), (price, seq, auto)) {
                     tally.backwards.fetch_add(1, Ordering::Relaxed);
                 }
                 (last_price, last_seq) = (price, seq);
@@ -273,6 +313,14 @@ async fn watch_prices(url: String, tally: Arc<Tally>) {
             _ => {}
         }
     }
+}
+
+/// Whether a live bid (price, seq, automatic?) breaks the rule after the last one seen: the
+/// seq must rise, and the price too, except for the tie of proxy bidding (an automatic
+/// answer at the leader's maximum, equal to the bid it answers). A slow watcher may skip
+/// messages, so only the order is checked, not the gaps.
+fn out_of_line((last_price, last_seq): (i64, i64), (price, seq, auto): (i64, i64, bool)) -> bool {
+    seq <= last_seq || price < last_price || (price == last_price && !auto)
 }
 
 async fn current_price(client: &reqwest::Client, auction_url: &str) -> String {
@@ -297,6 +345,16 @@ mod tests {
         let verdict = Throttled { bids: 6, all_bids: 10, reads: 0 }.verdict().expect("a verdict");
         assert!(verdict.starts_with("Most bids were throttled: 6 of 10"), "{verdict}");
         assert!(verdict.contains("SPIKE__RATE_LIMIT__ENABLED=false"), "{verdict}");
+    }
+
+    #[test]
+    fn a_live_price_must_rise_with_seq_except_for_an_automatic_tie() {
+        assert!(!out_of_line((1_000, 1), (1_100, 2, false)));
+        assert!(!out_of_line((1_000, 1), (1_200, 5, true)), "a slow watcher skips bids");
+        assert!(!out_of_line((5_000, 6), (5_000, 7, true)), "the leader's maximum answers a tie");
+        assert!(out_of_line((5_000, 6), (5_000, 7, false)), "a plain bid never ties");
+        assert!(out_of_line((5_000, 6), (4_900, 7, true)), "nothing goes down");
+        assert!(out_of_line((5_000, 6), (5_100, 6, false)), "nor does the seq stand still");
     }
 
     #[test]

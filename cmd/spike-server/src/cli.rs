@@ -64,6 +64,10 @@ pub enum Command {
         bidders: usize,
         #[arg(long, default_value_t = 30)]
         secs: u64,
+        /// The share of robots (0 to 1) that bid with a maximum (proxy bidding) rather than
+        /// a plain amount.
+        #[arg(long, default_value_t = 0.0)]
+        proxy_share: f64,
         /// The server to bid against [default: http:// and the configured http.addr, e.g.
         /// http://127.0.0.1:8080].
         #[arg(long)]

@@ -34,9 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Seed { demo, reset } => seed(settings, demo, reset).await?,
         Command::Tokens { count, out, ttl_secs } => tokens(&settings, count, &out, ttl_secs).await?,
         Command::Verify { sale, auction } => return verify(settings, sale, auction).await,
-        Command::Bots { auction, bidders, secs, url } => {
+        Command::Bots { auction, bidders, secs, proxy_share, url } => {
             let url = url.unwrap_or_else(|| local_url(settings.http.addr));
-            return bots::run(settings, auction, bidders, secs, &url).await;
+            let robots = bots::Robots { bidders, secs, proxy_share };
+            return bots::run(settings, auction, robots, &url).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -178,7 +179,8 @@ async fn dead_letters(settings: &Settings, action: DlqAction) -> anyhow::Result<
     })?;
     let broker = Arc::new(Broker::connect(&settings.amqp, "spike-dlq").await?);
     let amqp = &settings.amqp;
-    let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone());
+    let topology = Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+        .with_queue_type(amqp.queue_type);
     let timeout = Duration::from_millis(amqp.confirm_timeout_ms.get());
     match action {
         DlqAction::List { limit, .. } => {

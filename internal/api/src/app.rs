@@ -166,6 +166,8 @@ pub fn routes(services: &Services, limits: Arc<Limits>) -> impl Endpoint + use<>
             SalesApi { sales: services.sales.clone() },
             AuctionsApi {
                 auctions: services.auctions.clone(),
+                closer: services.auction_closer.clone(),
+                orders: services.orders.clone(),
                 live: services.live.clone(),
                 keep_alive: KeepAlive {
                     ping: Duration::from_millis(settings.http.ws_ping_ms.get()),

@@ -47,6 +47,8 @@ codes! {
     NOT_ACTIVE = (1412, CONFLICT);
     BID_TOO_LOW = (1420, CONFLICT);
     AUCTION_CLOSED = (1421, CONFLICT);
+    BUY_NOW_UNAVAILABLE = (1422, CONFLICT);
+    MAX_AMOUNT_LOWERED = (1424, CONFLICT);
     RATE_LIMITED = (1500, TOO_MANY_REQUESTS);
     SERVICE_UNAVAILABLE = (1600, SERVICE_UNAVAILABLE);
     REQUEST_TIMEOUT = (1601, SERVICE_UNAVAILABLE);
@@ -208,15 +210,23 @@ impl From<Error> for ApiError {
             Error::SoldOut(_) => SOLD_OUT,
             Error::LimitReached { .. } => LIMIT_REACHED,
             Error::NotActive(_) => NOT_ACTIVE,
+            Error::BuyNowUnavailable(_) => BUY_NOW_UNAVAILABLE,
             Error::BidTooLow { current, minimum } => {
                 return ApiError::new(BID_TOO_LOW, message).with_details(serde_json::json!({
                     "current_price": current.map(|m| m.to_string()),
                     "min_bid": minimum.to_string(),
                 }));
             }
+            Error::MaxAmountLowered { maximum } => {
+                return ApiError::new(MAX_AMOUNT_LOWERED, message)
+                    .with_details(serde_json::json!({ "max_amount": maximum.to_string() }));
+            }
             Error::AuctionClosed { current } => {
                 return ApiError::new(AUCTION_CLOSED, message)
                     .with_details(serde_json::json!({ "current_price": current.map(|m| m.to_string()) }));
+            }
+            Error::Rebuilding => {
+                return ApiError { retry_after_secs: Some(1), ..ApiError::new(SERVICE_UNAVAILABLE, message) };
             }
             Error::Unavailable { .. } => {
                 let Error::Unavailable { cause, .. } = err else { unreachable!() };

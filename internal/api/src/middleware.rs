@@ -1,7 +1,8 @@
 //! The HTTP pipeline around every route, outermost first:
 //!
 //! 1. the request context: takes or makes the `X-Request-Id`, opens the request's tracing
-//!    span, echoes the request id, and records the request metrics;
+//!    span (a child of the caller's `traceparent`), echoes the request id and the trace's
+//!    `traceparent`, and records the request metrics;
 //! 2. CORS (from `http.cors_origins`);
 //! 3. the error envelope: every error from inside (ours, poem's, poem-openapi's, a caught
 //!    panic) becomes `{"code","error","message","request_id"}`;
@@ -16,6 +17,7 @@
 //! 8. panic catching.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,8 +133,15 @@ fn purchase_of(req: &Request) -> Option<Uuid> {
 
 fn cors(origins: &[String]) -> Cors {
     let cors = Cors::new()
-        .allow_headers(["authorization", "content-type", "idempotency-key", "x-request-id"])
-        .expose_headers(["x-request-id", "retry-after"])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-request-id",
+            "traceparent",
+            "tracestate",
+        ])
+        .expose_headers(["x-request-id", "retry-after", "traceparent"])
         .max_age(600);
     if origins.iter().any(|o| o == "*") { cors } else { cors.allow_origins(origins.iter().map(String::as_str)) }
 }
@@ -202,12 +211,12 @@ async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Res
         .unwrap_or_else(|| Uuid::now_v7().to_string());
     req.set_data(RequestId(request_id.clone()));
     let method = req.method().clone();
-    let span = tracing::info_span!("http", request_id = %request_id, method = %method, path = %req.uri().path());
+    let span = server_span(&req, &request_id);
     let started = Instant::now();
 
     let (mut response, route) = match ep.call(req).instrument(span.clone()).await.map(IntoResponse::into_response) {
         Ok(response) => {
-            let route = response.data::<PathPattern>().map(|p| p.0.to_string());
+            let route = response.data::<PathPattern>().map(|p| route_template(&p.0));
             (response, route)
         }
         // Only the CORS layer can still fail (an origin it does not allow).
@@ -220,12 +229,77 @@ async fn request_context<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Res
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    if let Some(value) = platform::telemetry::traceparent_of(&span).and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    close_server_span(&span, &method, route.as_deref(), response.status());
     let status = response.status().as_u16().to_string();
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
     let labels = [("method", method.to_string()), ("route", route), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// The request's SERVER span, a child of the caller's `traceparent`/`tracestate` when it
+/// sent them. Its name and route are filled in once routing has found the route. Probes and
+/// `/metrics` get none: they are called every few seconds and say nothing about a request.
+fn server_span(req: &Request, request_id: &str) -> tracing::Span {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return tracing::Span::none();
+    }
+    let method = req.method().as_str();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        request_id,
+        trace_id = tracing::field::Empty,
+        http.request.method = method,
+        url.path = path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let incoming: HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), req.header(name)?.to_owned())))
+        .collect();
+    platform::telemetry::adopt_trace_headers(&span, &incoming);
+    // In the JSON logs, next to the request id: the way from a complaint to the trace.
+    if let Some(trace_id) = platform::telemetry::trace_id_of(&span) {
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
+/// Names the server span `METHOD /route/{template}` and records the outcome: an error status
+/// only for a 5xx (a 4xx is the client's error, not the server's, per the conventions).
+fn close_server_span(span: &tracing::Span, method: &Method, route: Option<&str>, status: StatusCode) {
+    if let Some(route) = route {
+        span.record("http.route", route);
+        platform::telemetry::rename(span, format!("{method} {route}"));
+    }
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// poem's `/sales/:param0/purchase` as OpenAPI and OpenTelemetry write it:
+/// `/sales/{id}/purchase`. poem-openapi names path parameters by position (`param0`); in
+/// this API the only path parameter of every route is the resource's id.
+fn route_template(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment.strip_prefix(':') {
+            Some("param0") => "{id}".to_owned(),
+            Some(name) => format!("{{{name}}}"),
+            None => segment.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Every error that can come out of the routes, as our error type.
@@ -297,6 +371,13 @@ mod tests {
         assert_eq!(readable(r#"failed to parse "string_uuid": invalid character: expected ..."#), "must be a UUID");
         assert_eq!(readable(r#"failed to parse "boolean": invalid"#), "must be true or false");
         assert_eq!(readable("something else"), "something else");
+    }
+
+    #[test]
+    fn route_templates_name_their_parameters_in_braces() {
+        assert_eq!(route_template("/api/v1/sales/:param0/purchase"), "/api/v1/sales/{id}/purchase");
+        assert_eq!(route_template("/docs/:name"), "/docs/{name}");
+        assert_eq!(route_template("/healthz"), "/healthz");
     }
 
     #[test]

@@ -136,6 +136,7 @@ const LINKS: &[Link] = &[
         &[
             ("GetAuction", "/auctions/{id}", "get"),
             ("Bid", "/auctions/{id}/bids", "post"),
+            ("BuyNow", "/auctions/{id}/buy-now", "post"),
             ("ListBids", "/auctions/{id}/bids", "get"),
         ],
     ),
@@ -212,6 +213,7 @@ fn field_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("CreateAuctionRequest", "start_price", money()),
         ("CreateAuctionRequest", "min_increment", money()),
         ("CreateAuctionRequest", "reserve_price", money()),
+        ("CreateAuctionRequest", "buy_now_price", money()),
         ("CreateAuctionRequest", "extend_window_secs", range(0, MAX_EXTEND_SECS)),
         ("CreateAuctionRequest", "extend_by_secs", range(0, MAX_EXTEND_SECS)),
         ("CreateAuctionRequest", "payment_timeout_secs", payment_timeout),
@@ -257,8 +259,8 @@ fn examples() -> Vec<(&'static str, Value)> {
             "CreateAuctionRequest",
             json!({
                 "title": "Signed poster", "description": "First print", "start_price": "10.00",
-                "min_increment": "1.00", "start_at": "2026-12-01T18:00:00Z", "end_at": "2026-12-01T19:00:00Z",
-                "extend_window_secs": 30, "extend_by_secs": 30, "payment_timeout_secs": 900
+                "min_increment": "1.00", "buy_now_price": "80.00",
+                "start_at": "2026-12-01T18:00:00Z", "end_at": "2026-12-01T19:00:00Z", "extend_window_secs": 30, "extend_by_secs": 30, "payment_timeout_secs": 900
             }),
         ),
         ("BidRequest", json!({"amount": "12.00"})),
@@ -342,11 +344,27 @@ fn errors_of(method: &str, path: &str) -> &'static [Code] {
             &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, ORDER_NOT_PENDING, SERVICE_UNAVAILABLE]
         }
         ("post", "/sales") => &[INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, INSUFFICIENT_STOCK, SERVICE_UNAVAILABLE],
-        ("post", "/sales/{id}/purchase") => {
-            &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, SOLD_OUT, LIMIT_REACHED, NOT_ACTIVE, SERVICE_UNAVAILABLE]
-        }
-        ("post", "/auctions/{id}/bids") => {
-            &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, BID_TOO_LOW, AUCTION_CLOSED, SERVICE_UNAVAILABLE]
+        ("post", "/sales/{id}/purchase") => &[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            SOLD_OUT,
+            LIMIT_REACHED,
+            NOT_ACTIVE,
+            IDEMPOTENCY_KEY_REUSED,
+            SERVICE_UNAVAILABLE,
+        ],
+        ("post", "/auctions/{id}/bids") => &[
+            INVALID_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            BID_TOO_LOW,
+            AUCTION_CLOSED,
+            MAX_AMOUNT_LOWERED,
+            SERVICE_UNAVAILABLE,
+        ],
+        ("post", "/auctions/{id}/buy-now") => {
+            &[INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, BUY_NOW_UNAVAILABLE, SERVICE_UNAVAILABLE]
         }
         (method, path) => panic!("errors_of lists no errors for {method} {path}"),
     }

@@ -513,6 +513,9 @@ class AuctionCard {
     this.seq = auction.bid_count;     // the number of accepted bids so far
     this.endAt = auction.end_at;
     this.winnerId = auction.winner_id;
+    // Buy-now: its price while on offer (until a bid meets the reserve), else null.
+    this.reserveCents = auction.reserve_price === null ? null : toCents(auction.reserve_price);
+    this.buyNowCents = auction.buy_now_price == null ? null : toCents(auction.buy_now_price);
     this.outbid = false;
     this.bidding = false;
     // The socket and its reconnect backoff.
@@ -524,10 +527,14 @@ class AuctionCard {
     this.element.dataset.auctionId = auction.id;
     this.bidButton = part(this.element, 'bid-button');
     this.customButton = part(this.element, 'bid-custom-button');
+    this.maxButton = part(this.element, 'bid-max-button');
     this.amountInput = part(this.element, 'bid-amount');
     this.messageLine = part(this.element, 'auction-message');
+    this.buyNowButton = part(this.element, 'buy-now-button');
+    this.buyNowButton.addEventListener('click', () => this.buyNow());
     this.bidButton.addEventListener('click', () => this.bid(this.minNextBidCents()));
     this.customButton.addEventListener('click', () => this.bidCustom());
+    this.maxButton.addEventListener('click', () => this.bidCustom(true));
     this.amountInput.addEventListener('keydown', (event) => {
       if (event.key === 'Enter') this.bidCustom();
     });
@@ -556,6 +563,7 @@ class AuctionCard {
       if (message.type === 'state') this.onState(message);
       else if (message.type === 'bid') this.onBid(message);
       else if (message.type === 'closed') this.onClosed(message);
+      else if (message.type === 'second_chance') this.onSecondChance(message);
     });
 
     socket.addEventListener('close', () => {
@@ -593,6 +601,7 @@ class AuctionCard {
     }
     this.status = message.status;
     this.winnerId = message.winner_id;
+    this.buyNowCents = message.buy_now_price == null ? null : toCents(message.buy_now_price);
     if (this.closed) {
       this.disconnect();
       this.setConnection('closed', 'auction over');
@@ -605,6 +614,17 @@ class AuctionCard {
     if (message.seq <= this.seq) return;
     this.moveTo(message.price, message.leader_id, message.seq, message.end_at);
     this.render();
+  }
+
+  /** The winner did not pay: the lot went to the next bidder at their highest bid. */
+  onSecondChance(message) {
+    this.winnerId = message.winner_id;
+    this.priceCents = toCents(message.price);
+    this.render();
+    if (isMe(this.winnerId)) {
+      this.note(`The winner did not pay: the lot is offered to you at ${message.price}.`, 'ok');
+      refreshOrders();
+    }
   }
 
   onClosed(message) {
@@ -628,6 +648,10 @@ class AuctionCard {
     this.leaderId = leaderId;
     this.seq = seq;
     this.endAt = endAt; // anti-sniping may have moved the end out
+    // Buy-now goes with the first bid that meets the reserve (the first bid without one).
+    if (this.priceCents !== null && (this.reserveCents === null || this.priceCents >= this.reserveCents)) {
+      this.buyNowCents = null;
+    }
     if (isMe(leaderId)) {
       this.outbid = false;
     } else if (wasLeading && leaderId) {
@@ -645,24 +669,33 @@ class AuctionCard {
 
   // --- bidding ---------------------------------------------------------------------
 
-  bidCustom() {
+  /** The amount box: a bid at exactly that amount, or (`upTo`) a maximum. */
+  bidCustom(upTo = false) {
     const cents = toCents(this.amountInput.value);
     if (cents === null || cents === 0) {
       this.note('Enter an amount such as 25.00 (at most 2 decimals).', 'error');
       return;
     }
-    this.bid(cents);
+    this.bid(cents, upTo);
   }
 
-  async bid(cents) {
+  async bid(cents, upTo = false) {
     this.bidding = true;
     this.render();
-    this.note(`Bidding ${formatCents(cents)}…`, 'pending');
+    this.note(`${upTo ? 'Bidding up to' : 'Bidding'} ${formatCents(cents)}…`, 'pending');
     try {
-      const placed = await api('POST', `/auctions/${this.id}/bids`, { amount: formatCents(cents) });
-      // 201: we lead. The socket will tell the same (same seq), possibly a bit later.
-      if (placed.seq > this.seq) this.moveTo(placed.price, session.user.id, placed.seq, placed.end_at);
-      this.note(`Your bid of ${placed.price} was accepted.`, 'ok');
+      const body = upTo ? { max_amount: formatCents(cents) } : { amount: formatCents(cents) };
+      const placed = await api('POST', `/auctions/${this.id}/bids`, body);
+      // 201. The socket will tell the same (same seq), possibly a bit later.
+      if (placed.seq > this.seq) this.moveTo(placed.price, placed.leader_id, placed.seq, placed.end_at);
+      if (!placed.leading) {
+        // Someone's maximum answered at once: the outbid notice would say less.
+        this.note(`Your bid of ${formatCents(cents)} was outbid at once by a maximum: the price is now ${placed.price}.`, 'error');
+      } else if (placed.max_amount) {
+        this.note(`You lead at ${placed.price}; the site bids for you up to ${placed.max_amount}.`, 'ok');
+      } else {
+        this.note(`Your bid of ${placed.price} was accepted.`, 'ok');
+      }
       this.amountInput.value = '';
     } catch (err) {
       if (err.code === 'BID_TOO_LOW') {
@@ -672,6 +705,31 @@ class AuctionCard {
         if (minimum) this.amountInput.value = minimum;
       } else if (err.code === 'AUCTION_CLOSED') {
         this.note('This auction is not accepting bids.', 'error');
+      } else if (err.code === 'MAX_AMOUNT_LOWERED') {
+        const maximum = err.details && err.details.max_amount;
+        this.note(`Your maximum is ${maximum}: you can raise it, not lower it.`, 'error');
+      } else {
+        this.note(errorText(err), 'error');
+      }
+    } finally {
+      this.bidding = false;
+      this.render();
+    }
+  }
+
+  async buyNow() {
+    this.bidding = true;
+    this.render();
+    this.note(`Buying for ${formatCents(this.buyNowCents)}…`, 'pending');
+    try {
+      const order = await api('POST', `/auctions/${this.id}/buy-now`, {});
+      // The socket's "closed" names us as the winner; the order is ours already.
+      this.note(`Bought for ${order.total}: pay in My orders.`, 'ok');
+      refreshOrders();
+    } catch (err) {
+      if (err.code === 'BUY_NOW_UNAVAILABLE') {
+        this.buyNowCents = null;
+        this.note('Buy now is no longer available.', 'error');
       } else {
         this.note(errorText(err), 'error');
       }
@@ -717,8 +775,12 @@ class AuctionCard {
     const canBid = Boolean(session.user) && status === 'live' && !this.bidding;
     this.bidButton.disabled = !canBid;
     this.customButton.disabled = !canBid;
+    this.maxButton.disabled = !canBid;
     this.amountInput.disabled = !canBid;
     this.bidButton.textContent = session.user ? `Bid ${formatCents(this.minNextBidCents())}` : 'Log in to bid';
+    this.buyNowButton.hidden = this.buyNowCents === null || this.closed;
+    this.buyNowButton.disabled = !canBid;
+    if (this.buyNowCents !== null) this.buyNowButton.textContent = `Buy now for ${formatCents(this.buyNowCents)}`;
     element.querySelector('.bidding').hidden = this.closed;
 
     this.renderResult();

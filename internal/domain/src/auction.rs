@@ -19,6 +19,7 @@ pub struct NewAuction {
     pub start_price: Money,
     pub min_increment: Money,
     pub reserve_price: Option<Money>,
+    pub buy_now_price: Option<Money>,
     pub start_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
     pub extend_window_secs: u32,
@@ -34,6 +35,7 @@ pub struct AuctionFields<'a> {
     pub start_price: &'a str,
     pub min_increment: &'a str,
     pub reserve_price: Option<&'a str>,
+    pub buy_now_price: Option<&'a str>,
     pub start_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
     pub extend_window_secs: i64,
@@ -48,6 +50,17 @@ impl NewAuction {
         let start_price = Money::parse_positive("start_price", fields.start_price)?;
         let min_increment = Money::parse_positive("min_increment", fields.min_increment)?;
         let reserve_price = fields.reserve_price.map(|raw| Money::parse_positive("reserve_price", raw)).transpose()?;
+        let buy_now_price = fields.buy_now_price.map(|raw| Money::parse_positive("buy_now_price", raw)).transpose()?;
+        if let Some(buy_now) = buy_now_price {
+            // Buying at once must never cost less than winning by bidding could.
+            let floor = reserve_price.map_or(start_price, |reserve| reserve.max(start_price));
+            if buy_now < floor {
+                return Err(Invalid::new(
+                    "buy_now_price",
+                    format!("must be at least the start price and the reserve price ({floor})"),
+                ));
+            }
+        }
         if fields.end_at.trunc_subsecs(3) <= fields.start_at.trunc_subsecs(3) {
             return Err(Invalid::new("end_at", "must be after start_at"));
         }
@@ -73,6 +86,7 @@ impl NewAuction {
             start_price,
             min_increment,
             reserve_price,
+            buy_now_price,
             // Redis keeps times in milliseconds; so does everything else, so they compare equal.
             start_at: fields.start_at.trunc_subsecs(3),
             end_at: fields.end_at.trunc_subsecs(3),
@@ -131,6 +145,7 @@ mod tests {
             start_price: "10.00",
             min_increment: "1.00",
             reserve_price: None,
+            buy_now_price: None,
             start_at: now,
             end_at: now + Duration::minutes(5),
             extend_window_secs: 0,
@@ -167,6 +182,12 @@ mod tests {
             ("start_price", AuctionFields { start_price: "-1", ..fields(now) }),
             ("min_increment", AuctionFields { min_increment: "0", ..fields(now) }),
             ("reserve_price", AuctionFields { reserve_price: Some("1.001"), ..fields(now) }),
+            ("buy_now_price", AuctionFields { buy_now_price: Some("9.99"), ..fields(now) }),
+            (
+                "buy_now_price",
+                AuctionFields { reserve_price: Some("50.00"), buy_now_price: Some("49.99"), ..fields(now) },
+            ),
+            ("buy_now_price", AuctionFields { buy_now_price: Some("0"), ..fields(now) }),
             ("end_at", AuctionFields { end_at: now - Duration::seconds(1), ..fields(now) }),
             ("extend_by_secs", AuctionFields { extend_window_secs: 10, ..fields(now) }),
             ("payment_timeout_secs", AuctionFields { payment_timeout_secs: 0, ..fields(now) }),
@@ -174,5 +195,12 @@ mod tests {
         for (field, raw) in cases {
             assert_eq!(NewAuction::parse(raw).unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn a_buy_now_price_may_equal_the_reserve() {
+        let now = Utc::now();
+        let ok = AuctionFields { reserve_price: Some("50.00"), buy_now_price: Some("50.00"), ..fields(now) };
+        assert_eq!(NewAuction::parse(ok).unwrap().buy_now_price, Some(m("50.00")));
     }
 }

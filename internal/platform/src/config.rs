@@ -143,12 +143,37 @@ impl DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// One server, or in `cluster` mode a comma-separated list of seed nodes.
     pub url: SecretString,
+    pub mode: RedisMode,
     pub prefix: String,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     #[serde(default)]
     pub tls: TlsSettings,
+}
+
+impl RedisSettings {
+    /// The URLs in `url`: one in `single` mode, the seed nodes in `cluster` mode.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url.expose_secret().split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
+    }
+}
+
+/// How Spike talks to Redis: one server (or a primary behind a proxy), or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+}
+
+impl TryFrom<String> for RedisMode {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        one_of(&name, &[("single", RedisMode::Single), ("cluster", RedisMode::Cluster)])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,8 +190,27 @@ pub struct AmqpSettings {
     pub max_batch: NonZeroUsize,
     pub retry_delays_ms: Vec<u64>,
     pub queue_expires_ms: u64,
+    /// The type of the consumer and dead-letter queues; TTL queues are always classic.
+    pub queue_type: QueueType,
     #[serde(default)]
     pub tls: TlsSettings,
+}
+
+/// `classic`: one broker node holds each queue. `quorum`: replicated over the broker
+/// cluster by Raft (RabbitMQ 3.8+; at-least-once dead-lettering needs 3.10+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl TryFrom<String> for QueueType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        one_of(&name, &[("classic", QueueType::Classic), ("quorum", QueueType::Quorum)])
+    }
 }
 
 /// PEM files for a TLS connection (`sslmode=verify-full`, `rediss://`, `amqps://`): the CA
@@ -279,6 +323,15 @@ pub struct CacheSettings {
 pub struct SaleSettings {
     pub sold_out_flag_ms: u64,
     pub reservation_status_ttl_secs: NonZeroU64,
+    /// How long a reservation may stay unconfirmed by the broker before the worker's
+    /// reaper undoes it (its API process died, or its Redis reply was lost).
+    pub reservation_deadline_ms: NonZeroU64,
+    /// How long purchases wait (503) for one rebuild barrier after Redis lost a sale's hot
+    /// state; a barrier that has not passed by then is replaced by a new one.
+    pub rebuild_barrier_timeout_ms: NonZeroU64,
+    /// How often the sweeper puts back in Redis the units of closed or cancelled sale
+    /// orders whose `sale.restock` message never arrived.
+    pub restock_sweep_interval_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,7 +339,12 @@ pub struct SaleSettings {
 pub struct AuctionSettings {
     pub bid_write_timeout_ms: NonZeroU64,
     pub sweep_interval_secs: NonZeroU64,
+    /// How many times an unpaid winner's lot goes to the next bidder (0: never).
+    pub second_chance_offers: u32,
 }
+
+/// At most this many second-chance offers: each one waits a whole payment timeout.
+pub const MAX_SECOND_CHANCE_OFFERS: u32 = 10;
 
 /// How long a purchase or a bid sent again with the same `Idempotency-Key` replays the
 /// first answer. (Orders keep their keys in Postgres, for good.)
@@ -312,6 +370,12 @@ pub struct TelemetrySettings {
     pub log_level: String,
     pub otlp_endpoint: String,
     pub service_name: String,
+    /// The share of new traces exported (0.0 to 1.0). A request or message that arrives
+    /// with a trace context follows its caller's decision instead (parent-based).
+    pub sample_ratio: f64,
+    /// Adds each span's thread, source location and busy/idle times as attributes: useful
+    /// when profiling, noise otherwise.
+    pub span_details: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -395,6 +459,7 @@ impl Settings {
                 return Err(invalid(key, format!("must start with {}", schemes.join(" or "))));
             }
         }
+        self.validate_redis_urls()?;
         self.database.tls.validate(
             "database",
             verifies_server(self.database.url.expose_secret()),
@@ -411,6 +476,11 @@ impl Settings {
                 return Err(invalid(key, "must be non-empty: letters, digits, - _ . :"));
             }
         }
+        if self.sales.reservation_deadline_ms.get() <= 2 * self.amqp.confirm_timeout_ms.get() + 1000 {
+            // The longest a purchase waits for its confirm: a shorter deadline would undo
+            // reservations whose confirm is merely slow.
+            return Err(invalid("sales.reservation_deadline_ms", "must exceed 2 x amqp.confirm_timeout_ms + 1000"));
+        }
         if self.jwt.secret.expose_secret().len() < 32 {
             return Err(invalid("jwt.secret", "must be at least 32 bytes"));
         }
@@ -418,10 +488,54 @@ impl Settings {
         if shared && self.jwt.secret.expose_secret() == DEV_JWT_SECRET {
             return Err(invalid("jwt.secret", "is the development secret; set SPIKE__JWT__SECRET"));
         }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
+        }
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.get() {
             return Err(invalid("argon2.memory_kib", "must be at least 8 x parallelism"));
         }
+        if self.auctions.second_chance_offers > MAX_SECOND_CHANCE_OFFERS {
+            return Err(invalid(
+                "auctions.second_chance_offers",
+                format!("must be between 0 and {MAX_SECOND_CHANCE_OFFERS}"),
+            ));
+        }
+        if self.amqp.retry_delays_ms.is_empty() {
+            return Err(invalid("amqp.retry_delays_ms", "must list at least one delay"));
+        }
+        // A barrier must be able to wait out the confirms of purchases made before the loss
+        // and make two rounds through the first retry queue before it is replaced.
+        let barrier_needs = 2 * self.amqp.confirm_timeout_ms.get() + 1000 + 4 * self.amqp.retry_delays_ms[0];
+        if self.sales.rebuild_barrier_timeout_ms.get() <= barrier_needs {
+            return Err(invalid(
+                "sales.rebuild_barrier_timeout_ms",
+                format!("must exceed 2 x amqp.confirm_timeout_ms + 1000 + 4 x the first retry delay ({barrier_needs})"),
+            ));
+        }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// One URL in `single` mode; in `cluster` mode seed nodes that all speak the same
+    /// protocol (TLS or not: one `redis.tls` applies to all of them).
+    fn validate_redis_urls(&self) -> Result<(), ConfigError> {
+        let urls = self.redis.urls();
+        match self.redis.mode {
+            RedisMode::Single if urls.len() != 1 => {
+                Err(invalid("redis.url", "holds several URLs: list seed nodes only with redis.mode = \"cluster\""))
+            }
+            RedisMode::Cluster if urls.is_empty() => Err(invalid("redis.url", "must list at least one seed node")),
+            _ => {
+                let tls = urls[0].starts_with("rediss://");
+                let schemes_ok = urls.iter().all(|u| u.starts_with(if tls { "rediss://" } else { "redis://" }));
+                if schemes_ok {
+                    Ok(())
+                } else {
+                    Err(invalid("redis.url", "every node must use the same scheme: all redis:// or all rediss://"))
+                }
+            }
+        }
     }
 }
 
@@ -501,6 +615,13 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_ratio_outside_0_to_1_is_refused() {
+        assert_eq!(load(None, &[]).unwrap().telemetry.sample_ratio, 1.0);
+        let err = load(None, &[("SPIKE__TELEMETRY__SAMPLE_RATIO", "1.5")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: telemetry.sample_ratio: must be between 0.0 and 1.0");
+    }
+
+    #[test]
     fn a_zero_where_zero_makes_no_sense_names_its_key() {
         for (var, key) in [
             ("SPIKE__AMQP__PREFETCH", "amqp.prefetch"),
@@ -512,6 +633,15 @@ mod tests {
             let err = load(None, &[(var, "0")]).unwrap_err();
             assert_eq!(err.to_string(), format!("invalid configuration: {key}: must be greater than 0"));
         }
+    }
+
+    #[test]
+    fn second_chance_offers_default_to_two_and_zero_turns_them_off() {
+        assert_eq!(load(None, &[]).unwrap().auctions.second_chance_offers, 2);
+        let off = load(None, &[("SPIKE__AUCTIONS__SECOND_CHANCE_OFFERS", "0")]).unwrap();
+        assert_eq!(off.auctions.second_chance_offers, 0);
+        let err = load(None, &[("SPIKE__AUCTIONS__SECOND_CHANCE_OFFERS", "11")]).unwrap_err();
+        assert!(err.to_string().contains("auctions.second_chance_offers: must be between 0 and 10"), "{err}");
     }
 
     #[test]
@@ -632,6 +762,37 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("dev-only-secret"));
         assert!(!shown.contains("guest:guest"));
+    }
+
+    #[test]
+    fn cluster_mode_takes_a_list_of_seed_nodes() {
+        let seeds = "redis://127.0.0.1:7001,redis://127.0.0.1:7002, redis://127.0.0.1:7003";
+        let settings = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", seeds)]).unwrap();
+        assert_eq!(settings.redis.mode, RedisMode::Cluster);
+        assert_eq!(
+            settings.redis.urls(),
+            ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"]
+        );
+        assert_eq!(load(None, &[]).unwrap().redis.mode, RedisMode::Single);
+    }
+
+    #[test]
+    fn redis_modes_and_seed_lists_are_checked() {
+        let err = load(None, &[("SPIKE__AMQP__QUEUE_TYPE", "stream")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: amqp.queue_type: must be classic or quorum");
+        let settings = load(None, &[("SPIKE__AMQP__QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(settings.amqp.queue_type, QueueType::Quorum);
+        let err = load(None, &[("SPIKE__REDIS__MODE", "sentinel")]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: redis.mode: must be single or cluster");
+        let two = "redis://a:7001,redis://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__URL", two)]).unwrap_err();
+        assert!(err.to_string().contains("redis.url: holds several URLs"), "{err}");
+        let mixed = "redis://a:7001,rediss://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", mixed)]).unwrap_err();
+        assert!(err.to_string().contains("same scheme"), "{err}");
+        let bad = "redis://a:7001,http://b:7002";
+        let err = load(None, &[("SPIKE__REDIS__MODE", "cluster"), ("SPIKE__REDIS__URL", bad)]).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //! (`*.tls.ca_file`, client certificates) are applied here.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use secrecy::ExposeSecret;
 
-use crate::config::{DatabaseSettings, RedisSettings, TlsSettings};
+use crate::config::{DatabaseSettings, RedisMode, RedisSettings, TlsSettings};
+use crate::redis_conn::{Redis, RedisClient};
 
 /// A dependency that did not answer. The message names the service and its host, never
 /// the credentials in its URL.
@@ -87,26 +90,25 @@ pub async fn postgres_at(settings: &DatabaseSettings, url: &str) -> Result<Datab
     })
 }
 
-/// The connection every Redis call goes through: a multiplexed, self-reconnecting
-/// connection that is cheap to clone.
-pub type Redis = ConnectionManager;
-
-/// The Redis client (for pub/sub connections) and the multiplexed connection every request
-/// shares. The manager reconnects by itself; its retries are kept short so that a Redis
-/// outage surfaces as a quick 503 instead of a hung request.
-pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, ConnectionManager), Unreachable> {
-    let url = settings.url.expose_secret();
-    let unreachable =
-        |err: redis::RedisError| Unreachable { service: "redis", address: address_of(url), detail: err.to_string() };
+/// The client subscriptions are opened from, and the multiplexed connection every request
+/// shares. Retries are kept short, so that a Redis outage surfaces as a quick 503 instead of
+/// a hung request.
+pub async fn redis(settings: &RedisSettings) -> Result<(RedisClient, Redis), Unreachable> {
     use_ring_for_tls();
+    match settings.mode {
+        RedisMode::Single => redis_single(settings).await,
+        RedisMode::Cluster => redis_cluster(settings).await,
+    }
+}
+
+async fn redis_single(settings: &RedisSettings) -> Result<(RedisClient, Redis), Unreachable> {
+    let url = settings.url.expose_secret();
+    let unreachable = |err: redis::RedisError| redis_unreachable(settings, err.to_string());
     let client = if settings.tls.is_empty() {
         redis::Client::open(url)
     } else {
-        let certificates = redis_certificates(&settings.tls).map_err(|err| Unreachable {
-            service: "redis",
-            address: address_of(url),
-            detail: format!("reading redis.tls files: {err}"),
-        })?;
+        let certificates = redis_certificates(&settings.tls)
+            .map_err(|err| redis_unreachable(settings, format!("reading redis.tls files: {err}")))?;
         redis::Client::build_with_tls(url, certificates)
     }
     .map_err(unreachable)?;
@@ -116,7 +118,47 @@ pub async fn redis(settings: &RedisSettings) -> Result<(redis::Client, Connectio
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
     let manager = ConnectionManager::new_with_config(client.clone(), config).await.map_err(unreachable)?;
-    Ok((client, manager))
+    Ok((RedisClient::Single(Box::new(client)), Redis::Single(manager)))
+}
+
+/// A Redis Cluster from its seed nodes. A command whose master is failing over is retried
+/// (quickly at first, at most 500 ms apart) until `response_timeout_ms` is up, then
+/// answered 503: a replica is usually promoted within the cluster's node timeout plus a
+/// second, and a request should not hang longer than that.
+async fn redis_cluster(settings: &RedisSettings) -> Result<(RedisClient, Redis), Unreachable> {
+    let certificates = if settings.tls.is_empty() {
+        None
+    } else {
+        let read = redis_certificates(&settings.tls)
+            .map_err(|err| redis_unreachable(settings, format!("reading redis.tls files: {err}")))?;
+        Some(read)
+    };
+    let nodes: Vec<String> = settings.urls().into_iter().map(str::to_owned).collect();
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+    let builder = move || {
+        let builder = ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(connect_timeout)
+            .response_timeout(response_timeout)
+            .overall_response_timeout(Some(response_timeout))
+            .retries(6)
+            .min_retry_wait(20)
+            .max_retry_wait(500);
+        match &certificates {
+            Some(certificates) => builder.certs(certificates.clone()),
+            None => builder,
+        }
+    };
+    let unreachable = |err: redis::RedisError| redis_unreachable(settings, err.to_string());
+    let client = builder().build().map_err(unreachable)?;
+    let conn = client.get_async_connection().await.map_err(unreachable)?;
+    Ok((RedisClient::Cluster(Arc::new(builder)), Redis::Cluster(conn)))
+}
+
+/// Every node's `host:port`, never the credentials in the URLs.
+fn redis_unreachable(settings: &RedisSettings, detail: String) -> Unreachable {
+    let address = settings.urls().into_iter().map(address_of).collect::<Vec<_>>().join(",");
+    Unreachable { service: "redis", address, detail }
 }
 
 fn redis_certificates(tls: &TlsSettings) -> std::io::Result<redis::TlsCertificates> {

@@ -1,15 +1,22 @@
 //! Logs and traces: `tracing` everywhere, JSON or pretty output, optional OTLP export, and
-//! the W3C trace-context propagator that carries a trace across RabbitMQ.
+//! the W3C trace-context propagator that carries a trace across HTTP, RabbitMQ and the
+//! outbox.
+//!
+//! Spans follow OpenTelemetry's conventions through `tracing-opentelemetry`'s special
+//! fields: `otel.name` (the span's name), `otel.kind` (`server`, `client`, `producer`,
+//! `consumer`), `otel.status_code`, plus the conventional attributes (`http.*`,
+//! `messaging.*`, `db.*`) as fields with those dotted names.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{DynFilterFn, FilterExt};
 use tracing_subscriber::fmt::TestWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,6 +28,11 @@ use crate::config::{LogFormat, TelemetrySettings};
 /// What is exported as spans: ours and our libraries' at `info`, without one event per SQL
 /// statement or AMQP frame.
 const TRACE_FILTER: &str = "info,sqlx=warn,lapin=warn";
+
+/// Set by the first [`install`]; later calls install nothing.
+static INSTALLED: OnceLock<()> = OnceLock::new();
+/// The exporting provider, for [`flush`].
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Keeps the trace exporter alive; dropping it flushes the spans still buffered.
 pub struct TelemetryGuard {
@@ -51,7 +63,6 @@ pub fn init_for_tests(settings: &TelemetrySettings) -> anyhow::Result<TelemetryG
 }
 
 fn install(settings: &TelemetrySettings, writer: BoxMakeWriter) -> anyhow::Result<TelemetryGuard> {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard { provider: None });
     }
@@ -79,29 +90,91 @@ fn install(settings: &TelemetrySettings, writer: BoxMakeWriter) -> anyhow::Resul
         let exporter =
             opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(&settings.otlp_endpoint).build()?;
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(settings.service_name.clone()).build();
-        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+        // Parent-based: a caller that sampled its trace gets ours joined to it, one that
+        // did not gets nothing; only new traces are sampled by the ratio.
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .with_sampler(sampler)
+                .build(),
+        )
     };
     // Traces have their own level: `telemetry.log_level = "warn"` quiets the logs, not the
     // spans of the requests and messages a collector was asked for.
     let otel = provider.as_ref().map(|provider| {
+        let details = settings.span_details;
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(settings.service_name.clone()))
-            .with_filter(EnvFilter::new(TRACE_FILTER))
+            .with_tracked_inactivity(details)
+            .with_threads(details)
+            .with_location(details)
+            .with_filter(EnvFilter::new(TRACE_FILTER).and(DynFilterFn::new(within_traced_work)))
     });
 
     let installed = tracing_subscriber::registry().with(log.with_filter(filter)).with(otel).try_init().is_ok();
     let _ = INSTALLED.set(());
     if installed && let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        let _ = PROVIDER.set(provider.clone());
         tracing::info!(endpoint = %settings.otlp_endpoint, "exporting traces over OTLP");
     }
     Ok(TelemetryGuard { provider })
 }
 
+/// Exports every finished span now (tests read the receiver right after).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get()
+        && let Err(err) = provider.force_flush()
+    {
+        eprintln!("flushing traces failed: {err}");
+    }
+}
+
+/// Postgres statements and Redis scripts are exported only as part of traced work (a
+/// request, a message): the relay's polls and the sweeps would otherwise each be a trace
+/// of their own, every few seconds.
+fn within_traced_work<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let client = meta.target().starts_with("repo::db") || meta.target() == "repo::cache::lua";
+    !(meta.is_span() && client && cx.lookup_current().is_none())
+}
+
+/// `span`'s context as a W3C `traceparent` value, if it has one (only while traces are
+/// exported: without the OpenTelemetry layer spans have no trace id).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        let flags = if span_context.is_sampled() { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", span_context.trace_id(), span_context.span_id())
+    })
+}
+
+/// `span`'s trace id, if it has one (see [`traceparent_of`]).
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+/// Renames `span` once it has started (a server span learns its route only after routing).
+pub fn rename(span: &tracing::Span, name: String) {
+    span.context().span().update_name(name);
+}
+
 /// The current span's trace context as W3C headers (`traceparent`, `tracestate`), ready to
 /// be stored in the outbox or put into AMQP message headers.
 pub fn current_trace_headers() -> HashMap<String, String> {
-    let context = tracing::Span::current().context();
+    trace_headers_of(&tracing::Span::current())
+}
+
+/// `span`'s trace context as W3C headers (empty when `span` has none).
+pub fn trace_headers_of(span: &tracing::Span) -> HashMap<String, String> {
+    let context = span.context();
     let mut headers = HashMap::new();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MapInjector(&mut headers));
@@ -109,14 +182,31 @@ pub fn current_trace_headers() -> HashMap<String, String> {
     headers
 }
 
-/// Makes `span` a child of the trace described by `headers` (a no-op without them).
+/// Makes `span` a child of the trace described by `headers` (a no-op without a valid
+/// `traceparent` among them: the span keeps the current span as its parent).
 pub fn adopt_trace_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
-    if headers.is_empty() {
-        return;
+    if let Some(parent) = span_context_of(headers) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     }
-    let parent =
+}
+
+/// Adds a link from `span` to the trace described by `headers` (a no-op without them): for
+/// work done for many traces at once, where only one can be the parent.
+pub fn link_trace_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
+    if let Some(linked) = span_context_of(headers) {
+        span.add_link(linked);
+    }
+}
+
+/// The span context `headers` carry, if they carry a valid one.
+fn span_context_of(headers: &HashMap<String, String>) -> Option<SpanContext> {
+    if headers.is_empty() {
+        return None;
+    }
+    let context =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&MapExtractor(headers)));
-    let _ = span.set_parent(parent);
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
 }
 
 struct MapInjector<'a>(&'a mut HashMap<String, String>);
@@ -141,7 +231,6 @@ impl Extractor for MapExtractor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::TraceContextExt;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;

@@ -36,6 +36,8 @@ pub struct AuctionView {
     pub start_price: Money,
     pub min_increment: Money,
     pub reserve_price: Option<Money>,
+    /// Only while buy-now is on offer (see [`buy_now_on_offer`]).
+    pub buy_now_price: Option<Money>,
     pub current_price: Option<Money>,
     pub leader_id: Option<Uuid>,
     pub bid_count: i64,
@@ -55,6 +57,7 @@ impl AuctionView {
     fn new(row: AuctionRow, live: Option<live::Live>) -> Self {
         let start_price = Money::from_decimal(row.start_price);
         let min_increment = Money::from_decimal(row.min_increment);
+        let closed_in_redis = live.as_ref().is_some_and(|l| l.closed);
         let (current_price, leader_id, bid_count, end_at) = match &live {
             Some(l) => (
                 (l.seq > 0).then(|| Money::from_cents(l.price_cents)),
@@ -70,13 +73,16 @@ impl AuctionView {
             _ if Utc::now() < row.start_at => AuctionStatus::Scheduled,
             _ => AuctionStatus::Live,
         };
+        let reserve_price = row.reserve_price.map(Money::from_decimal);
+        let on_offer = !status.is_closed() && !closed_in_redis && buy_now_on_offer(reserve_price, current_price);
         Self {
             id: row.id,
             title: row.title,
             description: row.description,
             start_price,
             min_increment,
-            reserve_price: row.reserve_price.map(Money::from_decimal),
+            reserve_price,
+            buy_now_price: row.buy_now_price.map(Money::from_decimal).filter(|_| on_offer),
             min_next_bid: min_next_bid(current_price, start_price, min_increment),
             current_price,
             leader_id,
@@ -93,20 +99,55 @@ impl AuctionView {
     }
 }
 
-/// An accepted bid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Buy-now stays on offer until the first bid that meets the reserve (the first bid when
+/// there is no reserve); `buy_now.lua` decides, this only says what to show.
+fn buy_now_on_offer(reserve: Option<Money>, current_price: Option<Money>) -> bool {
+    match (reserve, current_price) {
+        (_, None) => true,
+        (Some(reserve), Some(price)) => price < reserve,
+        (None, Some(_)) => false,
+    }
+}
+
+/// What a bidder offers: a bid at exactly this amount, or a maximum for the site to bid up
+/// to on their behalf (proxy bidding, decided in `place_bid.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Amount(Money),
+    Max(Money),
+}
+
+/// An accepted bid (or a leader's raised maximum): the auction after it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Placed {
     pub price: Money,
     pub seq: i64,
     pub end_at: DateTime<Utc>,
+    pub leader_id: Uuid,
+    /// The caller leads (an automatic answer may have outbid their bid at once).
+    pub leading: bool,
+    /// The caller's own maximum: for the caller's eyes only.
+    pub max_amount: Option<Money>,
 }
 
-/// A persisted bid.
+/// Leaves the maximum out: nothing logs a bidder's maximum.
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placed")
+            .field("price", &self.price)
+            .field("seq", &self.seq)
+            .field("leading", &self.leading)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A persisted bid, as anyone may see it (without the maximum behind it).
 #[derive(Debug, Clone)]
 pub struct BidView {
     pub seq: i64,
     pub user_id: Uuid,
     pub amount: Money,
+    pub auto: bool,
     pub placed_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
 }
@@ -117,6 +158,7 @@ impl From<BidRow> for BidView {
             seq: row.seq,
             user_id: row.user_id,
             amount: Money::from_decimal(row.amount),
+            auto: row.auto,
             placed_at: row.placed_at,
             end_at: row.end_at,
         }
@@ -159,6 +201,7 @@ impl AuctionService {
                 start_price: new.start_price.decimal(),
                 min_increment: new.min_increment.decimal(),
                 reserve_price: new.reserve_price.map(Money::decimal),
+                buy_now_price: new.buy_now_price.map(Money::decimal),
                 start_at: new.start_at,
                 end_at: new.end_at,
                 extend_window_secs: new.extend_window_secs as i32,
@@ -200,11 +243,17 @@ impl AuctionService {
         Ok(Page { items: rows.items.into_iter().map(BidView::from).collect(), total: rows.total })
     }
 
-    /// The hot path: one Lua script, then one (shared, batched) Postgres write.
-    pub async fn bid(&self, caller: &Caller, id: Uuid, amount: Money, key: Option<&IdempotencyKey>) -> Result<Placed> {
+    /// The hot path: one Lua script, then one (shared, batched) Postgres write of the bids
+    /// it produced (the caller's and, with proxy bidding, the leader's automatic answer).
+    pub async fn bid(&self, caller: &Caller, id: Uuid, offer: Offer, key: Option<&IdempotencyKey>) -> Result<Placed> {
+        let (amount, maximum) = match offer {
+            Offer::Amount(amount) => (amount, false),
+            Offer::Max(max) => (max, true),
+        };
         let request = || BidRequest {
             user_id: caller.user_id,
             amount_cents: amount.cents(),
+            maximum,
             idempotency_key: key.map(IdempotencyKey::as_str),
             idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
         };
@@ -216,22 +265,13 @@ impl AuctionService {
         }
         let current = |cents: i64| (cents > 0).then(|| Money::from_cents(cents));
         let (outcome, result) = match answer {
-            Bid::Accepted { seq, end_ms, price_cents, placed_ms, generation, min_next_cents } => {
-                let bid = NewBid {
-                    seq,
-                    user_id: caller.user_id,
-                    amount: Money::from_cents(price_cents).decimal(),
-                    end_at: millis(end_ms),
-                    placed_at: millis(placed_ms),
-                };
-                if self.writer.write(id, generation.clone(), bid).await {
-                    let announced = Announced { seq, leader: caller.user_id, price_cents, end_ms, min_next_cents };
-                    if let Err(err) = live::announce_bid(&mut redis, &self.keys, id, &announced).await {
-                        tracing::warn!(auction_id = %id, seq, error = %err, "could not announce a written bid");
-                    }
-                    ("accepted", Ok(Placed { price: Money::from_cents(price_cents), seq, end_at: millis(end_ms) }))
+            Bid::Accepted(accepted) => {
+                if self.write(id, caller.user_id, &accepted).await {
+                    self.announce(id, &accepted).await;
+                    let outcome = if accepted.bids.is_empty() { "max_raised" } else { "accepted" };
+                    (outcome, Ok(placed(caller.user_id, &accepted)))
                 } else {
-                    self.undo(id, &generation, caller.user_id, key).await;
+                    self.undo(id, &accepted.generation, caller.user_id, key).await;
                     ("unavailable", Err(Error::unavailable("postgres")))
                 }
             }
@@ -240,10 +280,60 @@ impl AuctionService {
                 Err(Error::BidTooLow { current: current(price_cents), minimum: Money::from_cents(minimum_cents) }),
             ),
             Bid::Closed { price_cents } => ("closed", Err(Error::AuctionClosed { current: current(price_cents) })),
+            Bid::MaxLowered { max_cents } => {
+                ("max_lowered", Err(Error::MaxAmountLowered { maximum: Money::from_cents(max_cents) }))
+            }
             Bid::Missing => ("unavailable", Err(Error::unavailable("redis"))),
         };
         metrics::counter!("bids_total", "outcome" => outcome).increment(1);
         result
+    }
+
+    /// Writes what the script accepted: its bids, or (when the leader raised its own
+    /// maximum) the raise, behind the leader's last bid.
+    async fn write(&self, id: Uuid, caller: Uuid, accepted: &live::Accepted) -> bool {
+        let generation = &accepted.generation;
+        if accepted.bids.is_empty() {
+            let max = Money::from_cents(accepted.your_max_cents).decimal();
+            return self.writer.raise(id, generation, accepted.seq, caller, max).await;
+        }
+        let rows = accepted
+            .bids
+            .iter()
+            .map(|bid| NewBid {
+                seq: bid.seq,
+                user_id: bid.user_id,
+                amount: Money::from_cents(bid.amount_cents).decimal(),
+                max_amount: Money::from_cents(bid.max_cents).decimal(),
+                auto: bid.auto,
+                end_at: millis(accepted.end_ms),
+                placed_at: millis(accepted.placed_ms),
+            })
+            .collect();
+        self.writer.write(id, generation, rows).await
+    }
+
+    /// Tells the watchers about every written bid, oldest first (a watcher may skip to the
+    /// latest).
+    async fn announce(&self, id: Uuid, accepted: &live::Accepted) {
+        let mut redis = self.redis.clone();
+        let increment = accepted.min_next_cents - accepted.price_cents;
+        for bid in &accepted.bids {
+            let announced = Announced {
+                seq: bid.seq,
+                leader: bid.user_id,
+                price_cents: bid.amount_cents,
+                end_ms: accepted.end_ms,
+                min_next_cents: bid.amount_cents + increment,
+                auto: bid.auto,
+            };
+            if bid.auto {
+                metrics::counter!("bids_auto_total").increment(1);
+            }
+            if let Err(err) = live::announce_bid(&mut redis, &self.keys, id, &announced).await {
+                tracing::warn!(auction_id = %id, seq = bid.seq, error = %err, "could not announce a written bid");
+            }
+        }
     }
 
     /// A bid Postgres did not take is taken back: its whole live state goes (it was priced
@@ -304,6 +394,7 @@ impl AuctionService {
             window_ms: i64::from(row.extend_window_secs) * 1000,
             extend_by_ms: i64::from(row.extend_by_secs) * 1000,
             reserve_cents: row.reserve_price.map_or(0, |r| Money::from_decimal(r).cents()),
+            max_cents: top.as_ref().map_or(0, |t| Money::from_decimal(t.max_amount).cents()),
             closed: match row.status.parse::<AuctionStatus>() {
                 Ok(AuctionStatus::Sold) => Some(true),
                 Ok(AuctionStatus::Unsold) => Some(false),
@@ -324,6 +415,18 @@ impl AuctionService {
         }
         txn.commit().await?;
         Ok(true)
+    }
+}
+
+/// The answer to the caller.
+fn placed(caller: Uuid, accepted: &live::Accepted) -> Placed {
+    Placed {
+        price: Money::from_cents(accepted.price_cents),
+        seq: accepted.seq,
+        end_at: millis(accepted.end_ms),
+        leader_id: accepted.leader,
+        leading: accepted.leader == caller,
+        max_amount: (accepted.your_max_cents > 0).then(|| Money::from_cents(accepted.your_max_cents)),
     }
 }
 

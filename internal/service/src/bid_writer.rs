@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use repo::db::auctions::{self, Append, NewBid};
+use rust_decimal::Decimal;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -36,6 +37,7 @@ struct Pending {
 /// Hands accepted bids to the writer tasks and waits for the outcome.
 #[derive(Clone)]
 pub struct BidWriter {
+    db: DatabaseConnection,
     tasks: Vec<mpsc::Sender<Pending>>,
     timeout: Duration,
 }
@@ -49,21 +51,49 @@ impl BidWriter {
                 sender
             })
             .collect();
-        Self { tasks, timeout }
+        Self { db, tasks, timeout }
     }
 
-    /// True once Postgres holds the bid (written now, or by an earlier attempt with the
-    /// same `Idempotency-Key`); false when it was refused or could not be written in time.
-    pub async fn write(&self, auction_id: Uuid, generation: String, bid: NewBid) -> bool {
-        let (done, written) = oneshot::channel();
+    /// True once Postgres holds the bids of one script call (written now, or by an earlier
+    /// attempt with the same `Idempotency-Key`); false when one was refused or could not be
+    /// written in time. They are queued together, so they usually go in one statement.
+    pub async fn write(&self, auction_id: Uuid, generation: &str, bids: Vec<NewBid>) -> bool {
         let task = &self.tasks[(auction_id.as_u128() % self.tasks.len() as u128) as usize];
-        let pending = Pending { auction_id, generation, bid, since: Instant::now(), done };
-        if task.send(pending).await.is_err() {
-            return false;
+        let mut answers = Vec::with_capacity(bids.len());
+        for bid in bids {
+            let (done, written) = oneshot::channel();
+            let pending = Pending { auction_id, generation: generation.to_owned(), bid, since: Instant::now(), done };
+            if task.send(pending).await.is_err() {
+                return false;
+            }
+            answers.push(written);
         }
         // The task answers within the timeout plus one statement; this only guards a task
         // stuck on a hung connection.
-        matches!(tokio::time::timeout(self.timeout * 2, written).await, Ok(Ok(true)))
+        let all = futures::future::join_all(answers);
+        matches!(tokio::time::timeout(self.timeout * 2, all).await, Ok(answers) if answers.iter().all(|a| matches!(a, Ok(true))))
+    }
+
+    /// True once Postgres holds the leader's raised maximum behind its bid `seq`. That bid
+    /// may still be on its way (from this instance or another): the raise waits for it, up
+    /// to the same timeout as a bid waiting for an earlier one.
+    pub async fn raise(&self, auction_id: Uuid, generation: &str, seq: i64, user_id: Uuid, max: Decimal) -> bool {
+        let since = Instant::now();
+        loop {
+            match auctions::raise_max(&self.db, auction_id, generation, seq, user_id, max).await {
+                Ok(Append::Written) => return true,
+                Ok(Append::Refused { generation: now, bid_count })
+                    if now == generation && bid_count < seq && since.elapsed() < self.timeout =>
+                {
+                    tokio::time::sleep(RECHECK).await;
+                }
+                Ok(Append::Refused { .. }) => return false,
+                Err(err) => {
+                    tracing::warn!(%auction_id, error = %err, "writing a raised maximum failed");
+                    return false;
+                }
+            }
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Closing what ran out of time: unpaid orders at their payment deadline, auctions at their
 //! (possibly extended) end. Each has a consumer of its delayed close messages and a sweeper
-//! that closes whatever a lost message left behind.
+//! that closes whatever a lost message left behind; a third sweeper backs up the
+//! `sale.restock` messages of closed sale orders.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -10,18 +12,22 @@ use domain::Money;
 use domain::order::OrderKind;
 use platform::Redis;
 use repo::cache::Keys;
-use repo::cache::auctions::{self as live, Close};
+use repo::cache::auctions::{self as live, BuyNow, Close};
+use repo::cache::sales::Returned;
 use repo::db::auctions;
 use repo::db::orders::{self, Finish, NewLine, NewOrder};
+use repo::db::sales;
 use repo::mq::Outcome;
 use repo::mq::consumer::Delivery;
 use repo::mq::messages::{CloseAuction, CloseOrders};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auctions::{AuctionService, millis, schedule_auction_close};
 use crate::error::{Error, Result};
+use crate::jwt::Caller;
+use crate::order_consumer;
 use crate::orders::{OrderService, announce_and_schedule_close};
 
 /// Orders a sweeper round closes at most per statement.
@@ -79,6 +85,44 @@ async fn close_overdue_orders(db: &DatabaseConnection, orders: &OrderService, ev
     }
 }
 
+/// Every `every`, puts back in Redis the units of closed or cancelled sale orders that
+/// Postgres returned more than `every` ago and Redis was not told of: their `sale.restock`
+/// message was lost, parked in the outbox or dead-lettered. Idempotent with the consumer:
+/// the restock script counts each order once.
+pub async fn sweep_restocks(
+    db: DatabaseConnection,
+    redis: Redis,
+    keys: Keys,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    repeat(every, stop, || restock_overdue(&db, &redis, &keys, every)).await
+}
+
+async fn restock_overdue(db: &DatabaseConnection, redis: &Redis, keys: &Keys, every: Duration) {
+    let due = match sales::restocks_due(db, every.as_millis() as i64, SWEEP_BATCH as u64).await {
+        Ok(due) => due,
+        Err(err) => {
+            tracing::warn!(error = %err, "restock sweeper could not look for returns Redis missed");
+            return;
+        }
+    };
+    let mut batches: BTreeMap<(Uuid, i64), Vec<Returned>> = BTreeMap::new();
+    for d in due {
+        let returned = Returned { order_id: d.order_id, user_id: d.user_id, quantity: d.quantity };
+        batches.entry((d.sale_id, d.returned_version)).or_default().push(returned);
+    }
+    for ((sale_id, version), returned) in batches {
+        match order_consumer::restock(db, redis, keys, sale_id, version, &returned).await {
+            Ok(units) => {
+                tracing::warn!(%sale_id, orders = returned.len(), units, "restock sweeper told Redis of returns it had missed");
+                metrics::counter!("restocks_swept_total").increment(returned.len() as u64);
+            }
+            Err(err) => tracing::warn!(%sale_id, error = %err, "restock sweeper could not restock"),
+        }
+    }
+}
+
 /// What a close attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closing {
@@ -89,8 +133,8 @@ pub enum Closing {
     },
 }
 
-/// Ends auctions: `close_auction.lua` decides sold or unsold, Postgres records it and
-/// creates the winner's order.
+/// Ends auctions: `close_auction.lua` decides sold or unsold (or `buy_now.lua` ended it
+/// early), Postgres records it and creates the winner's order.
 #[derive(Clone)]
 pub struct AuctionCloser {
     db: DatabaseConnection,
@@ -104,45 +148,38 @@ impl AuctionCloser {
         Self { db, redis, keys, auctions }
     }
 
-    /// Closes the auction if its end has come: the script makes Redis refuse every later
-    /// bid, then one transaction records the outcome and, for a sale, creates the winner's
-    /// order on the normal payment-timeout path. Running it twice changes nothing the
-    /// second time (the outcome is written only while the auction is `open`).
+    /// Closes the auction if its end has come (or a buy-now closed it): the script makes
+    /// Redis refuse every later bid, then one transaction records the outcome and, for a
+    /// sale, creates the winner's order on the normal payment-timeout path. Running it
+    /// twice changes nothing the second time (the outcome is written only while the
+    /// auction is `open`).
     #[tracing::instrument(skip(self))]
     pub async fn close(&self, id: Uuid) -> Result<Closing> {
-        let (price_cents, leader, end_ms, sold) = match self.close_in_redis(id).await? {
+        let (price_cents, leader, end_ms, sold, bought_in) = match self.close_in_redis(id).await? {
             Close::NotYet { end_ms } => {
                 let end_at = millis(end_ms);
                 schedule_auction_close(&self.db, id, end_at).await?;
                 return Ok(Closing::NotYet(end_at));
             }
-            Close::Closed { price_cents, leader, end_ms, sold, .. } => (price_cents, leader, end_ms, sold),
+            Close::Closed { price_cents, leader, end_ms, sold, bought, generation, .. } => {
+                (price_cents, leader, end_ms, sold, bought.then_some(generation))
+            }
             Close::Missing => return Err(Error::unavailable("redis")),
         };
         let price = (price_cents > 0).then(|| Money::from_cents(price_cents));
-        let txn = self.db.begin().await?;
         let winner = if sold { leader } else { None };
-        let finished = auctions::finish(&txn, id, sold, winner, price.map(Money::decimal), millis(end_ms)).await?;
-        if let (Some(row), Some(winner), Some(price)) = (finished.clone(), winner, price) {
-            let order_id = Uuid::now_v7();
-            let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
-            let order = NewOrder {
-                id: order_id,
-                user_id: winner,
-                kind: OrderKind::Auction.as_str(),
-                total: price.decimal(),
-                payment_timeout_ms: timeout_ms,
-                lines: vec![NewLine {
-                    product_id: None,
-                    title: row.title.clone(),
-                    quantity: 1,
-                    unit_price: price.decimal(),
-                }],
-            };
-            orders::insert(&txn, &[order]).await?;
-            auctions::set_order(&txn, id, order_id).await?;
-            announce_and_schedule_close(&txn, OrderKind::Auction, &[order_id], timeout_ms).await?;
-            tracing::info!(auction_id = %id, %winner, %price, "auction sold");
+        let outcome = auctions::Outcome {
+            sold,
+            winner,
+            final_price: price.map(Money::decimal),
+            end_at: millis(end_ms),
+            bought_in,
+        };
+        let txn = self.db.begin().await?;
+        let finished = auctions::finish(&txn, id, &outcome).await?;
+        if let (Some(row), Some(winner), Some(price)) = (finished.as_ref(), winner, price) {
+            give_order(&txn, row, winner, price).await?;
+            tracing::info!(auction_id = %id, %winner, %price, bought_now = row.bought_now, "auction sold");
         }
         let moved = finished.is_some();
         txn.commit().await?;
@@ -158,6 +195,83 @@ impl AuctionCloser {
         }
         Ok(Closing::Closed { sold })
     }
+
+    /// Buy-it-now: `buy_now.lua` closes the live state sold to the caller (atomically
+    /// against bids), then [`Self::close`] records it like any close. Returns the order.
+    ///
+    /// If this process dies between the two, the state stays closed and sold to the buyer
+    /// in Redis, and the auction's close message (or the sweeper) records exactly that at
+    /// the original end. If the state is dropped and rebuilt in between (a bid of it could
+    /// not be written), Postgres no longer takes its generation: nothing is recorded, the
+    /// auction stays open and the buyer gets a 503 to try again. Buying again what one has
+    /// bought answers with the same order (a retry, with or without an `Idempotency-Key`),
+    /// and records the purchase if an earlier attempt could not.
+    #[tracing::instrument(skip(self, caller), fields(user_id = %caller.user_id))]
+    pub async fn buy_now(&self, caller: &Caller, id: Uuid) -> Result<Uuid> {
+        let row = auctions::find(&self.db, id).await?.ok_or(Error::NotFound("auction"))?;
+        let Some(price) = row.buy_now_price.map(Money::from_decimal) else {
+            return Err(Error::BuyNowUnavailable("this auction has no buy-now price"));
+        };
+        if row.status != "open" {
+            return bought_by(&row, caller);
+        }
+        let mut redis = self.redis.clone();
+        let mut answer = live::buy_now(&mut redis, &self.keys, id, caller.user_id, price.cents()).await?;
+        if answer == BuyNow::Missing {
+            self.auctions.rebuild(id).await?;
+            answer = live::buy_now(&mut redis, &self.keys, id, caller.user_id, price.cents()).await?;
+        }
+        match answer {
+            BuyNow::Bought { .. } | BuyNow::BoughtEarlier { .. } => {}
+            BuyNow::Unavailable => return Err(unavailable_now()),
+            BuyNow::Missing => return Err(Error::unavailable("redis")),
+        }
+        self.close(id).await?;
+        let row = auctions::find(&self.db, id).await?.ok_or(Error::NotFound("auction"))?;
+        if row.status == "open" {
+            return Err(Error::unavailable("redis"));
+        }
+        bought_by(&row, caller)
+    }
+}
+
+fn unavailable_now() -> Error {
+    Error::BuyNowUnavailable(
+        "buy-now is not on offer: the auction is closed, has not started, or a bid met the reserve",
+    )
+}
+
+/// The caller's order if they bought this closed auction now.
+fn bought_by(row: &auctions::AuctionRow, caller: &Caller) -> Result<Uuid> {
+    match row.order_id {
+        Some(order_id) if row.bought_now && row.winner_id == Some(caller.user_id) => Ok(order_id),
+        _ => Err(unavailable_now()),
+    }
+}
+
+/// Gives `winner` the auction's order at `price` on the normal payment-timeout path and
+/// makes it the auction's current order: the winner's at the close, or a second-chance
+/// offer's ([`crate::second_chance`]).
+pub(crate) async fn give_order(
+    txn: &DatabaseTransaction,
+    row: &auctions::AuctionRow,
+    winner: Uuid,
+    price: Money,
+) -> Result<Uuid> {
+    let order_id = Uuid::now_v7();
+    let timeout_ms = i64::from(row.payment_timeout_secs) * 1000;
+    let order = NewOrder {
+        id: order_id,
+        user_id: winner,
+        kind: OrderKind::Auction.as_str(),
+        total: price.decimal(),
+        payment_timeout_ms: timeout_ms,
+        lines: vec![NewLine { product_id: None, title: row.title.clone(), quantity: 1, unit_price: price.decimal() }],
+    };
+    orders::insert(txn, &[order]).await?;
+    auctions::set_order(txn, row.id, order_id, winner, price.decimal()).await?;
+    announce_and_schedule_close(txn, OrderKind::Auction, &[order_id], timeout_ms).await?;
+    Ok(order_id)
 }
 
 impl AuctionCloser {
@@ -171,6 +285,8 @@ impl AuctionCloser {
         for _ in 0..3 {
             match &answer {
                 Close::Missing => self.auctions.rebuild(id).await?,
+                // A buy-now's winner does not depend on the bids.
+                Close::Closed { bought: true, .. } => return Ok(answer),
                 Close::Closed { seq, generation, .. } => {
                     let row = auctions::find(&self.db, id).await?.ok_or(Error::NotFound("auction"))?;
                     if i64::from(row.bid_count) == *seq {

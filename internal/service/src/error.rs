@@ -40,8 +40,17 @@ pub enum Error {
     NotActive(&'static str),
     #[error("bid too low: the minimum bid is {minimum}")]
     BidTooLow { current: Option<Money>, minimum: Money },
+    /// Shown to the bidder who owns the maximum only.
+    #[error("your maximum is {maximum}: it can be raised, not lowered")]
+    MaxAmountLowered { maximum: Money },
     #[error("the auction is not accepting bids")]
     AuctionClosed { current: Option<Money> },
+    #[error("{0}")]
+    BuyNowUnavailable(&'static str),
+    /// Redis lost the sale's hot state; its purchases wait until the reservations accepted
+    /// before the loss are processed (`crate::barrier`).
+    #[error("the sale is being restored after a cache failure; try again in a moment")]
+    Rebuilding,
     /// A dependency did not answer. The cause goes to the log with the request (once, by
     /// the API layer), never to the client.
     #[error("{service} is unavailable")]

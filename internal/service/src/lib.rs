@@ -8,9 +8,13 @@
 //! - [`catalog`]: products and the cache-aside product cache ([`singleflight`]);
 //! - [`orders`]: orders, payment, cancel, and the one path out of `pending_payment`;
 //! - [`relay`]: the outbox relay; [`closer`]: closing unpaid orders and ended auctions,
-//!   their consumers and sweepers;
+//!   their consumers and sweepers, and buy-it-now; [`second_chance`]: an unpaid auction
+//!   order passes the lot to the next bidder;
 //! - [`sales`]: flash sales and the purchase path; [`reservation_publisher`]: the batching
-//!   publisher behind it; [`order_consumer`]: the order and restock consumers;
+//!   publisher behind it; [`barrier`]: holds a sale whose hot state Redis lost until the
+//!   reservations queued before the loss are processed; [`order_consumer`]: the order and
+//!   restock consumers;
+//!   [`undo`]: undoing reservations that will not become orders, and the worker's reaper;
 //!   [`pubsub`]: the instance's Redis subscription;
 //! - [`auctions`]: auctions and the bid path; [`bid_writer`]: writes accepted bids to
 //!   Postgres, in order, before they are answered; [`live`]: the local fan-out to WebSocket watchers;
@@ -21,6 +25,7 @@
 
 pub mod auctions;
 pub mod auth;
+pub mod barrier;
 pub mod bid_writer;
 pub mod catalog;
 pub mod closer;
@@ -37,16 +42,18 @@ pub mod pubsub;
 pub mod relay;
 pub mod reservation_publisher;
 pub mod sales;
+pub mod second_chance;
 pub mod seed;
 pub mod singleflight;
+pub mod undo;
 pub mod verify;
 pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::Redis;
 use platform::{Broker, Settings};
+use platform::{Redis, RedisClient};
 use repo::cache::Keys;
 use repo::mq::Topology;
 use sea_orm::DatabaseConnection;
@@ -60,7 +67,7 @@ pub use repo::db::Page;
 pub struct Deps {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
-    pub redis_client: redis::Client,
+    pub redis_client: RedisClient,
     pub redis: Redis,
     pub broker: Arc<Broker>,
 }
@@ -73,6 +80,7 @@ impl Deps {
     pub fn topology(&self) -> Topology {
         let amqp = &self.settings.amqp;
         Topology::new(&amqp.prefix, amqp.queue_expires_ms, amqp.retry_delays_ms.clone())
+            .with_queue_type(amqp.queue_type)
     }
 
     pub fn confirm_timeout(&self) -> Duration {
@@ -89,6 +97,7 @@ pub struct Services {
     pub orders: orders::OrderService,
     pub sales: sales::SaleService,
     pub order_consumer: order_consumer::OrderConsumer,
+    pub undo: undo::Undo,
     pub auctions: auctions::AuctionService,
     pub auction_closer: closer::AuctionCloser,
     pub live: Arc<live::LiveHub>,
@@ -107,6 +116,11 @@ impl Services {
             deps.db.clone(),
             catalog.cache().clone(),
             settings.orders.payment_timeout_secs.get(),
+            orders::Lots {
+                redis: deps.redis.clone(),
+                keys: deps.keys(),
+                second_chance_offers: settings.auctions.second_chance_offers,
+            },
         );
         let status_ttl_secs = settings.sales.reservation_status_ttl_secs.get();
         let idempotency_ttl = Duration::from_secs(settings.idempotency.ttl_secs.get());
@@ -122,6 +136,15 @@ impl Services {
                 status_ttl_secs,
             },
         );
+        let barrier = barrier::RebuildBarrier::new(
+            deps.db.clone(),
+            deps.broker.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            deps.topology(),
+            deps.confirm_timeout(),
+            settings.sales.rebuild_barrier_timeout_ms.get(),
+        );
         let sales = sales::SaleService::new(
             deps.db.clone(),
             deps.redis.clone(),
@@ -130,9 +153,17 @@ impl Services {
             publisher,
             settings.sales.clone(),
             idempotency_ttl,
+        )
+        .with_barrier(barrier.clone());
+        let order_consumer = order_consumer::OrderConsumer::new(
+            deps.db.clone(),
+            deps.redis.clone(),
+            deps.keys(),
+            status_ttl_secs,
+            barrier,
+            sales.clone(),
         );
-        let order_consumer =
-            order_consumer::OrderConsumer::new(deps.db.clone(), deps.redis.clone(), deps.keys(), status_ttl_secs);
+        let undo = sales.undo().clone();
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),
@@ -143,7 +174,7 @@ impl Services {
         let auction_closer =
             closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, auctions, auction_closer, live })
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, undo, auctions, auction_closer, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).

@@ -17,21 +17,44 @@ use uuid::Uuid;
 /// A live auction event, decoded from what the bid path and the closer publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Bid { auction_id: Uuid, price: Money, leader: Uuid, seq: i64, end_at: DateTime<Utc>, min_next_bid: Money },
-    Closed { auction_id: Uuid, status: AuctionStatus, winner: Option<Uuid>, price: Option<Money> },
+    Bid {
+        auction_id: Uuid,
+        price: Money,
+        leader: Uuid,
+        seq: i64,
+        end_at: DateTime<Utc>,
+        min_next_bid: Money,
+        /// The leader's automatic raise (proxy bidding).
+        auto: bool,
+    },
+    Closed {
+        auction_id: Uuid,
+        status: AuctionStatus,
+        winner: Option<Uuid>,
+        price: Option<Money>,
+    },
+    /// The winner left the order unpaid: the lot went to the next bidder.
+    SecondChance {
+        auction_id: Uuid,
+        winner: Uuid,
+        price: Money,
+    },
 }
 
 impl Event {
     pub fn auction_id(&self) -> Uuid {
         match self {
-            Event::Bid { auction_id, .. } | Event::Closed { auction_id, .. } => *auction_id,
+            Event::Bid { auction_id, .. }
+            | Event::Closed { auction_id, .. }
+            | Event::SecondChance { auction_id, .. } => *auction_id,
         }
     }
 
     /// `None` for a message that does not parse (never from our own publishers).
     pub fn decode(raw: LiveEvent) -> Option<Self> {
         Some(match raw {
-            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents } => Event::Bid {
+            LiveEvent::Bid { auction_id, price_cents, leader, seq, end_ms, min_next_cents, auto } => Event::Bid {
+                auto,
                 auction_id,
                 price: Money::from_cents(price_cents.parse().ok()?),
                 leader,
@@ -48,6 +71,9 @@ impl Event {
                     price: (cents > 0).then(|| Money::from_cents(cents)),
                     status,
                 }
+            }
+            LiveEvent::SecondChance { auction_id, winner, price_cents } => {
+                Event::SecondChance { auction_id, winner, price: Money::from_cents(price_cents.parse().ok()?) }
             }
         })
     }
@@ -86,11 +112,12 @@ impl LiveHub {
 }
 
 /// Bids are announced by the request that placed them, once written, so two of them may
-/// reach pub/sub in either order: an older price never replaces a newer one, and nothing
-/// follows the close.
+/// reach pub/sub in either order: an older price never replaces a newer one, and no bid
+/// follows the close (only what happens to the lot afterwards: second-chance offers, and
+/// `unsold` when none was paid).
 fn is_newer(latest: Option<&Event>, event: &Event) -> bool {
     match (latest, event) {
-        (Some(Event::Closed { .. }), _) => false,
+        (Some(Event::Closed { .. } | Event::SecondChance { .. }), Event::Bid { .. }) => false,
         (Some(Event::Bid { seq: seen, .. }), Event::Bid { seq, .. }) => seq > seen,
         _ => true,
     }
@@ -103,7 +130,7 @@ mod tests {
     fn bid(auction_id: Uuid, seq: i64) -> Event {
         let end_at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
         let (price, min_next_bid) = (Money::from_cents(seq * 100), Money::from_cents(seq * 100 + 100));
-        Event::Bid { auction_id, price, leader: Uuid::nil(), seq, end_at, min_next_bid }
+        Event::Bid { auction_id, price, leader: Uuid::nil(), seq, end_at, min_next_bid, auto: false }
     }
 
     #[test]
@@ -150,6 +177,10 @@ mod tests {
         hub.publish(closed.clone());
         hub.publish(bid(auction, 3));
         assert_eq!(*watcher.borrow_and_update(), Some(closed));
+        let offer = Event::SecondChance { auction_id: auction, winner: Uuid::nil(), price: Money::from_cents(900) };
+        hub.publish(offer.clone());
+        hub.publish(bid(auction, 4));
+        assert_eq!(*watcher.borrow_and_update(), Some(offer), "a second-chance offer follows the close");
     }
 
     #[test]

@@ -17,8 +17,10 @@ use repo::mq::messages::{Reservation, ReservationBatch, SaleRestock};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
+use crate::barrier::{RebuildBarrier, barrier_of};
 use crate::error::{Error, Result};
 use crate::orders::announce_and_schedule_close;
+use crate::sales::SaleService;
 
 /// Writes the orders of reserved units.
 #[derive(Clone)]
@@ -27,22 +29,38 @@ pub struct OrderConsumer {
     redis: Redis,
     keys: Keys,
     status_ttl_secs: u64,
+    barrier: RebuildBarrier,
+    /// Loads a sale whose barrier passed, so that it is back without waiting for a purchase.
+    sales: SaleService,
 }
 
 impl OrderConsumer {
-    pub fn new(db: DatabaseConnection, redis: Redis, keys: Keys, status_ttl_secs: u64) -> Self {
-        Self { db, redis, keys, status_ttl_secs }
+    pub fn new(
+        db: DatabaseConnection,
+        redis: Redis,
+        keys: Keys,
+        status_ttl_secs: u64,
+        barrier: RebuildBarrier,
+        sales: SaleService,
+    ) -> Self {
+        Self { db, redis, keys, status_ttl_secs, barrier, sales }
     }
 
     /// The messages that have arrived (up to the prefetch), their reservations sale by
     /// sale: one transaction per sale for all of them, however many messages they came in.
     /// A message is acked when every sale it touches committed and Redis was told; a failed
     /// sale retries the messages that carry it, which is safe because outcomes already
-    /// recorded are re-applied, not redone.
+    /// recorded are re-applied, not redone. Rebuild barriers are looked at last, after the
+    /// reservations that came with them ([`crate::barrier`]).
     pub async fn handle(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = deliveries.iter().map(|_| None).collect();
         let mut by_sale: BTreeMap<Uuid, Vec<(usize, Reservation)>> = BTreeMap::new();
+        let mut barriers = Vec::new();
         for (index, delivery) in deliveries.iter().enumerate() {
+            if let Some(mark) = barrier_of(&delivery.body) {
+                barriers.push((index, mark));
+                continue;
+            }
             match delivery.json::<ReservationBatch>("reservation batch") {
                 Ok(batch) => {
                     for reservation in batch.reservations {
@@ -52,8 +70,12 @@ impl OrderConsumer {
                 Err(dead) => outcomes[index] = Some(dead),
             }
         }
+        let mut in_hand = self.barrier.hold(by_sale.keys().copied());
         for (sale_id, group) in by_sale {
-            let Err(err) = self.process(sale_id, &distinct(&group)).await else { continue };
+            let Err(err) = self.process(sale_id, &distinct(&group)).await else {
+                in_hand.settled(sale_id);
+                continue;
+            };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
             for index in failed {
                 let outcome = if matches!(err, Error::Unavailable { .. }) {
@@ -74,6 +96,15 @@ impl OrderConsumer {
                     outcomes[index] = Some(outcome);
                 }
             }
+        }
+        drop(in_hand);
+        for (index, mark) in barriers {
+            let sale_id = mark.sale_id;
+            let (outcome, passed) = self.barrier.consider(mark).await;
+            if passed && let Err(err) = self.sales.rebuild(sale_id).await {
+                tracing::warn!(%sale_id, error = %err, "could not load the sale after its barrier passed; the next purchase will");
+            }
+            outcomes[index] = Some(outcome);
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
     }
@@ -182,6 +213,8 @@ impl OrderConsumer {
                     reason: Some(FailureReason::NotProcessed.as_str()),
                     reserved_at: r.reserved_at,
                     generation: r.generation.clone(),
+                    idempotency_key: r.idempotency_key.clone(),
+                    fingerprint: r.fingerprint.clone(),
                 })
                 .collect();
             sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
@@ -210,7 +243,7 @@ fn distinct(group: &[(usize, Reservation)]) -> Vec<Reservation> {
 
 /// Handles one `sale.restock` message: closed or cancelled sale orders' units go back on
 /// sale in Redis (once per order).
-pub async fn handle_restock(redis: &Redis, keys: &Keys, delivery: Delivery) -> Outcome {
+pub async fn handle_restock(db: &DatabaseConnection, redis: &Redis, keys: &Keys, delivery: Delivery) -> Outcome {
     let message: SaleRestock = match delivery.json("restock message") {
         Ok(message) => message,
         Err(dead) => return dead,
@@ -220,17 +253,34 @@ pub async fn handle_restock(redis: &Redis, keys: &Keys, delivery: Delivery) -> O
         .iter()
         .map(|r| hot::Returned { order_id: r.order_id, user_id: r.user_id, quantity: r.quantity })
         .collect();
-    let channel = keys.sale_restock_channel();
-    let sale_keys = keys.sale(message.sale_id);
-    match hot::restock(&mut redis.clone(), &sale_keys, &channel, message.sale_id, message.version, &returned).await {
+    match restock(db, redis, keys, message.sale_id, message.version, &returned).await {
         Ok(units) => {
             if units > 0 {
                 tracing::info!(sale_id = %message.sale_id, units, "units back on sale");
             }
             Outcome::Ack
         }
-        Err(err) => Error::from(err).outcome("restocking Redis"),
+        Err(err) => err.outcome("restocking Redis"),
     }
+}
+
+/// Puts returned units back in Redis (the script counts each order once, and not at all
+/// when the hot state already includes the return), then records in Postgres that Redis
+/// was told, so that the restock sweeper leaves these orders alone. Returns the units put
+/// back.
+pub async fn restock(
+    db: &DatabaseConnection,
+    redis: &Redis,
+    keys: &Keys,
+    sale_id: Uuid,
+    version: i64,
+    returned: &[hot::Returned],
+) -> Result<i64> {
+    let channel = keys.sale_restock_channel();
+    let units = hot::restock(&mut redis.clone(), &keys.sale(sale_id), &channel, sale_id, version, returned).await?;
+    let order_ids: Vec<Uuid> = returned.iter().map(|r| r.order_id).collect();
+    sales::mark_restocked(db, &order_ids).await?;
+    Ok(units)
 }
 
 /// What the consumer decided for one new reservation.
@@ -300,6 +350,8 @@ impl Decision<'_> {
             reason: self.refusal.map(FailureReason::as_str),
             reserved_at: self.reservation.reserved_at,
             generation: self.reservation.generation.clone(),
+            idempotency_key: self.reservation.idempotency_key.clone(),
+            fingerprint: self.reservation.fingerprint.clone(),
         }
     }
 
@@ -336,14 +388,10 @@ impl Recorded {
             generation: row.generation.clone(),
             version: row.sale_version,
             order_id: row.order_id,
-            // The consumer records failures with one of these three reasons only; the reason
-            // is what the buyer sees, the release is the same for all of them.
-            refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed)).then(|| {
-                match row.reason.as_deref().map(str::parse) {
-                    Some(Ok(reason @ (FailureReason::LimitReached | FailureReason::NotProcessed))) => reason,
-                    _ => FailureReason::SoldOut,
-                }
-            }),
+            // The reason is what the buyer sees; the release is the same for all of them
+            // (`broker_unavailable`: an undo recorded it, and this copy arrived after all).
+            refusal: matches!(row.status.parse(), Ok(ReservationStatus::Failed))
+                .then(|| row.reason.as_deref().and_then(|r| r.parse().ok()).unwrap_or(FailureReason::SoldOut)),
         }
     }
 
@@ -389,6 +437,8 @@ mod tests {
             quantity,
             generation: "g".into(),
             reserved_at: Utc::now(),
+            idempotency_key: None,
+            fingerprint: None,
         }
     }
 

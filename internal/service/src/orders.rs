@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use domain::order::{NewOrderItem, OrderKind, OrderStatus};
 use domain::{IdempotencyKey, Money, PageRequest, Sort, SortDir};
+use platform::Redis;
+use repo::cache::Keys;
 use repo::db::orders::{self, Finish, Finished, NewLine, NewOrder, OrderItemRow, OrderRow};
 use repo::db::outbox::{self, Outgoing};
 use repo::db::{Page, idempotency, products, sales};
@@ -19,6 +21,7 @@ use uuid::Uuid;
 use crate::catalog::ProductCache;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
+use crate::second_chance;
 
 pub const SORT_FIELDS: &[&str] = &["created_at", "total", "status", "expires_at"];
 
@@ -91,16 +94,25 @@ impl FirstAnswer {
 
 const IDEMPOTENCY_SCOPE: &str = "orders";
 
+/// What an unpaid auction order needs: the second-chance offers and their announcement.
+#[derive(Clone)]
+pub struct Lots {
+    pub redis: Redis,
+    pub keys: Keys,
+    pub second_chance_offers: u32,
+}
+
 #[derive(Clone)]
 pub struct OrderService {
     db: DatabaseConnection,
     products: ProductCache,
     payment_timeout_ms: i64,
+    lots: Lots,
 }
 
 impl OrderService {
-    pub fn new(db: DatabaseConnection, products: ProductCache, payment_timeout_secs: u32) -> Self {
-        Self { db, products, payment_timeout_ms: i64::from(payment_timeout_secs) * 1000 }
+    pub fn new(db: DatabaseConnection, products: ProductCache, payment_timeout_secs: u32, lots: Lots) -> Self {
+        Self { db, products, payment_timeout_ms: i64::from(payment_timeout_secs) * 1000, lots }
     }
 
     /// Creates an order in one transaction: every line's stock is taken with a conditional
@@ -283,7 +295,8 @@ impl OrderService {
     /// Moves orders out of `pending_payment` (close or cancel) and gives their stock back,
     /// in one transaction. The conditional UPDATE returns only the orders that actually
     /// moved, and only those return stock: a redelivered close message, a racing payment
-    /// or a second sweeper finds nothing to move and returns nothing.
+    /// or a second sweeper finds nothing to move and returns nothing. An auction order
+    /// passes its lot on (second-chance offers) in the same transaction, as exactly once.
     #[tracing::instrument(skip_all, fields(orders = ids.len(), how = ?how))]
     pub async fn finish(&self, ids: &[Uuid], how: Finish) -> Result<Vec<Finished>> {
         let txn = self.db.begin().await?;
@@ -292,8 +305,10 @@ impl OrderService {
             |kind: OrderKind| -> Vec<Uuid> { moved.iter().filter(|o| o.kind == kind.as_str()).map(|o| o.id).collect() };
         let touched = products::return_stock_of_orders(&txn, &of_kind(OrderKind::Standard)).await?;
         return_sale_units(&txn, &of_kind(OrderKind::Sale)).await?;
+        let passed = second_chance::pass_on(&txn, &of_kind(OrderKind::Auction), self.lots.second_chance_offers).await?;
         txn.commit().await?;
         self.products.forget(&touched).await;
+        second_chance::announce(&self.lots.redis, &self.lots.keys, &passed).await;
         let reason = match how {
             Finish::Closed => "timeout",
             Finish::Cancelled { .. } => "cancelled",
@@ -361,6 +376,8 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
         }
         let released: Vec<(Uuid, i32)> = released.into_iter().collect();
         sales::release_buyers(txn, sale_id, &released).await?;
+        let order_ids: Vec<Uuid> = units.iter().map(|u| u.order_id).collect();
+        sales::mark_returned(txn, sale_id, &order_ids, version).await?;
         let payload = SaleRestock {
             sale_id,
             version,

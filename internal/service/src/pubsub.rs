@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
+use platform::RedisClient;
+use platform::redis_conn::Notice;
 use repo::cache::Keys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,41 +22,38 @@ pub struct Listeners {
     pub live: Arc<LiveHub>,
 }
 
-/// Subscribes until `stop`, reconnecting with a backoff. After every (re)connect all local
-/// flags are dropped, since notices sent while disconnected are lost.
-pub async fn listen(client: redis::Client, keys: Keys, listeners: Listeners, stop: CancellationToken) {
+/// Subscribes until `stop`, reconnecting with a backoff. After every (re)subscription all
+/// local flags are dropped, since notices sent while disconnected are lost.
+pub async fn listen(client: RedisClient, keys: Keys, listeners: Listeners, stop: CancellationToken) {
     let restock = keys.sale_restock_channel();
-    let auctions = keys.auction_channel();
+    let channels = [restock.clone(), keys.auction_channel()];
     let mut delays = platform::connect::backoff().build();
     loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&restock).await?;
-            pubsub.subscribe(&auctions).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
+        let notices = tokio::select! {
             _ = stop.cancelled() => return,
-            pubsub = subscribed => pubsub,
+            notices = client.subscribe(&channels) => notices,
         };
-        match pubsub {
-            Ok(pubsub) => {
+        match notices {
+            Ok(mut notices) => {
                 delays = platform::connect::backoff().build();
-                listeners.sold_out.clear_all();
-                let mut messages = pubsub.into_on_message();
                 loop {
-                    let message = tokio::select! {
+                    let notice = tokio::select! {
                         _ = stop.cancelled() => return,
-                        message = messages.next() => message,
+                        notice = notices.next() => notice,
                     };
-                    let Some(message) = message else { break };
-                    let Ok(payload) = message.get_payload::<String>() else { continue };
-                    if message.get_channel_name() == restock {
-                        if let Ok(sale_id) = payload.parse::<Uuid>() {
-                            listeners.sold_out.clear(sale_id);
+                    match notice {
+                        None => break,
+                        Some(Notice::Subscribed) => listeners.sold_out.clear_all(),
+                        Some(Notice::Message { channel, payload }) if channel == restock => {
+                            if let Ok(sale_id) = payload.parse::<Uuid>() {
+                                listeners.sold_out.clear(sale_id);
+                            }
                         }
-                    } else if let Some(event) = serde_json::from_str(&payload).ok().and_then(Event::decode) {
-                        listeners.live.publish(event);
+                        Some(Notice::Message { payload, .. }) => {
+                            if let Some(event) = serde_json::from_str(&payload).ok().and_then(Event::decode) {
+                                listeners.live.publish(event);
+                            }
+                        }
                     }
                 }
                 tracing::warn!("redis pub/sub connection lost; resubscribing");

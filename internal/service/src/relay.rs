@@ -16,7 +16,7 @@ use repo::db::outbox::{self, PendingRow};
 use repo::mq::topology::ROUTES;
 use repo::mq::{ConfirmPublisher, Message, PublishError, Topology};
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -97,9 +97,17 @@ impl OutboxRelay {
             return Ok(0);
         }
         // A span only for rounds that found rows: the relay also polls, and an empty round
-        // is not worth a trace.
+        // is not worth a trace. It serves many traces at once, so it links to the spans
+        // that wrote its rows; each message's own publish span is the child of its row's.
         let span = tracing::info_span!("outbox.publish", rows = rows.len());
-        let (sent, failed) = self.publish(&rows).instrument(span).await;
+        for row in &rows {
+            platform::telemetry::link_trace_headers(&span, &row.trace_headers());
+        }
+        self.finish_round(txn, &rows).instrument(span).await
+    }
+
+    async fn finish_round(&self, txn: DatabaseTransaction, rows: &[PendingRow]) -> Result<u64> {
+        let (sent, failed) = self.publish(rows).await;
         outbox::mark_published(&txn, &sent).await?;
         metrics::counter!("outbox_published_total").increment(sent.len() as u64);
         for (row, err) in &failed {

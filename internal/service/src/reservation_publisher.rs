@@ -5,19 +5,24 @@
 //! whatever has gathered while its previous publish was being confirmed, as one message:
 //! under light load a batch of one (no added latency), under a burst hundreds per confirm.
 //! Every reservation keeps its own outcome: the order consumer confirms or fails each one.
+//!
+//! A confirmed reservation is marked published in Redis before its buyer is told 202, so
+//! that the worker's reaper leaves it alone however long it then waits in RabbitMQ.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::reservation::ReservationProgress;
 use platform::Broker;
 use platform::Redis;
+use repo::cache::sales as hot;
 use repo::cache::{Keys, reservations};
 use repo::mq::messages::{Reservation, ReservationBatch};
 use repo::mq::topology::SALE_RESERVE;
 use repo::mq::{ConfirmPublisher, Message, Topology};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
 
 struct Pending {
     reservation: Reservation,
@@ -29,6 +34,9 @@ struct Pending {
 #[derive(Clone)]
 pub struct ReservationPublisher {
     queue: mpsc::Sender<Pending>,
+    /// The longest wait for room in the queue (the publisher tasks are behind, e.g. the
+    /// broker is stalled): after it the purchase is undone and answered 503.
+    room_wait: Duration,
     wait: Duration,
 }
 
@@ -55,21 +63,31 @@ impl ReservationPublisher {
             };
             tokio::spawn(task.run());
         }
-        Self { queue, wait: config.confirm_timeout * 2 + Duration::from_secs(1) }
+        Self { queue, room_wait: config.confirm_timeout, wait: confirm_wait(config.confirm_timeout) }
     }
 
-    /// True once the broker confirmed the message carrying this reservation.
+    /// True once the broker confirmed the message carrying this reservation and it was
+    /// marked published in Redis.
     pub async fn publish(&self, reservation: Reservation) -> bool {
         let started = std::time::Instant::now();
         let (done, confirmed) = oneshot::channel();
         let pending = Pending { reservation, trace: platform::telemetry::current_trace_headers(), done };
-        if self.queue.send(pending).await.is_err() {
+        if !matches!(tokio::time::timeout(self.room_wait, self.queue.send(pending)).await, Ok(Ok(()))) {
+            metrics::counter!("reservation_queue_full_total").increment(1);
             return false;
         }
-        let confirmed = matches!(tokio::time::timeout(self.wait, confirmed).await, Ok(Ok(true)));
+        // The whole wait stays within `wait`, which the reaper's deadline exceeds.
+        let left = self.wait.saturating_sub(started.elapsed());
+        let confirmed = matches!(tokio::time::timeout(left, confirmed).await, Ok(Ok(true)));
         metrics::histogram!("reservation_publish_seconds").record(started.elapsed().as_secs_f64());
         confirmed
     }
+}
+
+/// How long a purchase waits for its confirm at most: its batch may wait for the one
+/// before it, then for its own confirm.
+pub fn confirm_wait(confirm_timeout: Duration) -> Duration {
+    confirm_timeout * 2 + Duration::from_secs(1)
 }
 
 struct PublisherTask {
@@ -104,8 +122,9 @@ impl PublisherTask {
             let (confirmed, ()) =
                 tokio::join!(self.send(&reservations, &batch[0].trace), self.mark_queued(&reservations));
             metrics::histogram!("reservation_batch_size").record(batch.len() as f64);
+            let published = if confirmed { self.mark_published(&reservations).await } else { HashSet::new() };
             for pending in batch {
-                let _ = pending.done.send(confirmed);
+                let _ = pending.done.send(published.contains(&pending.reservation.id));
             }
         }
     }
@@ -129,6 +148,24 @@ impl PublisherTask {
         true
     }
 
+    /// Marks the confirmed reservations published, sale by sale; returns those marked (or
+    /// already claimed by the consumer). One the reaper undid first is left out: its buyer
+    /// gets 503, and the consumer drops its message.
+    async fn mark_published(&self, batch: &[Reservation]) -> HashSet<Uuid> {
+        let mut by_sale: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        for r in batch {
+            by_sale.entry(r.sale_id).or_default().push(r.id);
+        }
+        let mut published = HashSet::with_capacity(batch.len());
+        for (sale_id, ids) in by_sale {
+            match hot::mark_published(&mut self.redis.clone(), &self.keys.sale(sale_id), &ids).await {
+                Ok(flags) => published.extend(ids.iter().zip(flags).filter_map(|(id, ok)| ok.then_some(*id))),
+                Err(err) => tracing::warn!(%sale_id, error = %err, "could not mark reservations published"),
+            }
+        }
+        published
+    }
+
     /// Tells pollers "queued" (unless the consumer has answered already).
     async fn mark_queued(&self, batch: &[Reservation]) {
         let queued: Vec<ReservationProgress> =
@@ -138,5 +175,40 @@ impl PublisherTask {
         if let Err(err) = written {
             tracing::warn!(error = %err, "could not write queued reservation statuses");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn reservation() -> Reservation {
+        Reservation {
+            id: Uuid::now_v7(),
+            sale_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            quantity: 1,
+            generation: "g".into(),
+            reserved_at: Utc::now(),
+            idempotency_key: None,
+            fingerprint: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_waited_on_for_the_confirm_timeout_at_most() {
+        // A queue with room for one, that no publisher task empties (the broker is stalled).
+        let (queue, _tasks) = mpsc::channel(1);
+        let timeout = Duration::from_secs(2);
+        let publisher = ReservationPublisher { queue, room_wait: timeout, wait: confirm_wait(timeout) };
+        let (done, _) = oneshot::channel();
+        publisher.queue.try_send(Pending { reservation: reservation(), trace: HashMap::new(), done }).unwrap();
+
+        let started = tokio::time::Instant::now();
+        let published = tokio::time::timeout(Duration::from_secs(600), publisher.publish(reservation())).await;
+        assert_eq!(published, Ok(false), "answered (and undone by the caller), not left waiting");
+        assert_eq!(started.elapsed(), timeout);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::order::Quantity;
-use domain::reservation::{FailureReason, ReservationProgress};
+use domain::reservation::ReservationProgress;
 use domain::sale::{NewSale, SaleStatus};
 use domain::{IdempotencyKey, Money, PageRequest};
 use platform::Redis;
@@ -25,13 +25,16 @@ use repo::mq::messages::Reservation;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 // Tokio's clock, so the tests can stop time instead of sleeping through a flag's lifetime.
 use tokio::time::Instant;
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::barrier::RebuildBarrier;
 use crate::catalog::ProductCache;
 use crate::error::{Error, Result};
 use crate::jwt::Caller;
 use crate::reservation_publisher::ReservationPublisher;
 use crate::singleflight::SingleFlight;
+use crate::undo::Undo;
 
 #[derive(Debug, Clone)]
 pub struct SaleView {
@@ -121,6 +124,9 @@ pub struct SaleService {
     keys: Keys,
     products: ProductCache,
     publisher: ReservationPublisher,
+    undo: Undo,
+    /// Set by [`SaleService::with_barrier`]; without one a lost hot state is never rebuilt.
+    barrier: Option<RebuildBarrier>,
     flags: Arc<SoldOutFlags>,
     rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
     settings: SaleSettings,
@@ -138,11 +144,23 @@ impl SaleService {
         idempotency_ttl: Duration,
     ) -> Self {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
-        Self { db, redis, keys, products, publisher, flags, rebuilds: Arc::default(), settings, idempotency_ttl }
+        let undo = Undo::new(db.clone(), redis.clone(), keys.clone(), settings.reservation_status_ttl_secs.get());
+        let rebuilds = Arc::default();
+        Self { db, redis, keys, products, publisher, undo, barrier: None, flags, rebuilds, settings, idempotency_ttl }
+    }
+
+    /// The barrier a rebuild waits for ([`crate::barrier`]).
+    pub fn with_barrier(self, barrier: RebuildBarrier) -> Self {
+        Self { barrier: Some(barrier), ..self }
     }
 
     pub fn flags(&self) -> &Arc<SoldOutFlags> {
         &self.flags
+    }
+
+    /// The undo the purchase path uses; the worker's reaper uses the same.
+    pub fn undo(&self) -> &Undo {
+        &self.undo
     }
 
     /// Creates a sale: its units leave the product's stock in the same transaction (409 when
@@ -179,7 +197,8 @@ impl SaleService {
         };
         txn.commit().await?;
         self.products.forget(&[new.product_id]).await;
-        self.rebuild(row.id).await?;
+        // Nothing can be in flight for a sale that did not exist: no barrier to wait for.
+        self.load_hot_state(row.id).await?;
         Ok(SaleView::new(row, None))
     }
 
@@ -207,6 +226,10 @@ impl SaleService {
 
     /// The hot path: flag, Lua reservation, confirmed publish. Returns the reservation id
     /// (202); the order is created by the consumer.
+    ///
+    /// Everything after the flag runs in a task of its own that the request awaits: once
+    /// the script has reserved, the publish-or-undo finishes even if the request is dropped
+    /// (the client went away, the request timed out).
     pub async fn purchase(
         &self,
         caller: &Caller,
@@ -218,19 +241,40 @@ impl SaleService {
             metrics::counter!("purchases_total", "outcome" => "sold_out_flag").increment(1);
             return Err(Error::SoldOut("sold out".into()));
         }
+        let (this, user_id, key) = (self.clone(), caller.user_id, key.cloned());
+        let task = async move { this.reserve(user_id, sale_id, quantity, key.as_ref()).await };
+        tokio::spawn(task.in_current_span())
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("purchase task of sale {sale_id}: {e}")))?
+    }
+
+    async fn reserve(
+        &self,
+        user_id: Uuid,
+        sale_id: Uuid,
+        quantity: Quantity,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Uuid> {
         let epoch = self.flags.epoch();
         let reservation_id = Uuid::now_v7();
         let keys = self.keys.sale(sale_id);
-        let (user_id, units, ttl_ms) = (caller.user_id, quantity.get(), self.idempotency_ttl.as_millis() as u64);
-        let idempotency_key = key.map(IdempotencyKey::as_str);
+        let fingerprint = fingerprint(quantity);
+        let ask = hot::Ask {
+            user_id,
+            quantity: quantity.get(),
+            reservation_id,
+            idempotency_key: key.map(IdempotencyKey::as_str),
+            fingerprint: &fingerprint,
+            idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
+            deadline_ms: self.settings.reservation_deadline_ms.get(),
+        };
         let mut redis = self.redis.clone();
         let started = std::time::Instant::now();
-        let mut answer =
-            hot::reserve(&mut redis, &keys, user_id, units, reservation_id, idempotency_key, ttl_ms).await?;
+        let mut answer = hot::reserve(&mut redis, &keys, &ask).await?;
         metrics::histogram!("reserve_script_seconds").record(started.elapsed().as_secs_f64());
         if answer == Reserve::Missing {
             self.rebuild(sale_id).await?;
-            answer = hot::reserve(&mut redis, &keys, user_id, units, reservation_id, idempotency_key, ttl_ms).await?;
+            answer = hot::reserve(&mut redis, &keys, &ask).await?;
         }
         let outcome = match answer {
             Reserve::Reserved { reservation_id: id, generation, .. } => {
@@ -241,12 +285,14 @@ impl SaleService {
                 let reservation = Reservation {
                     id: reservation_id,
                     sale_id,
-                    user_id: caller.user_id,
+                    user_id,
                     quantity: quantity.as_i32(),
                     generation,
                     reserved_at: Utc::now(),
+                    idempotency_key: key.map(|k| k.as_str().to_owned()),
+                    fingerprint: key.map(|_| fingerprint.clone()),
                 };
-                return self.publish(reservation, key).await;
+                return self.publish(reservation).await;
             }
             Reserve::SoldOut { left } => {
                 // Below zero only while a rebuilt Redis catches up with older reservations.
@@ -259,41 +305,47 @@ impl SaleService {
             Reserve::LimitReached { held, limit } => ("limit_reached", Error::LimitReached { held, limit }),
             Reserve::NotStarted => ("not_active", Error::NotActive("the sale has not started")),
             Reserve::Ended => ("not_active", Error::NotActive("the sale has ended")),
+            Reserve::KeyReused => ("key_reused", Error::IdempotencyKeyReused),
             Reserve::Missing => ("unavailable", Error::unavailable("redis")),
         };
         metrics::counter!("purchases_total", "outcome" => outcome.0).increment(1);
         Err(outcome.1)
     }
 
-    /// "No reservation exists without a message": if the broker does not confirm, the
+    /// "No reservation without an outcome": if the broker does not confirm, the
     /// reservation is undone and the buyer gets 503 — unless the order consumer already
-    /// claimed it, which proves the message arrived.
-    async fn publish(&self, reservation: Reservation, key: Option<&IdempotencyKey>) -> Result<Uuid> {
+    /// claimed it (or made its order), which proves the message arrived.
+    async fn publish(&self, reservation: Reservation) -> Result<Uuid> {
         let id = reservation.id;
-        let (sale_id, user_id) = (reservation.sale_id, reservation.user_id);
-        if self.publisher.publish(reservation).await {
+        if self.publisher.publish(reservation.clone()).await {
             metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
             return Ok(id);
         }
-        let mut redis = self.redis.clone();
-        let key = key.map(IdempotencyKey::as_str);
-        let undone = hot::undo(&mut redis, &self.keys.sale(sale_id), user_id, id, key).await?;
-        if !undone {
+        let held = hot::Held { reservation_id: id, user_id: reservation.user_id, quantity: reservation.quantity };
+        if !self.undo.reservation(reservation.sale_id, held).await? {
             metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
             return Ok(id);
         }
-        let failed = ReservationProgress::failed(id, sale_id, user_id, FailureReason::BrokerUnavailable);
-        let ttl_secs = self.settings.reservation_status_ttl_secs.get();
-        let _ = reservations::record(&mut redis, &self.keys, &[failed], ttl_secs).await;
         metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
         Err(Error::unavailable("rabbitmq"))
     }
 
-    /// Rebuilds the hot state from Postgres if Redis has none (one rebuild per sale per
-    /// instance at a time; the load script makes concurrent rebuilds across instances
-    /// harmless). The sale row is share-locked while it is read and loaded, so no commit
-    /// of the order consumer or of a close can fall between the snapshot and the load.
+    /// Rebuilds the hot state after Redis lost it, once the reservations accepted before
+    /// the loss have been processed ([`crate::barrier`]); until then `Error::Rebuilding`.
     pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
+        let barrier = self.barrier.as_ref().ok_or(Error::Rebuilding)?;
+        if !barrier.pass(sale_id).await? {
+            return Ok(());
+        }
+        self.load_hot_state(sale_id).await?;
+        barrier.finish(sale_id).await
+    }
+
+    /// Loads the hot state from Postgres if Redis has none (one load per sale per instance
+    /// at a time; the load script makes concurrent loads across instances harmless). The
+    /// sale row is share-locked while it is read and loaded, so no commit of the order
+    /// consumer or of a close can fall between the snapshot and the load.
+    pub async fn load_hot_state(&self, sale_id: Uuid) -> Result<()> {
         let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| Error::Unavailable {
             service: "redis",
             cause: Some(anyhow::anyhow!("rebuilding the hot state of sale {sale_id} failed: {e}")),
@@ -307,6 +359,8 @@ impl SaleService {
             return Ok(false);
         };
         let buyers = sales::buyers(&txn, sale_id).await.map_err(|e| e.to_string())?;
+        let since = Utc::now() - self.idempotency_ttl;
+        let keys = sales::idempotency_keys(&txn, sale_id, since).await.map_err(|e| e.to_string())?;
         let expire_at = (row.end_at + chrono::Duration::days(1)).max(Utc::now() + chrono::Duration::hours(1));
         let snapshot = Snapshot {
             start_ms: row.start_at.timestamp_millis(),
@@ -317,6 +371,8 @@ impl SaleService {
             generation: Uuid::new_v4().simple().to_string(),
             expire_at_ms: expire_at.timestamp_millis(),
             buyers,
+            keys: keys.into_iter().map(key_record).collect(),
+            idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
         };
         let loaded =
             hot::load(&mut self.redis.clone(), &self.keys.sale(sale_id), &snapshot).await.map_err(|e| e.to_string())?;
@@ -336,6 +392,20 @@ impl SaleService {
         };
         progress.filter(|p| p.user_id == caller.user_id).ok_or(Error::NotFound("reservation"))
     }
+}
+
+fn key_record(row: sales::KeyRow) -> hot::KeyRecord {
+    hot::KeyRecord {
+        user_id: row.user_id,
+        key: row.idempotency_key,
+        reservation_id: row.id,
+        fingerprint: row.fingerprint,
+    }
+}
+
+/// What an `Idempotency-Key` must be sent with again to replay its reservation: the body.
+fn fingerprint(quantity: Quantity) -> String {
+    format!("q{}", quantity.get())
 }
 
 /// The outcome the order consumer recorded in Postgres.

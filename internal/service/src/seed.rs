@@ -120,6 +120,7 @@ async fn new_auction(services: &Services, admin: &Caller, now: DateTime<Utc>) ->
         start_price: "10.00",
         min_increment: "1.00",
         reserve_price: Some("50.00"),
+        buy_now_price: Some("200.00"),
         start_at: now,
         end_at: now + WINDOW,
         extend_window_secs: 10,
@@ -144,26 +145,11 @@ pub async fn forget_hot_state(services: &Services) -> Result<Forgotten> {
     let deps = &services.deps;
     let mut redis = deps.redis.clone();
     let pattern = format!("{}:*", deps.keys().prefix());
-    let mut cursor: u64 = 0;
-    let mut redis_keys = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            redis_keys += keys.len() as u64;
-            redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut redis).await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    let keys = redis.keys_matching(&pattern).await?;
+    for batch in keys.chunks(1000) {
+        redis::cmd("UNLINK").arg(batch).query_async::<()>(&mut redis).await?;
     }
+    let redis_keys = keys.len() as u64;
     services.declare_topology().await?;
     let channel = deps.broker.channel().await?;
     let messages = deps.topology().purge(&channel).await?;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
+use repo::cache::returns;
 use repo::cache::sales as hot;
 use repo::db::{auctions, sales};
 use rust_decimal::Decimal;
@@ -77,6 +78,8 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
         format!("buyer holdings match their orders ({} mismatch(es))", ledger.buyer_mismatches),
     );
 
+    returned_once(&mut report, db, redis, keys, sale_id).await?;
+
     match hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
         None if (sale.start_at..sale.end_at).contains(&Utc::now()) => report.check(
             false,
@@ -128,6 +131,104 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
     Ok(report)
 }
 
+/// Each closed or cancelled order gave its units back exactly once, order by order: in
+/// Postgres (recorded by the close), and in Redis (by the restock script, unless the hot
+/// state was loaded from a snapshot that already counts the return). A restock still on
+/// its way is waited for a bounded time, then reported as in flight (or as stuck once
+/// Redis has not been told for a minute).
+async fn returned_once(
+    report: &mut Report,
+    db: &DatabaseConnection,
+    redis: &Redis,
+    keys: &Keys,
+    sale_id: Uuid,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    let mut looks = 0;
+    let returns = loop {
+        // Redis first: whatever it counts was closed in Postgres before.
+        let (snap, in_redis) = returns::returned(&mut redis.clone(), &keys.sale(sale_id)).await?;
+        let orders = sales::order_returns(db, sale_id).await?;
+        let returns = Returns::count(&orders, snap, &in_redis);
+        looks += 1;
+        // A finding is looked at twice (a restock may have landed between the two reads);
+        // work in flight is waited for.
+        let settled = returns.in_flight == 0 && (returns.clean() || looks >= 2);
+        if settled || tokio::time::Instant::now() >= deadline {
+            break returns;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    report.check(
+        returns.never == 0 && returns.while_held == 0,
+        format!(
+            "postgres: every closed or cancelled order returned its units once ({} never, {} while its order still holds them)",
+            returns.never, returns.while_held
+        ),
+    );
+    report.check(
+        returns.missing == 0 && returns.twice == 0 && returns.stuck == 0,
+        format!(
+            "redis: every return counted once ({} never, {} twice, {} not told for over a minute)",
+            returns.missing, returns.twice, returns.stuck
+        ),
+    );
+    if returns.in_flight > 0 {
+        report.check(true, format!("{} restock(s) still on their way to redis", returns.in_flight));
+    }
+    Ok(())
+}
+
+/// The per-order return findings of one look at Postgres and Redis.
+#[derive(Debug, Default)]
+struct Returns {
+    never: usize,
+    while_held: usize,
+    missing: usize,
+    twice: usize,
+    stuck: usize,
+    in_flight: usize,
+}
+
+impl Returns {
+    fn count(orders: &[sales::OrderReturn], snap: Option<i64>, in_redis: &[Uuid]) -> Self {
+        let mut found = Self::default();
+        let in_redis: std::collections::HashSet<&Uuid> = in_redis.iter().collect();
+        let mut finished = std::collections::HashSet::new();
+        for order in orders {
+            let done = matches!(order.status.as_str(), "closed" | "cancelled");
+            if done {
+                finished.insert(order.order_id);
+            }
+            match (done, order.returned) {
+                (true, false) => found.never += 1,
+                (false, true) => found.while_held += 1,
+                _ => {}
+            }
+            let (Some(snap), Some(version), true) = (snap, order.returned_version, done) else { continue };
+            let counted = in_redis.contains(&order.order_id);
+            if version <= snap {
+                // The snapshot counts it; the script must not have counted it again.
+                found.twice += usize::from(counted);
+            } else if !counted && order.restocked {
+                found.missing += 1;
+            } else if !counted && order.restock_overdue {
+                found.stuck += 1;
+            } else if !counted {
+                found.in_flight += 1;
+            }
+        }
+        if snap.is_some() {
+            found.twice += in_redis.iter().filter(|id| !finished.contains(**id)).count();
+        }
+        found
+    }
+
+    fn clean(&self) -> bool {
+        self.never + self.while_held + self.missing + self.twice + self.stuck == 0
+    }
+}
+
 /// "12.00 by <user id>", or "no bid".
 fn top_bid(amount: Option<Decimal>, user: Option<Uuid>) -> String {
     match (amount, user) {
@@ -155,8 +256,11 @@ fn reserved_at(id: &Uuid) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising,
-/// the winner holding the highest bid, at most one order.
+/// An auction: every accepted bid persisted, `seq` without gaps, prices strictly rising
+/// (but for the tie of proxy bidding), automatic bids by the rule, no maximum exceeded, the
+/// leader holding the highest maximum, the winner holding the highest bid (or a
+/// second-chance offer's bid, or the buy-now price), at most one order pending or paid.
+/// Maximums are compared, never printed.
 pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auction_id: Uuid) -> Result<Report> {
     let row = auctions::find(db, auction_id).await?.ok_or(Error::NotFound("auction"))?;
     let live = live_state::live(&mut redis.clone(), keys, auction_id).await?;
@@ -179,43 +283,122 @@ pub async fn auction(db: &DatabaseConnection, redis: &Redis, keys: &Keys, auctio
     );
     report.check(
         ledger.not_rising == 0,
-        format!("prices strictly rise with seq ({} bid(s) not above the previous)", ledger.not_rising),
+        format!(
+            "prices strictly rise with seq, but for a tie answered at the leader's maximum ({} bid(s) out of line)",
+            ledger.not_rising
+        ),
     );
+    report.check(
+        ledger.off_rule == 0,
+        format!(
+            "automatic bids answer another bidder at the lower of the maximum and that bid + the increment ({} do not)",
+            ledger.off_rule
+        ),
+    );
+    report.check(ledger.over_max == 0, format!("no maximum exceeded: {} bid(s) above their maximum", ledger.over_max));
+    report
+        .check(ledger.top_max == ledger.highest_max, "the leader holds the highest maximum (the amounts stay private)");
     let reserve_met = match (ledger.top_amount, row.reserve_price) {
         (Some(top), Some(reserve)) => top >= reserve,
         (top, None) => top.is_some(),
         (None, Some(_)) => false,
     };
-    match row.status.as_str() {
-        "open" => report.check(
+    if row.status == "open" {
+        report.check(
             !overdue(Some(row.end_at)),
             format!("an open auction is not past its end by more than {}s (end {})", OVERDUE.num_seconds(), row.end_at),
+        );
+    }
+    let orders = auctions::orders_of(db, auction_id).await?;
+    if row.bought_now {
+        check_bought_now(&mut report, &row, &orders, reserve_met);
+    } else {
+        let highest = auctions::highest_bids(db, auction_id).await?;
+        check_offers(&mut report, &row, &ledger, &orders, &highest, reserve_met);
+    }
+    Ok(report)
+}
+
+/// A buy-now: only while no bid had met the reserve, one order at the buy-now price to
+/// the winner, and no second chance (unpaid, it ends unsold).
+fn check_bought_now(report: &mut Report, row: &auctions::AuctionRow, orders: &[auctions::LotOrder], reserve_met: bool) {
+    report.check(!reserve_met, "bought now: no bid had met the reserve (the first bid, without one)");
+    let one = match orders {
+        [only] => only.total == row.buy_now_price.unwrap_or_default(),
+        _ => false,
+    };
+    report.check(
+        one,
+        format!("bought now: one order, at the buy-now price {:?} ({} order(s))", row.buy_now_price, orders.len()),
+    );
+    if let (Some(order), "sold") = (orders.first(), row.status.as_str()) {
+        report.check(
+            row.winner_id == Some(order.user_id) && row.final_price == Some(order.total),
+            format!("the buyer {:?} holds the order at {:?}", row.winner_id, row.final_price),
+        );
+    }
+}
+
+/// A lot won by bidding: the first order is the top bidder's at the top bid; each later
+/// one (a second-chance offer, after the one before closed unpaid) goes to another bidder
+/// at their own highest bid, which met the reserve. Only the last may be pending or paid,
+/// and it is the auction's current order while sold; unsold means none is.
+fn check_offers(
+    report: &mut Report,
+    row: &auctions::AuctionRow,
+    ledger: &auctions::BidLedger,
+    orders: &[auctions::LotOrder],
+    highest: &[auctions::Runner],
+    reserve_met: bool,
+) {
+    if let Some(first) = orders.first() {
+        report.check(
+            Some(first.user_id) == ledger.top_user && Some(first.total) == ledger.top_amount,
+            format!(
+                "the first order is the top bid's ({} at {}, top bid {:?} at {:?})",
+                first.user_id, first.total, ledger.top_user, ledger.top_amount
+            ),
+        );
+    }
+    let reserve = row.reserve_price.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for (i, order) in orders.iter().enumerate() {
+        let best = highest.iter().find(|h| h.user_id == order.user_id).map(|h| h.amount);
+        report.check(
+            best == Some(order.total) && order.total >= reserve && seen.insert(order.user_id),
+            format!("order {} goes to a new bidder at their highest bid, at or above the reserve ({} at {}, highest {best:?})", i + 1, order.user_id, order.total),
+        );
+        let last = i + 1 == orders.len();
+        report.check(
+            last || matches!(order.status.as_str(), "closed" | "cancelled"),
+            format!("order {} passed on only once unpaid ({})", i + 1, order.status),
+        );
+    }
+    let live = orders.last().filter(|o| matches!(o.status.as_str(), "pending_payment" | "paid"));
+    match row.status.as_str() {
+        "sold" => report.check(
+            reserve_met
+                && live.is_some_and(|o| {
+                    row.order_id == Some(o.id) && row.winner_id == Some(o.user_id) && row.final_price == Some(o.total)
+                }),
+            format!(
+                "sold: the winner {:?} holds the live order {:?} at {:?}",
+                row.winner_id, row.order_id, row.final_price
+            ),
         ),
-        "unsold" => report.check(
+        "unsold" if orders.is_empty() => report.check(
             !reserve_met,
             format!(
                 "unsold: no bid met the reserve (top bid {:?}, reserve {:?})",
                 ledger.top_amount, row.reserve_price
             ),
         ),
-        _ => {}
+        "unsold" => report.check(
+            live.is_none(),
+            format!("unsold: none of its {} order(s) is pending or paid (every offer lapsed)", orders.len()),
+        ),
+        _ => report.check(orders.is_empty(), format!("not sold: no order ({})", orders.len())),
     }
-    match row.status.as_str() {
-        "sold" => {
-            let holds_top =
-                row.winner_id.is_some() && row.winner_id == ledger.top_user && row.final_price == ledger.top_amount;
-            report.check(
-                holds_top,
-                format!(
-                    "the winner holds the highest bid (winner {:?} at {:?}, top bid {:?} at {:?})",
-                    row.winner_id, row.final_price, ledger.top_user, ledger.top_amount
-                ),
-            );
-            report.check(ledger.orders == 1, format!("sold: exactly one order ({})", ledger.orders));
-        }
-        _ => report.check(ledger.orders == 0, format!("not sold: no order ({})", ledger.orders)),
-    }
-    Ok(report)
 }
 
 /// Every answered bid is written before its answer, so Redis's live state (when it has one)
@@ -234,9 +417,31 @@ async fn live_state_matches_postgres(
         format!("the auction row counts {} bids, postgres has {}", row.bid_count, ledger.bids),
     );
     match live_state::live(&mut redis.clone(), keys, row.id).await? {
+        // A buy-now made the buyer the leader at its price: only the count must agree.
+        Some(live) if row.bought_now => report.check(
+            live.seq == ledger.bids,
+            format!(
+                "every bid redis accepted is in postgres: redis at seq {}, postgres at seq {}",
+                live.seq, ledger.bids
+            ),
+        ),
         Some(live) => {
             let price = (live.seq > 0).then(|| domain::Money::from_cents(live.price_cents).decimal());
             let leader = live.leader.filter(|_| live.seq > 0);
+            // The leader's maximum, while bids may still come: a closed state's leader and
+            // price may be a buy-now's, with no maximum behind it. A state loaded before
+            // maximums existed has none (0).
+            if !live.closed && live.seq > 0 {
+                report.check(
+                    live.max_cents == 0 || live.max_cents >= live.price_cents,
+                    "no maximum exceeded: redis's leader maximum is at least the price",
+                );
+                let max = domain::Money::from_cents(live.max_cents.max(live.price_cents)).decimal();
+                report.check(
+                    Some(max) == ledger.top_max,
+                    "redis holds the leader's maximum that postgres has behind the top bid",
+                );
+            }
             report.check(
                 live.seq == ledger.bids && price == ledger.top_amount && leader == ledger.top_user,
                 format!(

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::OutboxRelay;
-use crate::{Deps, Services, closer, order_consumer};
+use crate::{Deps, Services, closer, order_consumer, undo};
 
 pub struct Workers {
     tasks: JoinSet<()>,
@@ -59,8 +59,8 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         deps,
         SALE_RESTOCK,
         &stop,
-        (deps.redis.clone(), deps.keys()),
-        |(redis, keys), delivery| async move { order_consumer::handle_restock(&redis, &keys, delivery).await },
+        (deps.db.clone(), deps.redis.clone(), deps.keys()),
+        |(db, redis, keys), delivery| async move { order_consumer::handle_restock(&db, &redis, &keys, delivery).await },
     );
 
     workers.spawn_consumer(
@@ -76,6 +76,18 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
         deps.db.clone(),
         services.auction_closer.clone(),
         every(settings.auctions.sweep_interval_secs),
+        stop.clone(),
+    ));
+    // Reservations nobody finished (their API died between reserve and confirm) are undone
+    // a few times per deadline, so none outlives its deadline by much.
+    let deadline = Duration::from_millis(settings.sales.reservation_deadline_ms.get());
+    let reaper = services.undo.clone();
+    workers.tasks.spawn(undo::reap_forever(reaper, (deadline / 4).max(Duration::from_millis(100)), stop.clone()));
+    workers.tasks.spawn(closer::sweep_restocks(
+        deps.db.clone(),
+        deps.redis.clone(),
+        deps.keys(),
+        every(settings.sales.restock_sweep_interval_secs),
         stop.clone(),
     ));
     workers.tasks.spawn(closer::sweep_orders(

@@ -13,18 +13,23 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service::auctions::{AuctionService, AuctionView, BidView, Placed};
+use service::auctions::{AuctionService, AuctionView, BidView, Offer, Placed};
+use service::closer::AuctionCloser;
 use service::live::{Event, LiveHub};
+use service::orders::OrderService;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::ApiTags;
+use super::orders::OrderResponse;
 use crate::auth::BearerAuth;
 use crate::envelope::{Envelope, JsonBody, PageOf, ok};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 
 pub struct AuctionsApi {
     pub auctions: AuctionService,
+    pub closer: AuctionCloser,
+    pub orders: OrderService,
     pub live: Arc<LiveHub>,
     pub keep_alive: KeepAlive,
 }
@@ -48,6 +53,9 @@ pub struct CreateAuctionRequest {
     pub min_increment: String,
     /// Below this final price the lot stays unsold.
     pub reserve_price: Option<String>,
+    /// Anyone may end the auction at once at this price (`POST /auctions/{id}/buy-now`)
+    /// until the first bid that meets the reserve. At least the start and reserve prices.
+    pub buy_now_price: Option<String>,
     #[serde(deserialize_with = "crate::envelope::date_time")]
     pub start_at: DateTime<Utc>,
     #[serde(deserialize_with = "crate::envelope::date_time")]
@@ -63,11 +71,28 @@ pub struct CreateAuctionRequest {
     pub payment_timeout_secs: i64,
 }
 
+/// Exactly one of the two.
 #[derive(Debug, Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BidRequest {
-    /// Decimal string, e.g. "13.00".
-    pub amount: String,
+    /// A bid at exactly this amount: decimal string, e.g. "13.00".
+    pub amount: Option<String>,
+    /// Or a maximum: the site bids for you the least amount that leads, and raises it by the
+    /// minimum increment whenever someone else bids, up to this. Nobody else sees it.
+    pub max_amount: Option<String>,
+}
+
+impl BidRequest {
+    fn offer(&self) -> Result<Offer, ApiError> {
+        match (&self.amount, &self.max_amount) {
+            (Some(amount), None) => Ok(Offer::Amount(Money::parse_positive("amount", amount)?)),
+            (None, Some(max)) => Ok(Offer::Max(Money::parse_positive("max_amount", max)?)),
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid("max_amount", "cannot be given with amount: send one of the two"))
+            }
+            (None, None) => Err(ApiError::invalid("amount", "is required (or max_amount, for a proxy bid)")),
+        }
+    }
 }
 
 #[derive(Debug, Object)]
@@ -78,6 +103,8 @@ pub struct AuctionResponse {
     pub start_price: String,
     pub min_increment: String,
     pub reserve_price: Option<String>,
+    /// Present only while buy-now is on offer (until a bid meets the reserve).
+    pub buy_now_price: Option<String>,
     /// Absent until the first bid.
     pub current_price: Option<String>,
     pub leader_id: Option<String>,
@@ -108,6 +135,7 @@ impl From<AuctionView> for AuctionResponse {
             start_price: a.start_price.to_string(),
             min_increment: a.min_increment.to_string(),
             reserve_price: a.reserve_price.map(|m| m.to_string()),
+            buy_now_price: a.buy_now_price.map(|m| m.to_string()),
             current_price: a.current_price.map(|m| m.to_string()),
             leader_id: a.leader_id.map(|id| id.to_string()),
             bid_count: a.bid_count,
@@ -125,18 +153,32 @@ impl From<AuctionView> for AuctionResponse {
     }
 }
 
-#[derive(Debug, Object)]
+#[derive(Object)]
 pub struct BidPlacedResponse {
-    /// The new current price (your bid).
+    /// The current price after your bid (and the leader's automatic answer, if any).
     pub price: String,
+    /// The auction's last seq: your bid's, or the automatic answer's that followed it.
     pub seq: i64,
     /// The end, possibly extended by your bid.
     pub end_at: DateTime<Utc>,
+    pub leader_id: String,
+    /// Whether you lead: false when a higher maximum answered your bid at once.
+    pub leading: bool,
+    /// Your maximum (when you bid with one, or lead with one left): only you see it.
+    #[oai(skip_serializing_if_is_none)]
+    pub max_amount: Option<String>,
 }
 
 impl From<Placed> for BidPlacedResponse {
     fn from(p: Placed) -> Self {
-        Self { price: p.price.to_string(), seq: p.seq, end_at: p.end_at }
+        Self {
+            price: p.price.to_string(),
+            seq: p.seq,
+            end_at: p.end_at,
+            leader_id: p.leader_id.to_string(),
+            leading: p.leading,
+            max_amount: p.max_amount.map(|m| m.to_string()),
+        }
     }
 }
 
@@ -145,6 +187,8 @@ pub struct BidResponse {
     pub seq: i64,
     pub user_id: String,
     pub amount: String,
+    /// The site's automatic raise for a bidder's maximum (proxy bidding).
+    pub auto: bool,
     pub placed_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
 }
@@ -155,6 +199,7 @@ impl From<BidView> for BidResponse {
             seq: b.seq,
             user_id: b.user_id.to_string(),
             amount: b.amount.to_string(),
+            auto: b.auto,
             placed_at: b.placed_at,
             end_at: b.end_at,
         }
@@ -184,9 +229,16 @@ pub enum AuctionList {
 
 #[derive(ApiResponse)]
 pub enum BidPlaced {
-    /// Accepted: you lead.
+    /// Accepted and written: see `leading` (a higher maximum may have answered your bid).
     #[oai(status = 201)]
     Created(Json<Envelope<BidPlacedResponse>>),
+}
+
+#[derive(ApiResponse)]
+pub enum BoughtNow {
+    /// The auction is yours: pay this order before `expires_at`.
+    #[oai(status = 201)]
+    Created(Json<Envelope<OrderResponse>>),
 }
 
 #[derive(ApiResponse)]
@@ -208,6 +260,7 @@ impl AuctionsApi {
             start_price: &b.start_price,
             min_increment: &b.min_increment,
             reserve_price: b.reserve_price.as_deref(),
+            buy_now_price: b.buy_now_price.as_deref(),
             start_at: b.start_at,
             end_at: b.end_at,
             extend_window_secs: b.extend_window_secs,
@@ -240,13 +293,19 @@ impl AuctionsApi {
         Ok(AuctionFound::Ok(ok(self.auctions.get(id.0).await?.into())))
     }
 
-    /// Place a bid
+    /// Place a bid, or a maximum (proxy bid)
     ///
-    /// Accepted when it is at least the current price plus the minimum increment (the start
-    /// price for the first bid): 409 `BID_TOO_LOW` otherwise, with `details.current_price`
-    /// and `details.min_bid`. 409 `AUCTION_CLOSED` before the start and from the (possibly
-    /// extended) end. A bid in the anti-sniping window moves the end out. A 201 bid is in
-    /// Postgres already; 503 when it could not be written (it is taken back: bid again).
+    /// Send `amount` (a bid at exactly that amount) or `max_amount` (the site bids for you
+    /// the least amount that leads and answers every other bid by the minimum increment,
+    /// up to it); both or neither is 400. Accepted when it is at least the current price
+    /// plus the minimum increment (the start price for the first bid): 409 `BID_TOO_LOW`
+    /// otherwise, with `details.current_price` and `details.min_bid`. A bid at or below
+    /// the leader's maximum is recorded and answered at once by the leader's automatic bid
+    /// (`leading: false`). The leader may raise its own maximum (no bid, the price stays);
+    /// lowering it is 409 `MAX_AMOUNT_LOWERED`. 409 `AUCTION_CLOSED` before the start and
+    /// from the (possibly extended) end. A bid in the anti-sniping window moves the end
+    /// out. A 201 bid is in Postgres already; 503 when it could not be written (it is
+    /// taken back: bid again).
     #[oai(path = "/:id/bids", method = "post")]
     async fn bid(
         &self,
@@ -255,10 +314,32 @@ impl AuctionsApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<BidRequest>,
     ) -> ApiResult<BidPlaced> {
-        let amount = Money::parse_positive("amount", &body.0.amount)?;
+        let offer = body.0.offer()?;
         let key = idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
-        let placed = self.auctions.bid(auth.caller(), id.0, amount, key.as_ref()).await?;
+        let placed = self.auctions.bid(auth.caller(), id.0, offer, key.as_ref()).await?;
         Ok(BidPlaced::Created(ok(placed.into())))
+    }
+
+    /// Buy it now
+    ///
+    /// Ends the auction at once, sold to you at its `buy_now_price`: 201 with your order
+    /// (`pending_payment`, the auction's payment timeout), and watchers get `closed` naming
+    /// you as the winner. On offer from the start until the first bid that meets the
+    /// reserve (the first bid when there is none): 409 `BUY_NOW_UNAVAILABLE` after that, or
+    /// when the auction has no buy-now price, has not started or has closed. Buying again
+    /// what you bought answers with the same order (so a retry, with or without an
+    /// `Idempotency-Key`, is safe).
+    #[oai(path = "/:id/buy-now", method = "post")]
+    async fn buy_now(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<BoughtNow> {
+        idempotency_key.0.as_deref().map(IdempotencyKey::parse).transpose()?;
+        let order_id = self.closer.buy_now(auth.caller(), id.0).await?;
+        let order = self.orders.get(auth.caller(), order_id).await?;
+        Ok(BoughtNow::Created(ok(order.into())))
     }
 
     /// The persisted bid history
@@ -277,10 +358,14 @@ impl AuctionsApi {
     /// Watch an auction live (WebSocket)
     ///
     /// On connect: `{"type":"state", ..., "server_time"}`. Then
-    /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid"}` for every accepted
-    /// bid (a slow client may skip to the latest) and
-    /// `{"type":"closed","status","winner_id","price"}` at the end, after which the server
-    /// closes the socket. It pings every `http.ws_ping_ms` (20 s by default) and drops a
+    /// `{"type":"bid","price","leader_id","seq","end_at","min_next_bid","auto"}` for every
+    /// accepted bid (`auto`: the leader's automatic raise; a slow client may skip to the
+    /// latest) and
+    /// `{"type":"closed","status","winner_id","price"}` at the end (also after a buy-now,
+    /// naming the buyer), after which the server closes the socket. A watcher that connects
+    /// to a sold auction also hears `{"type":"second_chance","winner_id","price"}` when an
+    /// unpaid winner's lot goes to the next bidder, and `closed` with `unsold` when no offer
+    /// was paid. It pings every `http.ws_ping_ms` (20 s by default) and drops a
     /// client silent for `http.ws_idle_ms` (60 s).
     #[oai(path = "/:id/live", method = "get")]
     async fn live(&self, id: Path<Uuid>, ws: WebSocket) -> ApiResult<BoxWebSocketUpgraded> {
@@ -349,6 +434,7 @@ fn state_message(a: &AuctionView) -> Value {
         "end_at": a.end_at.to_rfc3339(),
         "min_next_bid": a.min_next_bid.to_string(),
         "winner_id": a.winner_id,
+        "buy_now_price": a.buy_now_price.map(|m| m.to_string()),
         "server_time": Utc::now().to_rfc3339(),
     })
 }
@@ -357,7 +443,7 @@ fn state_message(a: &AuctionView) -> Value {
 /// already (in the state) is skipped.
 fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
     match event {
-        Event::Bid { price, leader, seq, end_at, min_next_bid, .. } => {
+        Event::Bid { price, leader, seq, end_at, min_next_bid, auto, .. } => {
             if *seq <= *last_seq {
                 return None;
             }
@@ -365,11 +451,14 @@ fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
             Some(json!({
                 "type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq,
                 // Times as the REST answers write them (RFC 3339, `+00:00`).
-                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(),
+                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(), "auto": auto,
             }))
         }
         Event::Closed { status, winner, price, .. } => Some(json!({
             "type": "closed", "status": status.as_str(), "winner_id": winner, "price": price.map(|p| p.to_string())
+        })),
+        Event::SecondChance { winner, price, .. } => Some(json!({
+            "type": "second_chance", "winner_id": winner, "price": price.to_string()
         })),
     }
 }

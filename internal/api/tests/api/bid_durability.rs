@@ -179,9 +179,15 @@ async fn the_close_never_names_a_bidder_whose_bid_was_not_written() {
     // A bid Redis accepted whose instance died before writing it (or answering anyone).
     let deps = &app.services.deps;
     let ghost = uuid::Uuid::now_v7();
-    let request = BidRequest { user_id: ghost, amount_cents: 5_000, idempotency_key: None, idempotency_ttl_ms: 1_000 };
+    let request = BidRequest {
+        user_id: ghost,
+        amount_cents: 5_000,
+        maximum: false,
+        idempotency_key: None,
+        idempotency_ttl_ms: 1_000,
+    };
     let placed = live::place_bid(&mut deps.redis.clone(), &deps.keys(), lot.parse().unwrap(), request).await.unwrap();
-    assert!(matches!(placed, Bid::Accepted { seq: 2, .. }));
+    assert!(matches!(placed, Bid::Accepted(live::Accepted { seq: 2, .. })));
 
     let view = || async { app.get(&format!("/api/v1/auctions/{lot}"), None).await.data(200).clone() };
     app.eventually(20, "the auction closes", || async { view().await["status"] == "sold" }).await;
@@ -277,6 +283,8 @@ async fn postgres_takes_bids_only_in_order_and_only_from_the_current_generation(
         seq,
         user_id: user,
         amount: Decimal::new(1000 + seq * 100, 2),
+        max_amount: Decimal::new(1000 + seq * 100, 2),
+        auto: false,
         end_at: Utc::now() + chrono::Duration::hours(1),
         placed_at: Utc::now(),
     };

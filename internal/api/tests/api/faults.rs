@@ -16,7 +16,7 @@ use crate::helpers::{Session, TestApp, spawn_app, spawn_app_with, spawn_sibling}
 use crate::proxy::TcpProxy;
 
 /// `url` with its `host:port` replaced by `proxy`.
-fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
+pub(crate) fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
     let url = url.expose_secret();
     SecretString::from(url.replacen(&platform::connect::address_of(url), &proxy.to_string(), 1))
 }
@@ -198,7 +198,7 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
     .await;
 }
 
-async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
+pub(crate) async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
     let deps = &app.services.deps;
     service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
 }
@@ -207,6 +207,12 @@ async fn verify_sale(app: &TestApp, sale: &str) -> service::verify::Report {
 fn fails_only_on(report: &service::verify::Report, what: &str) {
     let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.what.as_str()).collect();
     assert!(matches!(failed[..], [only] if only.contains(what)), "expected one failure about {what:?}: {report}");
+}
+
+/// A corruption several checks see (an auction's order is also its winner's and the lot's).
+fn fails_among_others_on(report: &service::verify::Report, what: &str) {
+    let failed = report.checks.iter().filter(|c| !c.ok).any(|c| c.what.contains(what));
+    assert!(failed, "expected a failure about {what:?}: {report}");
 }
 
 #[tokio::test]
@@ -294,19 +300,121 @@ async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_r
     fails_only_on(&report, "unsold: no bid met the reserve");
 }
 
+#[tokio::test]
+async fn verify_fails_on_a_closed_order_whose_units_came_back_never_or_twice() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let buyer = app.shopper().await;
+    let id =
+        app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), buyer.token()).await.data(202)["reservation_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let progress = || async { app.get(&format!("/api/v1/reservations/{id}"), buyer.token()).await.data(200).clone() };
+    app.eventually(10, "the reservation became an order", || async { progress().await["status"] == "confirmed" }).await;
+    let order = progress().await["order_id"].as_str().unwrap().to_owned();
+    app.post(&format!("/api/v1/orders/{order}/cancel"), json!(null), buyer.token()).await.data(200);
+    let restocked =
+        format!("SELECT count(*) FROM reservations WHERE order_id = '{order}' AND restocked_at IS NOT NULL");
+    app.eventually(10, "Redis was told of the cancel", || async { app.scalar(&restocked).await == 1 }).await;
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+
+    let keys = app.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = app.services.deps.redis.clone();
+    let snap: i64 = redis::cmd("HGET").arg(&keys.state).arg("snap").query_async(&mut redis).await.unwrap();
+    let set_snap = |snap: i64| redis::cmd("HSET").arg(&keys.state).arg("snap").arg(snap).to_owned();
+    // The hot state claims a snapshot that already counts the return: counted twice.
+    set_snap(snap + 100).query_async::<()>(&mut redis).await.unwrap();
+    fails_only_on(&verify_sale(&app, &sale).await, "redis: every return counted once (0 never, 1 twice");
+    set_snap(snap).query_async::<()>(&mut redis).await.unwrap();
+
+    // Redis forgot the return that Postgres says it was told of: counted never.
+    redis::cmd("SREM").arg(&keys.returned).arg(&order).query_async::<()>(&mut redis).await.unwrap();
+    fails_only_on(&verify_sale(&app, &sale).await, "redis: every return counted once (1 never");
+    redis::cmd("SADD").arg(&keys.returned).arg(&order).query_async::<()>(&mut redis).await.unwrap();
+
+    // Postgres has no record that the cancelled order gave its units back.
+    let sql = format!("UPDATE reservations SET returned_at = NULL WHERE order_id = '{order}'");
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &sql).await.unwrap();
+    fails_only_on(&verify_sale(&app, &sale).await, "returned its units once (1 never");
+}
+
+#[tokio::test]
+async fn verify_fails_on_an_auction_whose_winner_or_order_is_not_the_top_bid() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (bidder, other) = (app.shopper().await, app.shopper().await);
+    let now = Utc::now();
+    let body = json!({
+        "title": "Lot", "start_price": "10.00", "min_increment": "1.00",
+        "start_at": now - chrono::Duration::seconds(1), "end_at": now + chrono::Duration::seconds(2),
+        "payment_timeout_secs": 300,
+    });
+    let auction = app.post("/api/v1/auctions", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/api/v1/auctions/{auction}/bids"), json!({"amount": "25.00"}), bidder.token()).await.data(201);
+    let sold = format!("SELECT count(*) FROM auctions WHERE id = '{auction}' AND status = 'sold'");
+    app.eventually(15, "the auction is sold", || async { app.scalar(&sold).await == 1 }).await;
+    let deps = &app.services.deps;
+    let keys = deps.keys();
+    let verify = || service::verify::auction(&deps.db, &deps.redis, &keys, auction.parse().unwrap());
+    assert!(verify().await.unwrap().passed(), "{}", verify().await.unwrap());
+
+    let db = &app.db;
+    let sql = |sql: String| async move { sea_orm::ConnectionTrait::execute_unprepared(db, &sql).await.unwrap() };
+    sql(format!("UPDATE orders SET total = 24.00 WHERE auction_id = '{auction}'")).await;
+    fails_among_others_on(&verify().await.unwrap(), "the first order is the top bid's");
+    sql(format!("UPDATE orders SET total = 25.00, user_id = '{}' WHERE auction_id = '{auction}'", other.user_id)).await;
+    fails_among_others_on(&verify().await.unwrap(), "the first order is the top bid's");
+    sql(format!("UPDATE orders SET user_id = '{}' WHERE auction_id = '{auction}'", bidder.user_id)).await;
+    assert!(verify().await.unwrap().passed());
+    sql(format!("UPDATE auctions SET winner_id = '{}' WHERE id = '{auction}'", other.user_id)).await;
+    fails_among_others_on(&verify().await.unwrap(), "sold: the winner");
+}
+
 /// A reservation made by the Lua script, as the purchase path makes it, and the delivery
 /// that carries it to the order consumer; no broker involved.
-async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
+pub(crate) async fn reserve_directly(app: &TestApp, sale: &str, buyer: &Session, quantity: u32) -> repo::mq::Delivery {
+    reserve_with_deadline(app, sale, buyer, quantity, 600_000, None).await
+}
+
+/// [`reserve_directly`], with the deadline after which the reaper may undo it, and an
+/// `Idempotency-Key`.
+pub(crate) async fn reserve_with_deadline(
+    app: &TestApp,
+    sale: &str,
+    buyer: &Session,
+    quantity: u32,
+    deadline_ms: u64,
+    key: Option<&str>,
+) -> repo::mq::Delivery {
     let (sale_id, user_id) = (sale.parse().unwrap(), buyer.user_id.parse().unwrap());
     let deps = &app.services.deps;
     let id = uuid::Uuid::now_v7();
     let keys = deps.keys().sale(sale_id);
     let mut redis = deps.redis.clone();
-    let reserved = repo::cache::sales::reserve(&mut redis, &keys, user_id, quantity, id, None, 60_000).await.unwrap();
+    let ask = repo::cache::sales::Ask {
+        user_id,
+        quantity,
+        reservation_id: id,
+        idempotency_key: key,
+        fingerprint: &format!("q{quantity}"),
+        idempotency_ttl_ms: 60_000,
+        deadline_ms,
+    };
+    let reserved = repo::cache::sales::reserve(&mut redis, &keys, &ask).await.unwrap();
     let repo::cache::sales::Reserve::Reserved { generation, .. } = reserved else { panic!("{reserved:?}") };
-    let quantity = quantity as i32;
-    let reservation =
-        repo::mq::messages::Reservation { id, sale_id, user_id, quantity, generation, reserved_at: Utc::now() };
+    let reservation = repo::mq::messages::Reservation {
+        id,
+        sale_id,
+        user_id,
+        quantity: quantity as i32,
+        generation,
+        reserved_at: Utc::now(),
+        idempotency_key: None,
+        fingerprint: None,
+    };
     let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
     repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false }
 }
@@ -448,8 +556,10 @@ async fn a_multi_unit_refusal_after_a_rebuild_returns_exactly_the_units_redis_to
     let mut redis = app.services.deps.redis.clone();
     let hot = [&keys.state, &keys.buyers, &keys.inflight, &keys.claimed, &keys.undone, &keys.settled, &keys.returned];
     redis::cmd("DEL").arg(&hot[..]).query_async::<()>(&mut redis).await.unwrap();
-    // The rebuilt Redis sees all three units, and sells two of them again.
-    app.services.sales.rebuild(sale_id).await.unwrap();
+    // Loaded without waiting for the rebuild barrier (as when the reservation was held by
+    // another worker process, see reliability.md), Redis sees all three units and sells two
+    // of them again.
+    app.services.sales.load_hot_state(sale_id).await.unwrap();
     let after = reserve_directly(&app, &sale, &app.shopper().await, 2).await;
 
     let consumer = &app.services.order_consumer;

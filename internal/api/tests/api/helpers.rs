@@ -59,7 +59,11 @@ pub async fn spawn_sibling(app: &TestApp, mode: Mode, customize: impl FnOnce(&mu
 }
 
 async fn start(settings: Arc<Settings>, mode: Mode) -> TestApp {
-    let _ = platform::telemetry::init_for_tests(&settings.telemetry);
+    // Kept for the whole process: dropping the guard would shut the trace exporter down.
+    static TELEMETRY: OnceLock<platform::telemetry::TelemetryGuard> = OnceLock::new();
+    if let Ok(guard) = platform::telemetry::init_for_tests(&settings.telemetry) {
+        let _ = TELEMETRY.set(guard);
+    }
     let deps = api::connect(settings.clone(), Duration::ZERO, "spike-test").await.expect("services reachable");
     let db = deps.db.clone();
     let app = Application::build(deps, mode).await.expect("app builds");

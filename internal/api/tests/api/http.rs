@@ -197,7 +197,7 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
     app.post_raw("/api/v1/auth/register", body).await.error(413, "PAYLOAD_TOO_LARGE", None);
 }
 
-fn policy(timeout: Duration) -> HttpPolicy {
+pub(crate) fn policy(timeout: Duration) -> HttpPolicy {
     let limits = RateLimitSettings {
         enabled: false,
         ip_per_sec: NonZeroU32::MIN,

@@ -10,11 +10,13 @@
 
 mod helpers;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 mod auctions;
 mod auth;
 mod bid_durability;
+mod buy_now;
 mod catalog;
 mod contract;
 mod faults;
@@ -22,6 +24,10 @@ mod health;
 mod http;
 mod orders;
 mod pipeline;
+mod proxy_bids;
+mod reservations;
 mod sales;
+mod scaling;
 mod tls;
+mod traces;
 mod users;

@@ -46,12 +46,12 @@ pub(crate) async fn confirmed(app: &TestApp, session: &Session, id: &str) -> Val
     panic!("reservation {id} still queued: {last}");
 }
 
-async fn verify(app: &TestApp, sale: &str) -> service::verify::Report {
+pub(crate) async fn verify(app: &TestApp, sale: &str) -> service::verify::Report {
     let deps = &app.services.deps;
     service::verify::sale(&deps.db, &deps.redis, &deps.keys(), sale.parse().unwrap()).await.unwrap()
 }
 
-async fn drained(app: &TestApp, sale: &str) {
+pub(crate) async fn drained(app: &TestApp, sale: &str) {
     app.eventually(20, "every reservation has an outcome", || async {
         let report = verify(app, sale).await;
         report.passed() && report.checks.iter().any(|c| c.what.starts_with("drained"))
@@ -275,7 +275,21 @@ async fn a_flushed_redis_is_rebuilt_without_selling_a_unit_twice() {
     drained(&app, &sale).await;
 
     redis.forget_everything().await; // FLUSHALL + SCRIPT FLUSH, mid-sale
-    // Right after the flush, before anything could sell out: the rebuilt state knows them.
+    // The sale waits (503) until its rebuild barrier passed, then the rebuilt state knows them.
+    let first_answer = || async {
+        loop {
+            let reply = send(&tokens[0]).await;
+            if reply.status != 503 {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), first_answer()).await.expect("the barrier passes").error(
+        409,
+        "LIMIT_REACHED",
+        None,
+    );
     let again = futures::future::join_all(tokens[..20].iter().map(send)).await;
     for reply in &again {
         reply.error(409, "LIMIT_REACHED", None);
@@ -289,6 +303,92 @@ async fn a_flushed_redis_is_rebuilt_without_selling_a_unit_twice() {
     let orders = app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale' AND status = 'pending_payment'").await;
     assert_eq!(orders, 30, "sold out, and not one unit more");
     assert!(verify(&app, &sale).await.passed(), "{}", verify(&app, &sale).await);
+}
+
+/// Buys until the answer is not a 503 of the rebuild barrier (bounded).
+async fn buy_past_the_barrier(app: &TestApp, session: &Session, sale: &str) -> Reply {
+    for _ in 0..300 {
+        let reply = buy(app, session, sale, 1).await;
+        if reply.status != 503 {
+            return reply;
+        }
+        assert_eq!(reply.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the sale stayed unavailable for 30 s");
+}
+
+#[tokio::test]
+async fn a_rebuild_waits_for_the_reservations_queued_before_redis_lost_the_sale() {
+    let redis = PrivateRedis::start().await;
+    let first = spawn_app_with(|s| s.redis.url = SecretString::from(redis.url.clone())).await;
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap();
+    let admin = api.admin().await;
+    let sale = sale(&api, &admin, 10, 1, 300).await;
+    let mut early = Vec::new();
+    for _ in 0..6 {
+        let shopper = api.shopper().await;
+        let id = buy(&api, &shopper, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+        early.push((shopper, id));
+    }
+    assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 0, "all six wait in RabbitMQ");
+
+    // Redis restarts empty while the six reservations wait in the queue (no worker runs).
+    redis.forget_everything().await;
+    let mut late = Vec::new();
+    for _ in 0..10 {
+        late.push(api.shopper().await);
+    }
+    let held = buy(&api, &late[0], &sale, 1).await;
+    held.error(503, "SERVICE_UNAVAILABLE", None);
+    assert_eq!(held.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(buy(&api, &late[1], &sale, 1).await.status, 503, "held while nothing drains the queue");
+
+    let _worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    // No purchase needed: the worker loads the sale once its barrier passed (verify fails
+    // on an active sale without hot state).
+    api.eventually(30, "the sale is loaded again", || async { verify(&api, &sale).await.passed() }).await;
+    let mut accepted = Vec::new();
+    for shopper in &late {
+        let reply = buy_past_the_barrier(&api, shopper, &sale).await;
+        match reply.status.as_u16() {
+            202 => accepted.push((shopper, reply.data(202)["reservation_id"].as_str().unwrap().to_owned())),
+            _ => assert_eq!(reply.error(409, "SOLD_OUT", None)["error"], "SOLD_OUT"),
+        }
+    }
+    assert_eq!(accepted.len(), 4, "the six queued before the loss keep their units; four are left");
+    for (shopper, id) in early.iter().map(|(s, id)| (s, id)).chain(accepted.iter().map(|(s, id)| (*s, id))) {
+        assert_eq!(confirmed(&api, shopper, id).await["status"], "confirmed", "every 202 becomes an order");
+    }
+    assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 10);
+    drained(&api, &sale).await;
+}
+
+#[tokio::test]
+async fn a_lost_restock_message_is_made_good_by_the_sweeper() {
+    let first = spawn_app().await;
+    let admin = first.admin().await;
+    let sale = sale(&first, &admin, 3, 1, 300).await;
+    let shopper = first.shopper().await;
+    let id = buy(&first, &shopper, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    let order = confirmed(&first, &shopper, &id).await["order_id"].as_str().unwrap().to_owned();
+    // From here on nothing relays or consumes: the cancel's restock message stays in the
+    // outbox, where it is lost.
+    let api = spawn_sibling(&first, Mode::Api, |_| {}).await;
+    first.shutdown().await.unwrap();
+    let reply = api.post(&format!("/api/v1/orders/{order}/cancel"), json!(null), shopper.token()).await;
+    assert_eq!(reply.data(200)["status"], "cancelled");
+    let lost = api
+        .scalar("WITH d AS (DELETE FROM outbox WHERE routing_key = 'sale.restock' RETURNING 1) SELECT count(*) FROM d");
+    assert_eq!(lost.await, 1);
+    let remaining = || async { api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"].clone() };
+    assert_eq!(remaining().await, 2, "Redis has not heard of the cancel");
+
+    let _worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
+    api.eventually(15, "the sweeper puts the unit back on sale", || async { remaining().await == 3 }).await;
+    assert_eq!(buy(&api, &shopper, &sale, 1).await.status, 202, "the buyer's slot is free again");
+    drained(&api, &sale).await;
 }
 
 #[tokio::test]
@@ -460,21 +560,27 @@ async fn an_undo_and_the_consumers_claim_exclude_each_other() {
     // on the confirm; the undo then refuses, and the API answers 202.
     let claimed = repo::cache::sales::claim(&mut redis, &keys, &[stored.parse().unwrap()]).await.unwrap();
     assert_eq!(claimed, [true]);
-    let undone =
-        repo::cache::sales::undo(&mut redis, &keys, ann.user_id.parse().unwrap(), stored.parse().unwrap(), None);
-    assert!(!undone.await.unwrap(), "a claimed reservation is never undone");
+    let held = |session: &Session, id: &str| repo::cache::sales::Held {
+        reservation_id: id.parse().unwrap(),
+        user_id: session.user_id.parse().unwrap(),
+        quantity: 1,
+    };
+    let undo = &api.services.undo;
+    let sale_id = sale.parse().unwrap();
+    assert!(!undo.reservation(sale_id, held(&ann, &stored)).await.unwrap(), "a claimed reservation is never undone");
 
     // Bob's publish "failed" first: the undo returns his unit, and his late message must
     // then be dropped by the consumer.
-    let undone = repo::cache::sales::undo(&mut redis, &keys, bob.user_id.parse().unwrap(), late.parse().unwrap(), None);
-    assert!(undone.await.unwrap());
+    assert!(undo.reservation(sale_id, held(&bob, &late)).await.unwrap());
     assert_eq!(api.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["remaining"], 4);
 
     let worker = spawn_sibling(&api, Mode::Worker, |_| {}).await;
     assert_eq!(confirmed(&api, &ann, &stored).await["status"], "confirmed");
     // Both messages (one per purchase) consumed, the late one dropped.
     wait_for_metric(r#"amqp_consumed_total{queue="sale.reservations",outcome="ack"}"#, 2.0).await;
-    assert_eq!(api.scalar("SELECT count(*) FROM reservations").await, 1);
+    assert_eq!(api.scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'").await, 1);
+    let undone = "SELECT count(*) FROM reservations WHERE status = 'failed' AND reason = 'broker_unavailable'";
+    assert_eq!(api.scalar(undone).await, 1, "the undo is recorded");
     assert_eq!(api.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1, "no order for the undone one");
     let bobs = format!("SELECT count(*) FROM orders WHERE user_id = '{}'", bob.user_id);
     assert_eq!(api.scalar(&bobs).await, 0);

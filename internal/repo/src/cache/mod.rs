@@ -6,9 +6,12 @@
 //! touches several of them runs unchanged on Redis Cluster: they live in one slot.
 
 pub mod auctions;
+pub mod barrier;
 pub mod keys;
+pub mod lua;
 pub mod products;
 pub mod reservations;
+pub mod returns;
 pub mod sales;
 
 pub use keys::Keys;

@@ -1,25 +1,31 @@
 //! A flash sale's hot state in Redis, and the scripts that change it.
 //!
 //! All keys of one sale share the hash tag `{sale:<id>}`, so each script touches a single
-//! Redis Cluster slot. The scripts are `redis::Script`s: called by SHA, and re-sent
-//! automatically after a `NOSCRIPT` (a restarted or flushed Redis forgets them).
+//! Redis Cluster slot. The scripts are `redis::Script`s, named for their spans
+//! (`super::lua`): called by SHA, and re-sent automatically after a `NOSCRIPT` (a restarted
+//! or flushed Redis forgets them).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use platform::Redis;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use uuid::Uuid;
 
 use super::Keys;
+use super::lua::Lua;
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
-static UNDO: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/undo_reservation.lua")));
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_reservations.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle_reservations.lua")));
-static FAIL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/fail_reservations.lua")));
-static RESTOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/restock_sale.lua")));
-static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/load_sale.lua")));
+static RESERVE: LazyLock<Lua> = LazyLock::new(|| Lua::new("reserve_stock", include_str!("lua/reserve_stock.lua")));
+static UNDO: LazyLock<Lua> = LazyLock::new(|| Lua::new("undo_reservation", include_str!("lua/undo_reservation.lua")));
+static CLAIM: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("claim_reservations", include_str!("lua/claim_reservations.lua")));
+static SETTLE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("settle_reservations", include_str!("lua/settle_reservations.lua")));
+static FAIL: LazyLock<Lua> = LazyLock::new(|| Lua::new("fail_reservations", include_str!("lua/fail_reservations.lua")));
+static RESTOCK: LazyLock<Lua> = LazyLock::new(|| Lua::new("restock_sale", include_str!("lua/restock_sale.lua")));
+static LOAD: LazyLock<Lua> = LazyLock::new(|| Lua::new("load_sale", include_str!("lua/load_sale.lua")));
+static PUBLISHED: LazyLock<Lua> = LazyLock::new(|| Lua::new("mark_published", include_str!("lua/mark_published.lua")));
+static REAP: LazyLock<Lua> = LazyLock::new(|| Lua::new("reap_reservations", include_str!("lua/reap_reservations.lua")));
 
 /// The key names of one sale.
 pub struct SaleKeys {
@@ -79,30 +85,41 @@ pub enum Reserve {
     },
     NotStarted,
     Ended,
+    /// The `Idempotency-Key` produced a reservation of another body (quantity).
+    KeyReused,
     /// The hot state is not in Redis: rebuild it from Postgres and try again.
     Missing,
 }
 
-pub async fn reserve(
-    redis: &mut Redis,
-    keys: &SaleKeys,
-    user_id: Uuid,
-    quantity: u32,
-    reservation_id: Uuid,
-    idempotency_key: Option<&str>,
-    idempotency_ttl_ms: u64,
-) -> redis::RedisResult<Reserve> {
-    let idem = keys.idempotency(user_id, idempotency_key.unwrap_or("-"));
+/// One purchase, as `reserve_stock.lua` takes it.
+pub struct Ask<'a> {
+    pub user_id: Uuid,
+    pub quantity: u32,
+    pub reservation_id: Uuid,
+    pub idempotency_key: Option<&'a str>,
+    /// What the key must be sent with again to replay (the body's quantity).
+    pub fingerprint: &'a str,
+    pub idempotency_ttl_ms: u64,
+    /// How long the reservation may stay unpublished before the reaper undoes it.
+    pub deadline_ms: u64,
+}
+
+pub async fn reserve(redis: &mut Redis, keys: &SaleKeys, ask: &Ask<'_>) -> redis::RedisResult<Reserve> {
+    let idem = keys.idempotency(ask.user_id, ask.idempotency_key.unwrap_or("-"));
     let reply: Vec<redis::Value> = RESERVE
         .key(&keys.state)
         .key(&keys.buyers)
         .key(&keys.inflight)
         .key(idem)
-        .arg(user_id.to_string())
-        .arg(quantity)
-        .arg(reservation_id.to_string())
-        .arg(u8::from(idempotency_key.is_some()))
-        .arg(idempotency_ttl_ms)
+        .key(&keys.undone)
+        .arg(ask.user_id.to_string())
+        .arg(ask.quantity)
+        .arg(ask.reservation_id.to_string())
+        .arg(u8::from(ask.idempotency_key.is_some()))
+        .arg(ask.idempotency_ttl_ms)
+        .arg(ask.deadline_ms)
+        .arg(ask.fingerprint)
+        .arg(ask.idempotency_key.unwrap_or("-"))
         .invoke_async(redis)
         .await?;
     let int = |i: usize| reply.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
@@ -113,32 +130,66 @@ pub async fn reserve(
         3 => Reserve::LimitReached { held: int(1), limit: int(2) },
         4 if int(1) == 0 => Reserve::NotStarted,
         4 => Reserve::Ended,
+        5 => Reserve::KeyReused,
         _ => Reserve::Missing,
     })
 }
 
-/// Undoes a reservation whose message was not confirmed. `false`: the order consumer had
-/// already claimed it, so the message did arrive and the reservation stands.
-pub async fn undo(
-    redis: &mut Redis,
-    keys: &SaleKeys,
-    user_id: Uuid,
-    reservation_id: Uuid,
-    idempotency_key: Option<&str>,
-) -> redis::RedisResult<bool> {
-    let idem = keys.idempotency(user_id, idempotency_key.unwrap_or("-"));
+/// Decides, against the order consumer's claim, that a reservation is undone. `false`:
+/// the consumer had already claimed it, so the message did arrive and it stands. The
+/// caller records the failure in Postgres, then releases it with [`fail`].
+pub async fn undo(redis: &mut Redis, keys: &SaleKeys, reservation_id: Uuid) -> redis::RedisResult<bool> {
     let undone: i64 = UNDO
         .key(&keys.state)
-        .key(&keys.buyers)
-        .key(&keys.inflight)
         .key(&keys.claimed)
         .key(&keys.undone)
-        .key(idem)
         .arg(reservation_id.to_string())
-        .arg(u8::from(idempotency_key.is_some()))
         .invoke_async(redis)
         .await?;
     Ok(undone == 1)
+}
+
+/// The broker confirmed these reservations: the reaper leaves them alone from now on.
+/// Per id, `false` when it was undone first (the reaper took it at its deadline).
+pub async fn mark_published(redis: &mut Redis, keys: &SaleKeys, ids: &[Uuid]) -> redis::RedisResult<Vec<bool>> {
+    let mut invocation = PUBLISHED.key(&keys.inflight);
+    invocation.key(&keys.undone);
+    for id in ids {
+        invocation.arg(id.to_string());
+    }
+    let flags: Vec<i64> = invocation.invoke_async(redis).await?;
+    Ok(flags.into_iter().map(|f| f == 1).collect())
+}
+
+/// A reservation that holds units: what an undo records and releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub reservation_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+}
+
+/// Marks undone (and returns) up to `most` reservations past their deadline that were
+/// neither published nor claimed, and those marked undone but never released.
+pub async fn reap(redis: &mut Redis, keys: &SaleKeys, most: usize) -> redis::RedisResult<Vec<Held>> {
+    let flat: Vec<String> = REAP
+        .key(&keys.state)
+        .key(&keys.inflight)
+        .key(&keys.claimed)
+        .key(&keys.undone)
+        .arg(most)
+        .invoke_async(redis)
+        .await?;
+    Ok(flat
+        .chunks(3)
+        .filter_map(|c| {
+            Some(Held {
+                reservation_id: c.first()?.parse().ok()?,
+                user_id: c.get(1)?.parse().ok()?,
+                quantity: c.get(2)?.parse().ok()?,
+            })
+        })
+        .collect())
 }
 
 /// Claims reservations for the order consumer; returns, per id, whether it may proceed
@@ -192,12 +243,34 @@ pub async fn fail(
         .key(&keys.inflight)
         .key(&keys.undone)
         .arg(u8::from(forget))
-        .arg(channel)
+        .arg(script_channel(redis, channel))
         .arg(sale_id.to_string());
     for id in ids {
         invocation.arg(id.to_string());
     }
-    invocation.invoke_async(redis).await
+    let units = invocation.invoke_async(redis).await?;
+    announce_after_script(redis, channel, sale_id, units).await;
+    Ok(units)
+}
+
+/// The channel a script publishes its restock notice on. On one server the script does it,
+/// atomically with the units coming back. On a Redis Cluster a script may not publish to a
+/// channel outside its sale's slot (and a plain PUBLISH would miss the sharded
+/// subscribers), so it gets none and [`announce_after_script`] sends the notice.
+fn script_channel<'a>(redis: &Redis, channel: &'a str) -> &'a str {
+    if redis.is_cluster() { "" } else { channel }
+}
+
+/// On a Redis Cluster, the restock notice of a script that put `units` back. A lost notice
+/// costs little (the local sold-out flags expire after `sales.sold_out_flag_ms`), so a
+/// failure is logged, not returned: the units are back either way.
+async fn announce_after_script(redis: &mut Redis, channel: &str, sale_id: Uuid, units: i64) {
+    if redis.is_cluster()
+        && units > 0
+        && let Err(err) = redis.publish(channel, sale_id.to_string()).await
+    {
+        tracing::warn!(error = %err, %sale_id, "restock notice not sent");
+    }
 }
 
 /// One order's units coming back, for [`restock`].
@@ -216,11 +289,14 @@ pub async fn restock(
     returned: &[Returned],
 ) -> redis::RedisResult<i64> {
     let mut invocation = RESTOCK.key(&keys.state);
-    invocation.key(&keys.buyers).key(&keys.returned).arg(version).arg(channel).arg(sale_id.to_string());
+    invocation.key(&keys.buyers).key(&keys.returned).arg(version);
+    invocation.arg(script_channel(redis, channel)).arg(sale_id.to_string());
     for r in returned {
         invocation.arg(r.order_id.to_string()).arg(r.user_id.to_string()).arg(r.quantity);
     }
-    invocation.invoke_async(redis).await
+    let units = invocation.invoke_async(redis).await?;
+    announce_after_script(redis, channel, sale_id, units).await;
+    Ok(units)
 }
 
 /// A Postgres snapshot of a sale, for [`load`].
@@ -233,6 +309,17 @@ pub struct Snapshot {
     pub generation: String,
     pub expire_at_ms: i64,
     pub buyers: Vec<(Uuid, i32)>,
+    /// The Idempotency-Keys that produced the sale's recorded reservations.
+    pub keys: Vec<KeyRecord>,
+    pub idempotency_ttl_ms: u64,
+}
+
+/// An `Idempotency-Key` a purchase was made with, and what it replays.
+pub struct KeyRecord {
+    pub user_id: Uuid,
+    pub key: String,
+    pub reservation_id: Uuid,
+    pub fingerprint: String,
 }
 
 /// Loads the hot state unless one is there already; returns whether it loaded.
@@ -244,16 +331,25 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
         .key(&keys.claimed)
         .key(&keys.undone)
         .key(&keys.settled)
-        .key(&keys.returned)
+        .key(&keys.returned);
+    for record in &snapshot.keys {
+        invocation.key(keys.idempotency(record.user_id, &record.key));
+    }
+    invocation
         .arg(snapshot.start_ms)
         .arg(snapshot.end_ms)
         .arg(snapshot.per_user_limit)
         .arg(snapshot.stock_left)
         .arg(snapshot.version)
         .arg(&snapshot.generation)
-        .arg(snapshot.expire_at_ms);
+        .arg(snapshot.expire_at_ms)
+        .arg(snapshot.idempotency_ttl_ms)
+        .arg(snapshot.buyers.len());
     for (user, held) in &snapshot.buyers {
         invocation.arg(user.to_string()).arg(*held);
+    }
+    for record in &snapshot.keys {
+        invocation.arg(format!("{} {}", record.reservation_id, record.fingerprint));
     }
     let loaded: i64 = invocation.invoke_async(redis).await?;
     Ok(loaded == 1)

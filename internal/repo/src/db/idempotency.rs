@@ -14,6 +14,8 @@ pub struct StoredResponse {
     pub response_body: Value,
 }
 
+#[tracing::instrument(name = "SELECT idempotency_keys", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "idempotency_keys"))]
 pub async fn find(
     db: &impl ConnectionTrait,
     user_id: Uuid,
@@ -37,6 +39,8 @@ pub enum Saved {
 
 /// Stores the answer, normally in the same transaction as the work it describes: the key
 /// and the order commit together or not at all.
+#[tracing::instrument(name = "INSERT idempotency_keys", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
 pub async fn save(
     db: &impl ConnectionTrait,
     user_id: Uuid,

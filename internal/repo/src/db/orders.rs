@@ -40,6 +40,8 @@ pub struct NewOrder {
 
 /// Inserts orders and their lines in one set-based statement, however many there are (the
 /// flash-sale consumer inserts hundreds per transaction).
+#[tracing::instrument(name = "INSERT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "orders"))]
 pub async fn insert(db: &impl ConnectionTrait, orders: &[NewOrder]) -> Result<(), DbErr> {
     if orders.is_empty() {
         return Ok(());
@@ -99,14 +101,20 @@ pub async fn insert(db: &impl ConnectionTrait, orders: &[NewOrder]) -> Result<()
 }
 
 /// An order of this user; someone else's order is as invisible as a missing one.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn find_for_user(db: &impl ConnectionTrait, id: Uuid, user_id: Uuid) -> Result<Option<OrderRow>, DbErr> {
     Entity::find_by_id(id).filter(Column::UserId.eq(user_id)).one(db).await
 }
 
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<OrderRow>, DbErr> {
     Entity::find_by_id(id).one(db).await
 }
 
+#[tracing::instrument(name = "SELECT order_items", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "order_items"))]
 pub async fn items_of(db: &impl ConnectionTrait, order_ids: Vec<Uuid>) -> Result<Vec<OrderItemRow>, DbErr> {
     order_item::Entity::find()
         .filter(order_item::Column::OrderId.is_in(order_ids))
@@ -126,6 +134,8 @@ pub struct ListQuery<'a> {
     pub descending: bool,
 }
 
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn list_for_user(db: &impl ConnectionTrait, query: ListQuery<'_>) -> Result<Page<OrderRow>, DbErr> {
     let column = match query.sort {
         "total" => Column::Total,
@@ -152,6 +162,8 @@ pub async fn list_for_user(db: &impl ConnectionTrait, query: ListQuery<'_>) -> R
 /// Marks a pending order paid, if it is still inside its payment window. The status and
 /// the deadline are checked in the same statement as the write, so a payment and a close
 /// racing each other cannot both win.
+#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "orders"))]
 pub async fn pay(db: &impl ConnectionTrait, id: Uuid, user_id: Uuid) -> Result<Option<OrderRow>, DbErr> {
     let mut rows = Entity::update_many()
         .col_expr(Column::Status, Expr::value("paid"))
@@ -185,6 +197,8 @@ pub struct Finished {
 /// Only these may give their stock back: an order that was already paid, closed or
 /// cancelled (a redelivered close message, a racing payment) is not returned, so no stock
 /// is ever returned twice.
+#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "orders"))]
 pub async fn finish(db: &impl ConnectionTrait, ids: &[Uuid], how: Finish) -> Result<Vec<Finished>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -208,6 +222,8 @@ pub async fn finish(db: &impl ConnectionTrait, ids: &[Uuid], how: Finish) -> Res
 
 /// Pending orders whose deadline passed more than `grace_ms` ago: their close message is
 /// late or lost, and the sweeper closes them through the same path.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "orders"))]
 pub async fn overdue(db: &impl ConnectionTrait, grace_ms: i64, limit: u64) -> Result<Vec<Uuid>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {

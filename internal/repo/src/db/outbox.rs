@@ -30,6 +30,8 @@ pub async fn enqueue<T: Serialize>(db: &impl ConnectionTrait, message: Outgoing<
 }
 
 /// Writes several messages in one INSERT (one round trip), with the same trace context.
+#[tracing::instrument(name = "INSERT outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "outbox"))]
 pub async fn enqueue_all(db: &impl ConnectionTrait, messages: &[Outgoing<'_, Value>]) -> Result<(), DbErr> {
     let headers = serde_json::to_value(platform::telemetry::current_trace_headers())
         .map_err(|e| DbErr::Custom(format!("outbox headers: {e}")))?;
@@ -66,6 +68,8 @@ impl PendingRow {
 /// Locks up to `limit` unpublished rows that are due. `SKIP LOCKED` lets several relays
 /// run at once: each takes rows the others are not holding, so nothing is sent twice by
 /// two relays (a relay that dies before marking its rows sends them again later).
+#[tracing::instrument(name = "SELECT outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "outbox"))]
 pub async fn claim(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<PendingRow>, DbErr> {
     PendingRow::find_by_statement(stmt(
         "SELECT id, routing_key, payload, headers, delay_ms, attempts FROM outbox \
@@ -77,6 +81,8 @@ pub async fn claim(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<PendingR
     .await
 }
 
+#[tracing::instrument(name = "UPDATE outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "outbox"))]
 pub async fn mark_published(db: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
     if ids.is_empty() {
         return Ok(());
@@ -90,6 +96,8 @@ pub async fn mark_published(db: &impl ConnectionTrait, ids: &[i64]) -> Result<()
 }
 
 /// Leaves the rows for a later round, `retry_in_ms` from now.
+#[tracing::instrument(name = "UPDATE outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "outbox"))]
 pub async fn mark_failed(db: &impl ConnectionTrait, ids: &[i64], error: &str, retry_in_ms: i64) -> Result<(), DbErr> {
     if ids.is_empty() {
         return Ok(());
@@ -105,6 +113,8 @@ pub async fn mark_failed(db: &impl ConnectionTrait, ids: &[i64], error: &str, re
 
 /// Parks a row that failed its last allowed attempt: it is not claimed again until
 /// [`unpark`].
+#[tracing::instrument(name = "UPDATE outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "outbox"))]
 pub async fn park(db: &impl ConnectionTrait, id: i64, error: &str) -> Result<(), DbErr> {
     db.execute_raw(stmt(
         "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = 'infinity' WHERE id = $1",
@@ -124,6 +134,8 @@ pub struct ParkedRow {
     pub last_error: Option<String>,
 }
 
+#[tracing::instrument(name = "SELECT outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "outbox"))]
 pub async fn parked(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<ParkedRow>, DbErr> {
     ParkedRow::find_by_statement(stmt(
         "SELECT id, routing_key, payload, attempts, last_error FROM outbox \
@@ -134,11 +146,15 @@ pub async fn parked(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<ParkedR
     .await
 }
 
+#[tracing::instrument(name = "SELECT outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "outbox"))]
 pub async fn parked_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
     scalar(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND next_attempt_at = 'infinity'", []).await
 }
 
 /// Makes every parked row due again with a fresh attempt count; returns how many.
+#[tracing::instrument(name = "UPDATE outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "outbox"))]
 pub async fn unpark(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     db.execute_raw(stmt(
         "UPDATE outbox SET attempts = 0, next_attempt_at = now() \
@@ -150,6 +166,8 @@ pub async fn unpark(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 }
 
 /// Deletes published rows older than `hours`; returns how many.
+#[tracing::instrument(name = "DELETE outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "DELETE", db.collection.name = "outbox"))]
 pub async fn delete_published_before(db: &impl ConnectionTrait, hours: i64) -> Result<u64, DbErr> {
     let result = db
         .execute_raw(stmt("DELETE FROM outbox WHERE published_at < now() - $1 * interval '1 hour'", [hours.into()]))
@@ -158,6 +176,8 @@ pub async fn delete_published_before(db: &impl ConnectionTrait, hours: i64) -> R
 }
 
 /// Rows not yet published (the relay's backlog).
+#[tracing::instrument(name = "SELECT outbox", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "outbox"))]
 pub async fn backlog(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
     scalar(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL", []).await
 }

@@ -23,6 +23,8 @@ pub struct NewProduct<'a> {
     pub stock: i32,
 }
 
+#[tracing::instrument(name = "INSERT products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "products"))]
 pub async fn insert(db: &impl ConnectionTrait, new: NewProduct<'_>) -> Result<ProductRow, DbErr> {
     let now = Utc::now();
     let row = product::ActiveModel {
@@ -39,6 +41,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: NewProduct<'_>) -> Result<Pr
 }
 
 /// A product that has not been deleted.
+#[tracing::instrument(name = "SELECT products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "products"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<ProductRow>, DbErr> {
     Entity::find_by_id(id).filter(Column::DeletedAt.is_null()).one(db).await
 }
@@ -53,6 +57,8 @@ pub struct ListQuery<'a> {
     pub title_contains: Option<&'a str>,
 }
 
+#[tracing::instrument(name = "SELECT products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "products"))]
 pub async fn list(db: &impl ConnectionTrait, query: ListQuery<'_>) -> Result<Page<ProductRow>, DbErr> {
     let column = match query.sort {
         "title" => Column::Title,
@@ -92,6 +98,8 @@ pub struct ProductChanges {
 }
 
 /// Applies the changes to a live product; `None` when there is no such product.
+#[tracing::instrument(name = "UPDATE products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "products"))]
 pub async fn update(db: &impl ConnectionTrait, id: Uuid, changes: ProductChanges) -> Result<Option<ProductRow>, DbErr> {
     let mut update = Entity::update_many()
         .col_expr(Column::UpdatedAt, Expr::current_timestamp())
@@ -114,6 +122,8 @@ pub async fn update(db: &impl ConnectionTrait, id: Uuid, changes: ProductChanges
 }
 
 /// Soft delete: orders keep pointing at the row. Returns false when it was not there.
+#[tracing::instrument(name = "UPDATE products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "products"))]
 pub async fn delete(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
     let result = Entity::update_many()
         .col_expr(Column::DeletedAt, Expr::current_timestamp())
@@ -132,6 +142,8 @@ pub struct TakenStock {
 
 /// Takes `quantity` units if, and only if, that many are left: the check and the decrement
 /// are one statement, so two orders can never both take the last unit.
+#[tracing::instrument(name = "UPDATE products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "products"))]
 pub async fn take_stock(db: &impl ConnectionTrait, id: Uuid, quantity: i32) -> Result<Option<TakenStock>, DbErr> {
     TakenStock::find_by_statement(stmt(
         "UPDATE products SET stock = stock - $2, updated_at = now() \
@@ -143,12 +155,16 @@ pub async fn take_stock(db: &impl ConnectionTrait, id: Uuid, quantity: i32) -> R
 }
 
 /// The stock of a live product (to explain a refused order), or `None`.
+#[tracing::instrument(name = "SELECT products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "products"))]
 pub async fn stock_of(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<i32>, DbErr> {
     Ok(find(db, id).await?.map(|p| p.stock))
 }
 
 /// Puts back the units of the given orders' lines (on cancel or close). Returns the
 /// products whose stock changed, so their cache entries can be dropped.
+#[tracing::instrument(name = "UPDATE products", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "products"))]
 pub async fn return_stock_of_orders(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<Vec<Uuid>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {

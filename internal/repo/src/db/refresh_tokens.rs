@@ -9,6 +9,8 @@ use super::entity::refresh_token::{self, Column, Entity};
 
 pub use refresh_token::Model as RefreshTokenRow;
 
+#[tracing::instrument(name = "INSERT refresh_tokens", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "refresh_tokens"))]
 pub async fn insert(
     db: &impl ConnectionTrait,
     user_id: Uuid,
@@ -29,12 +31,16 @@ pub async fn insert(
     Entity::insert(row).exec_without_returning(db).await.map(|_| ())
 }
 
+#[tracing::instrument(name = "SELECT refresh_tokens", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "refresh_tokens"))]
 pub async fn find_by_hash(db: &impl ConnectionTrait, token_hash: &str) -> Result<Option<RefreshTokenRow>, DbErr> {
     Entity::find().filter(Column::TokenHash.eq(token_hash)).one(db).await
 }
 
 /// Spends a token. Conditional, so of two concurrent refreshes with the same token exactly
 /// one succeeds; the loser is treated as a replay.
+#[tracing::instrument(name = "UPDATE refresh_tokens", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "refresh_tokens"))]
 pub async fn mark_used(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
     let result = Entity::update_many()
         .col_expr(Column::UsedAt, Expr::current_timestamp())
@@ -47,6 +53,8 @@ pub async fn mark_used(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbEr
 }
 
 /// Revokes every token of a login (on logout, or when a spent token is replayed).
+#[tracing::instrument(name = "UPDATE refresh_tokens", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "refresh_tokens"))]
 pub async fn revoke_family(db: &impl ConnectionTrait, family_id: Uuid) -> Result<u64, DbErr> {
     let result = Entity::update_many()
         .col_expr(Column::RevokedAt, Expr::current_timestamp())

@@ -49,6 +49,8 @@ pub enum Created {
 
 /// Moves the sale's units out of the product's stock and creates the sale, in the caller's
 /// transaction. The conditional UPDATE makes "enough stock" and "take it" one step.
+#[tracing::instrument(name = "INSERT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "sales"))]
 pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created, DbErr> {
     let taken = db
         .execute_raw(stmt(
@@ -81,6 +83,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created,
     Ok(find(db, new.id).await?.map_or(Created::NoProduct, Created::Sale))
 }
 
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<SaleRow>, DbErr> {
     SaleRow::find_by_statement(stmt(
         &format!("SELECT {SALE_COLUMNS} FROM sales s JOIN products p ON p.id = s.product_id WHERE s.id = $1"),
@@ -93,6 +97,8 @@ pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<SaleRow>
 /// Locks the sale row against concurrent stock changes for the rest of the transaction.
 /// `exclusive`: the order consumer and the close (they change it); otherwise a shared lock
 /// for a rebuild (it only needs a snapshot no commit can slip into).
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Result<Option<SaleRow>, DbErr> {
     let mode = if exclusive { "UPDATE" } else { "SHARE" };
     SaleRow::find_by_statement(stmt(
@@ -107,6 +113,8 @@ pub async fn lock(db: &impl ConnectionTrait, id: Uuid, exclusive: bool) -> Resul
 
 /// All sales, newest start first; or with `current`, only those not ended yet, soonest
 /// start first.
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: bool) -> Result<Page<SaleRow>, DbErr> {
     let (filter, order) = if current { ("WHERE s.end_at > now()", "s.start_at ASC") } else { ("", "s.start_at DESC") };
     let items = SaleRow::find_by_statement(stmt(
@@ -122,12 +130,30 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
     Ok(Page { items, total: total as u64 })
 }
 
+/// The sales whose hot state may hold reservations: started, and whose Redis keys have not
+/// expired yet (a day after the end).
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
+pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: Uuid,
+    }
+    let sql = "SELECT id FROM sales WHERE start_at <= now() AND end_at > now() - interval '1 day'";
+    let rows = Id::find_by_statement(stmt(sql, Vec::<Value>::new())).all(db).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
 /// Units each buyer holds (pending or paid orders).
+#[tracing::instrument(name = "SELECT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buyers"))]
 pub async fn buyers(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<(Uuid, i32)>, DbErr> {
     held(db, "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND quantity > 0", [sale_id.into()]).await
 }
 
 /// Units held by these buyers (the order consumer needs only the buyers of its batch).
+#[tracing::instrument(name = "SELECT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buyers"))]
 pub async fn holdings(db: &impl ConnectionTrait, sale_id: Uuid, users: Vec<Uuid>) -> Result<Vec<(Uuid, i32)>, DbErr> {
     let sql = "SELECT user_id, quantity FROM sale_buyers WHERE sale_id = $1 AND user_id = ANY($2)";
     held(db, sql, [sale_id.into(), users.into()]).await
@@ -150,6 +176,8 @@ async fn held(
 
 /// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
 /// CHECK constraint on the column is the last wall: Postgres never oversells.
+#[tracing::instrument(name = "UPDATE sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "sales"))]
 pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
     scalar(
         db,
@@ -162,6 +190,8 @@ pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) 
 
 /// Adds `quantity` to each buyer's holding. The holding has a CHECK against the sale's
 /// per-user limit: the database's own wall behind the Lua check.
+#[tracing::instrument(name = "INSERT sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "sale_buyers"))]
 pub async fn add_to_buyers(
     db: &impl ConnectionTrait,
     sale_id: Uuid,
@@ -184,6 +214,8 @@ pub async fn add_to_buyers(
 }
 
 /// Takes `quantity` off each buyer's holding (their order was closed or cancelled).
+#[tracing::instrument(name = "UPDATE sale_buyers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "sale_buyers"))]
 pub async fn release_buyers(db: &impl ConnectionTrait, sale_id: Uuid, changes: &[(Uuid, i32)]) -> Result<(), DbErr> {
     if changes.is_empty() {
         return Ok(());
@@ -214,6 +246,8 @@ pub struct ReservationRow {
 }
 
 /// The outcome the order consumer recorded for each of these reservations, if any.
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn reservations(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<ReservationRow>, DbErr> {
     ReservationRow::find_by_statement(stmt(
         "SELECT id, sale_id, user_id, quantity, status, order_id, reason, sale_version, generation \
@@ -232,10 +266,15 @@ pub struct NewReservation {
     pub reason: Option<&'static str>,
     pub reserved_at: DateTime<Utc>,
     pub generation: String,
+    /// The purchase's `Idempotency-Key` and body fingerprint, if it had a key.
+    pub idempotency_key: Option<String>,
+    pub fingerprint: Option<String>,
 }
 
 /// Records outcomes; the primary key makes a second recording of a reservation fail, which
 /// the consumer prevents by reading [`reservations`] first under the sale lock.
+#[tracing::instrument(name = "INSERT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "reservations"))]
 pub async fn insert_reservations(
     db: &impl ConnectionTrait,
     sale_id: Uuid,
@@ -253,13 +292,19 @@ pub async fn insert_reservations(
     let reasons: Vec<String> = rows.iter().map(|r| r.reason.unwrap_or("").to_owned()).collect();
     let reserved: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reserved_at).collect();
     let generations: Vec<String> = rows.iter().map(|r| r.generation.clone()).collect();
+    // No key: the empty string stands for NULL (a key has at least one character).
+    let keys: Vec<String> = rows.iter().map(|r| r.idempotency_key.clone().unwrap_or_default()).collect();
+    let prints: Vec<String> = rows.iter().map(|r| r.fingerprint.clone().unwrap_or_default()).collect();
     db.execute_raw(stmt(
-        "INSERT INTO reservations (id, sale_id, user_id, quantity, status, order_id, reason, reserved_at, sale_version, generation) \
+        "INSERT INTO reservations (id, sale_id, user_id, quantity, status, order_id, reason, reserved_at, sale_version, \
+                                   generation, idempotency_key, fingerprint) \
          SELECT id, $2, user_id, quantity, \
                 CASE WHEN order_id = '00000000-0000-0000-0000-000000000000' THEN 'failed' ELSE 'confirmed' END, \
-                NULLIF(order_id, '00000000-0000-0000-0000-000000000000'), NULLIF(reason, ''), reserved_at, $3, generation \
-         FROM unnest($1::uuid[], $4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::timestamptz[], $9::text[]) \
-              AS r(id, user_id, quantity, order_id, reason, reserved_at, generation)",
+                NULLIF(order_id, '00000000-0000-0000-0000-000000000000'), NULLIF(reason, ''), reserved_at, $3, generation, \
+                NULLIF(idem, ''), NULLIF(print, '') \
+         FROM unnest($1::uuid[], $4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::timestamptz[], $9::text[], \
+                     $10::text[], $11::text[]) \
+              AS r(id, user_id, quantity, order_id, reason, reserved_at, generation, idem, print)",
         [
             ids.into(),
             sale_id.into(),
@@ -270,10 +315,40 @@ pub async fn insert_reservations(
             reasons.into(),
             reserved.into(),
             generations.into(),
+            keys.into(),
+            prints.into(),
         ],
     ))
     .await
     .map(|_| ())
+}
+
+/// An `Idempotency-Key` a purchase of the sale was made with, and what it replays.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct KeyRow {
+    pub user_id: Uuid,
+    pub idempotency_key: String,
+    pub id: Uuid,
+    pub fingerprint: String,
+}
+
+/// The keys of the sale's reservations made since `since`, except those undone because
+/// their message was not confirmed (a retry with such a key reserves again).
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
+pub async fn idempotency_keys(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<KeyRow>, DbErr> {
+    KeyRow::find_by_statement(stmt(
+        "SELECT user_id, idempotency_key, id, COALESCE(fingerprint, '') AS fingerprint FROM reservations \
+         WHERE sale_id = $1 AND idempotency_key IS NOT NULL AND reserved_at > $2 \
+           AND reason IS DISTINCT FROM 'broker_unavailable'",
+        [sale_id.into(), since.into()],
+    ))
+    .all(db)
+    .await
 }
 
 /// A closed or cancelled sale order's units, found through its reservation.
@@ -285,6 +360,8 @@ pub struct OrderUnits {
     pub quantity: i32,
 }
 
+#[tracing::instrument(name = "SELECT reservations", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn units_of_orders(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<Vec<OrderUnits>, DbErr> {
     OrderUnits::find_by_statement(stmt(
         "SELECT order_id, sale_id, user_id, quantity FROM reservations \
@@ -309,6 +386,8 @@ pub struct Ledger {
     pub over_limit: i64,
 }
 
+#[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sales"))]
 pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, DbErr> {
     let row = Ledger::find_by_statement(stmt(
         "WITH held AS ( \
@@ -330,4 +409,79 @@ pub async fn ledger(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Ledger, 
     .one(db)
     .await?;
     row.ok_or_else(|| DbErr::RecordNotFound("sale ledger".into()))
+}
+
+/// Records that these orders' units went back to the sale in Postgres, at `version` (in
+/// the close transaction that returned them).
+pub async fn mark_returned(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    order_ids: &[Uuid],
+    version: i64,
+) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE reservations SET returned_at = now(), returned_version = $3 WHERE sale_id = $1 AND order_id = ANY($2)",
+        [sale_id.into(), order_ids.to_vec().into(), version.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Records that Redis was told of these orders' returns.
+pub async fn mark_restocked(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        "UPDATE reservations SET restocked_at = now() WHERE order_id = ANY($1) AND restocked_at IS NULL",
+        [order_ids.to_vec().into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// A return Redis has not been told of.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct DueReturn {
+    pub sale_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub returned_version: i64,
+}
+
+/// Returns older than `older_than_ms` that Redis has not been told of (their `sale.restock`
+/// message was lost or is stuck), oldest first.
+pub async fn restocks_due(db: &impl ConnectionTrait, older_than_ms: i64, limit: u64) -> Result<Vec<DueReturn>, DbErr> {
+    DueReturn::find_by_statement(stmt(
+        "SELECT sale_id, order_id, user_id, quantity, returned_version FROM reservations \
+         WHERE returned_at IS NOT NULL AND restocked_at IS NULL AND returned_version IS NOT NULL \
+           AND returned_at < now() - make_interval(secs => $1::float8 / 1000) \
+         ORDER BY returned_at LIMIT $2",
+        [older_than_ms.into(), (limit as i64).into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// One sale order as `verify` checks its return.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OrderReturn {
+    pub order_id: Uuid,
+    pub status: String,
+    pub returned: bool,
+    pub returned_version: Option<i64>,
+    pub restocked: bool,
+    /// Redis not told for more than a minute.
+    pub restock_overdue: bool,
+}
+
+/// Every confirmed reservation's order of the sale, with its return.
+pub async fn order_returns(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<OrderReturn>, DbErr> {
+    OrderReturn::find_by_statement(stmt(
+        "SELECT r.order_id, o.status, r.returned_at IS NOT NULL AS returned, r.returned_version, \
+                r.restocked_at IS NOT NULL AS restocked, \
+                COALESCE(r.restocked_at IS NULL AND r.returned_at < now() - interval '60 seconds', false) AS restock_overdue \
+         FROM reservations r JOIN orders o ON o.id = r.order_id WHERE r.sale_id = $1",
+        [sale_id.into()],
+    ))
+    .all(db)
+    .await
 }

@@ -28,6 +28,8 @@ pub struct NewUser<'a> {
     pub role: &'a str,
 }
 
+#[tracing::instrument(name = "INSERT users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "users"))]
 pub async fn insert(db: &impl ConnectionTrait, new: NewUser<'_>) -> Result<UserRow, InsertUserError> {
     let now = Utc::now();
     let row = user::ActiveModel {
@@ -46,6 +48,8 @@ pub async fn insert(db: &impl ConnectionTrait, new: NewUser<'_>) -> Result<UserR
 
 /// Inserts many users in one statement; existing emails are skipped. Returns how many
 /// rows were new.
+#[tracing::instrument(name = "INSERT users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "users"))]
 pub async fn insert_many(db: &impl ConnectionTrait, users: &[NewUser<'_>]) -> Result<u64, DbErr> {
     if users.is_empty() {
         return Ok(0);
@@ -66,15 +70,21 @@ pub async fn insert_many(db: &impl ConnectionTrait, users: &[NewUser<'_>]) -> Re
     Ok(result)
 }
 
+#[tracing::instrument(name = "SELECT users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "users"))]
 pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<UserRow>, DbErr> {
     Entity::find_by_id(id).one(db).await
 }
 
+#[tracing::instrument(name = "SELECT users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "users"))]
 pub async fn find_by_email(db: &impl ConnectionTrait, email: &str) -> Result<Option<UserRow>, DbErr> {
     Entity::find().filter(Column::Email.eq(email)).one(db).await
 }
 
 /// Makes an existing user an admin; returns false when there is no such user.
+#[tracing::instrument(name = "UPDATE users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "UPDATE", db.collection.name = "users"))]
 pub async fn promote(db: &impl ConnectionTrait, email: &str) -> Result<bool, DbErr> {
     let result = Entity::update_many()
         .col_expr(Column::Role, "admin".into())
@@ -86,6 +96,8 @@ pub async fn promote(db: &impl ConnectionTrait, email: &str) -> Result<bool, DbE
 }
 
 /// A page of users, sorted by a whitelisted column.
+#[tracing::instrument(name = "SELECT users", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "users"))]
 pub async fn list(
     db: &impl ConnectionTrait,
     offset: u64,

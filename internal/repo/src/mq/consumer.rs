@@ -167,10 +167,7 @@ where
             }
         }
         let inputs: Vec<Delivery> = received.iter().map(|d| delivery_of(d, topology)).collect();
-        let span = tracing::info_span!("consume", queue = route.queue, messages = inputs.len());
-        if let Some(first) = inputs.first() {
-            platform::telemetry::adopt_trace_headers(&span, &first.headers);
-        }
+        let span = consumer_span(route, &queue, &inputs);
         let held = received.into_iter().zip(inputs).collect();
         let context = Settling { topology, route, publisher, span: &span };
         if !handle_until_settled(&context, stop, handler, held).await? {
@@ -179,6 +176,30 @@ where
             return Ok(());
         }
     }
+}
+
+/// The CONSUMER span of one intake, `process <queue>`. A batch is handled as one unit, so
+/// it gets one span: the child of the first delivery's publish (so that message's trace
+/// shows its processing), linked to the publishes of the others. Retries and holds of the
+/// same intake stay in this span.
+fn consumer_span(route: Route, queue: &str, inputs: &[Delivery]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = format!("process {}", route.queue),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.rabbitmq.destination.routing_key = route.key,
+        messaging.batch.message_count = inputs.len(),
+    );
+    if let Some((first, rest)) = inputs.split_first() {
+        platform::telemetry::adopt_trace_headers(&span, &first.headers);
+        for other in rest {
+            platform::telemetry::link_trace_headers(&span, &other.headers);
+        }
+    }
+    span
 }
 
 #[derive(Clone, Copy)]

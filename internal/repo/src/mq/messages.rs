@@ -27,6 +27,12 @@ pub struct Reservation {
     /// The Redis hot-state generation that reserved it (see `cache::sales`).
     pub generation: String,
     pub reserved_at: chrono::DateTime<chrono::Utc>,
+    /// The purchase's `Idempotency-Key` and the fingerprint of its body: the consumer keeps
+    /// them with the outcome, so that they survive a loss of Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// `sale.reserve`: many reservations in one message, so one broker confirm and one
@@ -57,4 +63,23 @@ pub struct SaleRestock {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloseAuction {
     pub auction_id: Uuid,
+}
+
+/// Sent with `sale.reserve`, behind the reservations, when Redis lost a sale's hot state:
+/// the sale is loaded from Postgres again only once the order consumer has seen this with
+/// nothing of the sale in front of it (`service::barrier`). JSON `{"barrier": {...}}`, so a
+/// reservation batch never reads as one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaleBarrier {
+    pub barrier: BarrierMark,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BarrierMark {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    /// Trips made through the first retry queue so far (each one takes its delay).
+    pub cycles: u32,
+    /// Consecutive deliveries that found nothing of the sale in the consumer's hands.
+    pub quiet: u32,
 }

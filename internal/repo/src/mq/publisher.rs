@@ -1,5 +1,11 @@
 //! Publishing with publisher confirms: a message counts as sent only when the broker said
 //! it has stored it.
+//!
+//! Every message gets a PRODUCER span, `publish <routing key>`, with a `confirm` child for
+//! the wait on the broker's answer. Its parent is the trace the message's own headers name
+//! (the request that reserved, the transaction that wrote an outbox row), else the current
+//! span; the span's context then replaces those headers, so the consumer's span is the
+//! child of the publish.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +16,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use platform::Broker;
+use platform::telemetry;
 use tokio::sync::Mutex;
+use tracing::Span;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -85,32 +93,45 @@ impl ConfirmPublisher {
     /// the channel is dropped, and the caller must assume that none, some or all of them
     /// were stored.
     pub async fn publish_all(&self, messages: &[Message]) -> Result<(), PublishError> {
+        let spans: Vec<Span> = messages.iter().map(producer_span).collect();
         let mut slot = self.channel.lock().await;
-        let result = tokio::time::timeout(self.timeout, self.publish_on(&mut slot, messages))
+        let result = tokio::time::timeout(self.timeout, self.publish_on(&mut slot, messages, &spans))
             .await
             .unwrap_or(Err(PublishError::Timeout(self.timeout)));
-        if result.is_err() {
+        if let Err(err) = &result {
             *slot = None;
+            for span in &spans {
+                span.record("otel.status_code", "error");
+                span.in_scope(|| tracing::warn!(error = %err, "publish failed"));
+            }
         }
         result
     }
 
-    async fn publish_on(&self, slot: &mut Option<Channel>, messages: &[Message]) -> Result<(), PublishError> {
+    async fn publish_on(
+        &self,
+        slot: &mut Option<Channel>,
+        messages: &[Message],
+        spans: &[Span],
+    ) -> Result<(), PublishError> {
         let channel = Self::ensure(&self.broker, slot).await?;
         let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
+        let mut waits = Vec::with_capacity(messages.len());
+        for (message, span) in messages.iter().zip(spans) {
             let confirm = channel
                 .basic_publish(
                     message.exchange.as_str().into(),
                     message.routing_key.as_str().into(),
                     BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
                     &message.body,
-                    properties(message),
+                    properties(message, span),
                 )
                 .await?;
             confirms.push(confirm);
+            waits.push(tracing::info_span!(parent: span, "confirm"));
         }
         let answers = join_all(confirms).await;
+        drop(waits);
         for (answer, message) in answers.into_iter().zip(messages) {
             match answer? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
@@ -122,9 +143,33 @@ impl ConfirmPublisher {
     }
 }
 
-fn properties(message: &Message) -> BasicProperties {
+/// The PRODUCER span of one message (see the module's doc), with OpenTelemetry's
+/// `messaging.*` attributes.
+fn producer_span(message: &Message) -> Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {}", message.routing_key),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        // The default exchange (a publish straight to a queue) is `amq.default` by convention.
+        messaging.destination.name = if message.exchange.is_empty() { "amq.default" } else { message.exchange.as_str() },
+        messaging.rabbitmq.destination.routing_key = message.routing_key.as_str(),
+        messaging.message.id = message.message_id.as_deref(),
+        messaging.message.body.size = message.body.len(),
+    );
+    telemetry::adopt_trace_headers(&span, &message.headers);
+    span
+}
+
+/// The message's AMQP properties; its trace headers name `span`, the publish.
+fn properties(message: &Message, span: &Span) -> BasicProperties {
     let mut headers = FieldTable::default();
-    for (key, value) in &message.headers {
+    let trace = telemetry::trace_headers_of(span);
+    let own = message.headers.iter().filter(|(key, _)| trace.is_empty() || !trace.contains_key(*key));
+    for (key, value) in own.chain(&trace) {
         headers.insert(key.as_str().into(), AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())));
     }
     let mut properties = BasicProperties::default()

@@ -16,6 +16,12 @@
 //! order is expiry order. The queues are classic, not quorum: on the RabbitMQ 3.10 this
 //! project is built against, messages in a quorum queue with a TTL do not expire.
 //!
+//! With `amqp.queue_type = "quorum"` the consumer and dead-letter queues are quorum queues
+//! (replicated by Raft over the broker cluster); the TTL queues (retry and delay) stay
+//! classic, see docs/architecture.md. A quorum consumer queue dead-letters what the broker
+//! gives up on (a message delivered [`DELIVERY_LIMIT`] times without an ack, e.g. one that
+//! kills its consumer) into its dead-letter queue, at least once.
+//!
 //! Changing a queue's arguments makes RabbitMQ refuse to declare it again
 //! (PRECONDITION_FAILED): after such a change, delete the old queues or use a new
 //! `amqp.prefix` (docs/runbook.md).
@@ -23,6 +29,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
+use platform::config::QueueType;
 
 /// A consumer queue and the routing key that feeds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +46,11 @@ pub const AUCTION_CLOSE: Route = Route { queue: "auction.close", key: "auction.c
 /// Every consumer queue.
 pub const ROUTES: &[Route] = &[ORDER_CLOSE, SALE_RESERVE, SALE_RESTOCK, AUCTION_CLOSE];
 
+/// Deliveries of one message without an ack after which a quorum queue parks it in its
+/// dead-letter queue: each is a consumer that died holding it (failures the consumer sees
+/// itself are retried and parked by the consumer, after `amqp.retry_delays_ms`).
+pub const DELIVERY_LIMIT: i64 = 20;
+
 /// Published for integrations (bind your own queue to `<p>.events` with `order.*`).
 pub const ORDER_CREATED: &str = "order.created";
 
@@ -47,11 +59,19 @@ pub struct Topology {
     prefix: String,
     queue_expires_ms: u64,
     pub retry_delays_ms: Vec<u64>,
+    queue_type: QueueType,
 }
 
 impl Topology {
+    /// Classic queues; see [`Topology::with_queue_type`].
     pub fn new(prefix: &str, queue_expires_ms: u64, retry_delays_ms: Vec<u64>) -> Self {
-        Self { prefix: prefix.to_owned(), queue_expires_ms, retry_delays_ms }
+        Self { prefix: prefix.to_owned(), queue_expires_ms, retry_delays_ms, queue_type: QueueType::Classic }
+    }
+
+    /// The type of the consumer and dead-letter queues (`amqp.queue_type`).
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
     }
 
     pub fn exchange(&self) -> String {
@@ -106,7 +126,7 @@ impl Topology {
     /// consumer for a while (a slow start, a reconnect) is there again.
     pub async fn declare_consumer_queue(&self, channel: &Channel, route: Route) -> Result<String, lapin::Error> {
         let queue = self.queue(route);
-        self.declare_queue(channel, &queue, self.base_arguments()).await?;
+        self.declare_queue(channel, &queue, self.consumer_arguments(route)).await?;
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -143,7 +163,11 @@ impl Topology {
     /// The dead-letter queue of `route`, declared (again) before every message sent there.
     pub async fn declare_dead_letters(&self, channel: &Channel, route: Route) -> Result<String, lapin::Error> {
         let name = self.dead_letters(route);
-        self.declare_queue(channel, &name, self.base_arguments()).await?;
+        let arguments = match self.queue_type {
+            QueueType::Classic => self.classic_arguments(),
+            QueueType::Quorum => self.quorum_arguments(),
+        };
+        self.declare_queue(channel, &name, arguments).await?;
         Ok(name)
     }
 
@@ -180,7 +204,7 @@ impl Topology {
     /// `routing_key`. An expiring queue outlives the last message published to it: its lease
     /// counts from its last declaration, which comes before each publish.
     fn delaying(&self, delay_ms: u64, exchange: &str, routing_key: &str) -> FieldTable {
-        let mut arguments = self.base_arguments();
+        let mut arguments = self.classic_arguments();
         arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
         arguments.insert("x-dead-letter-exchange".into(), text(exchange));
         arguments.insert("x-dead-letter-routing-key".into(), text(routing_key));
@@ -191,7 +215,34 @@ impl Topology {
         arguments
     }
 
-    fn base_arguments(&self) -> FieldTable {
+    /// A consumer queue's arguments. A quorum one dead-letters into the route's dead-letter
+    /// queue (through the default exchange) after [`DELIVERY_LIMIT`] deliveries, at least once:
+    /// the broker keeps a message until its dead-letter copy is confirmed, which it only
+    /// allows together with `reject-publish` overflow (a full queue refuses publishes; none
+    /// here has a length limit).
+    fn consumer_arguments(&self, route: Route) -> FieldTable {
+        if self.queue_type == QueueType::Classic {
+            return self.classic_arguments();
+        }
+        let mut arguments = self.quorum_arguments();
+        arguments.insert("x-dead-letter-exchange".into(), text(""));
+        arguments.insert("x-dead-letter-routing-key".into(), text(&self.dead_letters(route)));
+        arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        arguments.insert("x-overflow".into(), text("reject-publish"));
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        arguments
+    }
+
+    /// No `x-expires`, whatever `amqp.queue_expires_ms` says: a quorum queue's lease is not
+    /// renewed by declaring it again (rabbitmq-server #5894, seen on 3.10.8), so a dead-letter
+    /// queue nobody consumes from would vanish with its messages.
+    fn quorum_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), text("quorum"));
+        arguments
+    }
+
+    fn classic_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
         // Classic queues, version 2 (new in RabbitMQ 3.10, the default from 3.12): measured
         // here, it confirms persistent messages about twice as fast as version 1, and every
@@ -229,5 +280,25 @@ mod tests {
         assert_eq!(topology.delay_queue("order.close", 900_000), "spike.delay.order.close.900000");
         assert_eq!(Topology::route_named("sale.restock"), Some(SALE_RESTOCK));
         assert_eq!(Topology::route_named("nope"), None);
+    }
+
+    #[test]
+    fn quorum_consumer_queues_dead_letter_at_least_once_and_ttl_queues_stay_classic() {
+        let topology = Topology::new("spike", 60_000, vec![1000]).with_queue_type(QueueType::Quorum);
+        let consumer = topology.consumer_arguments(ORDER_CLOSE);
+        let arg = |table: &FieldTable, key: &str| table.inner().get(key).cloned();
+        assert_eq!(arg(&consumer, "x-queue-type"), Some(text("quorum")));
+        assert_eq!(arg(&consumer, "x-dead-letter-routing-key"), Some(text("spike.order.close.dlq")));
+        assert_eq!(arg(&consumer, "x-dead-letter-strategy"), Some(text("at-least-once")));
+        assert_eq!(arg(&consumer, "x-overflow"), Some(text("reject-publish")));
+        assert_eq!(arg(&consumer, "x-expires"), None, "a quorum queue's lease is not renewed");
+        assert_eq!(arg(&consumer, "x-queue-version"), None, "a classic-only argument");
+        let delay = topology.delaying(1000, "spike.events", "order.close");
+        assert_eq!(arg(&delay, "x-queue-type"), None);
+        assert_eq!(arg(&delay, "x-queue-version"), Some(AMQPValue::LongInt(2)));
+        assert_eq!(arg(&delay, "x-expires"), Some(AMQPValue::LongLongInt(61_000)));
+        let classic = Topology::new("spike", 0, vec![]).consumer_arguments(ORDER_CLOSE);
+        assert_eq!(arg(&classic, "x-queue-type"), None);
+        assert_eq!(arg(&classic, "x-dead-letter-exchange"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! `close_auction.lua`: when an auction ends, and whether it sold.
 
-use repo::cache::auctions::{Bid, Close, Snapshot};
+use repo::cache::auctions::{Accepted, Bid, Close, Snapshot};
 use uuid::Uuid;
 
 use crate::{Lot, now_ms, open_lot};
@@ -24,7 +24,7 @@ async fn an_auction_does_not_close_before_its_end() {
     let end_ms = now_ms() + 60_000;
     let mut lot = Lot::load(Snapshot { end_ms, ..open_lot() }).await;
     assert_eq!(lot.close().await, Close::NotYet { end_ms });
-    assert!(matches!(lot.bid(Uuid::now_v7(), 1_000).await, Bid::Accepted { .. }), "still open");
+    assert!(matches!(lot.bid(Uuid::now_v7(), 1_000).await, Bid::Accepted(Accepted { .. })), "still open");
 }
 
 #[tokio::test]
@@ -33,7 +33,10 @@ async fn the_highest_bid_wins_once_the_end_has_passed() {
     let end_ms = snapshot.end_ms;
     let mut lot = Lot::load(snapshot).await;
     let generation = "g1".to_owned();
-    assert_eq!(lot.close().await, Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true, generation });
+    assert_eq!(
+        lot.close().await,
+        Close::Closed { price_cents: 1_500, leader, seq: 1, end_ms, sold: true, generation, bought: false }
+    );
     assert!(lot.live().await.closed);
 }
 

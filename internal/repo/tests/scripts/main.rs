@@ -5,17 +5,18 @@
 //! To test a new rule, load a [`Lot`] in the state the rule starts from and drive it with
 //! [`Lot::bid`] / [`Lot::place`] and [`Lot::close`].
 
+mod buy_now;
 mod close_auction;
 mod place_bid;
+mod proxy_bid;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use platform::Settings;
-use redis::aio::ConnectionManager;
+use platform::{Redis, RedisClient, Settings};
 use repo::cache::Keys;
-use repo::cache::auctions::{self, Bid, BidRequest, Close, Live, Snapshot};
+use repo::cache::auctions::{self, Bid, BidRequest, BuyNow, Close, Live, Snapshot};
 use uuid::Uuid;
 
 /// Milliseconds since the epoch, as the scripts count them (Redis runs on this machine).
@@ -38,6 +39,7 @@ pub fn open_lot() -> Snapshot {
         window_ms: 0,
         extend_by_ms: 0,
         reserve_cents: 0,
+        max_cents: 0,
         closed: None,
         generation: "g1".to_owned(),
     }
@@ -47,8 +49,8 @@ pub fn open_lot() -> Snapshot {
 pub struct Lot {
     pub id: Uuid,
     pub keys: Keys,
-    pub redis: ConnectionManager,
-    client: redis::Client,
+    pub redis: Redis,
+    client: RedisClient,
 }
 
 impl Lot {
@@ -72,11 +74,34 @@ impl Lot {
 
     /// A bid without an `Idempotency-Key`.
     pub async fn bid(&mut self, user: Uuid, amount_cents: i64) -> Bid {
-        self.place(BidRequest { user_id: user, amount_cents, idempotency_key: None, idempotency_ttl_ms: 60_000 }).await
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: false,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
+    }
+
+    /// A maximum (proxy bid) without an `Idempotency-Key`.
+    pub async fn max(&mut self, user: Uuid, amount_cents: i64) -> Bid {
+        self.place(BidRequest {
+            user_id: user,
+            amount_cents,
+            maximum: true,
+            idempotency_key: None,
+            idempotency_ttl_ms: 60_000,
+        })
+        .await
     }
 
     pub async fn place(&mut self, request: BidRequest<'_>) -> Bid {
         auctions::place_bid(&mut self.redis, &self.keys, self.id, request).await.unwrap()
+    }
+
+    pub async fn buy_now(&mut self, user: Uuid, price_cents: i64) -> BuyNow {
+        auctions::buy_now(&mut self.redis, &self.keys, self.id, user, price_cents).await.unwrap()
     }
 
     pub async fn close(&mut self) -> Close {
@@ -97,7 +122,8 @@ impl Drop for Lot {
     /// Removes every key under the lot's prefix; a plain connection, since this may run
     /// while a failed test unwinds.
     fn drop(&mut self) {
-        let Ok(mut conn) = self.client.get_connection() else { return };
+        let RedisClient::Single(client) = &self.client else { return };
+        let Ok(mut conn) = client.get_connection() else { return };
         let pattern = format!("{}:*", self.keys.prefix());
         let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, &pattern) {
             Ok(iter) => iter.filter_map(Result::ok).collect(),

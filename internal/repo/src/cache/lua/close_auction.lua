@@ -5,11 +5,14 @@
 -- closer once Postgres has the outcome, so watchers never hear of a winner whose last bid
 -- is still being written (and might be undone).
 --
+-- A state closed by buy_now.lua is sold to its buyer (`bought` = 1): the bids do not
+-- decide that one.
+--
 -- KEYS[1] state
--- Returns {1, end} not yet (the end moved), {2, price, leader, seq, end, outcome, gen}
--- closed (now or earlier), {0} missing.
+-- Returns {1, end} not yet (the end moved), {2, price, leader, seq, end, outcome, gen,
+-- bought (0/1)} closed (now or earlier), {0} missing.
 
-local s = redis.call('HMGET', KEYS[1], 'end', 'closed', 'price', 'leader', 'seq', 'reserve', 'outcome', 'gen')
+local s = redis.call('HMGET', KEYS[1], 'end', 'closed', 'price', 'leader', 'seq', 'reserve', 'outcome', 'gen', 'bought')
 if not s[1] then
   return {0}
 end
@@ -27,4 +30,4 @@ if s[2] ~= '1' then
   redis.call('PEXPIRE', KEYS[1], 86400000)
   s[7] = outcome
 end
-return {2, price, s[4] or '', tonumber(s[5]), ends, s[7], s[8] or ''}
+return {2, price, s[4] or '', tonumber(s[5]), ends, s[7], s[8] or '', tonumber(s[9] or '0')}

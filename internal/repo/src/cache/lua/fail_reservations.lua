@@ -9,7 +9,8 @@
 -- a released reservation into an order.
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] undone
--- ARGV: forget (0/1), channel, sale id, then reservation ids
+-- ARGV: forget (0/1), channel ('' on a Redis Cluster: the caller publishes), sale id,
+--       then reservation ids
 -- Returns the number of units put back (a restock notice is published when > 0).
 
 local state, buyers, inflight, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -34,7 +35,7 @@ for i = 4, #ARGV do
     end
   end
 end
-if returned > 0 then
+if returned > 0 and channel ~= '' then
   redis.call('PUBLISH', channel, sale)
 end
 return returned

@@ -4,11 +4,13 @@
 -- each reads Postgres and calls this, and only the first one loads: the rest see the state
 -- exists and change nothing, so nothing is counted twice. `snap` is the sale's version in
 -- that snapshot and `gen` a fresh id of this build: settle and restock use them to tell
--- what the snapshot already contains.
+-- what the snapshot already contains. The Idempotency-Keys of the sale's recorded
+-- reservations come back too, so that a retry after the loss replays its reservation.
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] undone,
--- KEYS[6] settled, KEYS[7] returned
--- ARGV: start, end, limit, stock, snap, gen, expire_at (ms), then pairs (user, units held)
+-- KEYS[6] settled, KEYS[7] returned, then one idem key per restored Idempotency-Key
+-- ARGV: start, end, limit, stock, snap, gen, expire_at (ms), idem ttl (ms), number of
+--       buyers, then pairs (user, units held), then one idem value per idem key
 -- Returns 1 when it loaded, 0 when a state was already there.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -22,8 +24,12 @@ redis.call('HSET', KEYS[1],
 -- expiry; the scripts that change them later keep it.
 redis.call('HSET', KEYS[2], '_', 0)
 redis.call('HSET', KEYS[3], '_', '_ 0')
-for i = 8, #ARGV, 2 do
+local buyers_end = 9 + 2 * tonumber(ARGV[9])
+for i = 10, buyers_end, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+for i = 8, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[buyers_end + i - 7], 'PX', ARGV[8])
 end
 for i = 1, 3 do
   redis.call('PEXPIREAT', KEYS[i], ARGV[7])

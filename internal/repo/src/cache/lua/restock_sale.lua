@@ -7,7 +7,8 @@
 -- read Postgres, which has it).
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] returned
--- ARGV: close version, channel, sale id, then triples (order id, user, qty)
+-- ARGV: close version, channel ('' on a Redis Cluster: the caller publishes), sale id,
+--       then triples (order id, user, qty)
 -- Returns the number of units put back; a restock notice is published when > 0.
 
 local state, buyers, returned = KEYS[1], KEYS[2], KEYS[3]
@@ -28,7 +29,7 @@ for i = 4, #ARGV, 3 do
   end
 end
 redis.call('PEXPIREAT', returned, s[2])
-if units > 0 then
+if units > 0 and channel ~= '' then
   redis.call('PUBLISH', channel, sale)
 end
 return units
