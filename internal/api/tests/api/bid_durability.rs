@@ -297,3 +297,72 @@ async fn postgres_takes_bids_only_in_order_and_only_from_the_current_generation(
     let written: Vec<i64> = stored(&app, &lot.to_string()).await.iter().map(|(seq, _, _)| *seq).collect();
     assert_eq!(written, [1, 2]);
 }
+
+/// Issue 14's "done": thirty robots, half of them leaving maximums, through a FLUSHALL. Every
+/// 201 names a `seq` and a price; Postgres holds a bid at that `seq` with that amount (an
+/// automatic raise included), the `seq`s have no gaps, and `verify` (proxy rule, leader
+/// holding the highest maximum, nothing over a maximum) passes after the rebuild.
+#[tokio::test]
+async fn plain_and_proxy_bidders_through_a_redis_flush_lose_no_accepted_bid() {
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(|s| s.redis.url = SecretString::from(redis.url.clone())).await;
+    let lot = auction(&app, 3_600_000).await;
+    let tokens = app.services.auth.create_shoppers(30, Duration::from_secs(600)).await.unwrap();
+    let flushed = Arc::new(AtomicBool::new(false));
+    let bidder = |(index, token): (usize, String)| {
+        let (app, lot, flushed) = (&app, &lot, flushed.clone());
+        async move {
+            let mut answered = Vec::new();
+            let mut after_flush = 0;
+            while after_flush < 10 {
+                if flushed.load(Ordering::SeqCst) {
+                    after_flush += 1;
+                }
+                let view = app.get(&format!("/api/v1/auctions/{lot}"), None).await;
+                let minimum: Decimal = view.data(200)["min_next_bid"].as_str().unwrap().parse().unwrap();
+                // The odd robots leave a maximum a few units over the minimum.
+                let body = if index % 2 == 1 {
+                    json!({ "max_amount": (minimum + Decimal::from(index % 5)).to_string() })
+                } else {
+                    json!({ "amount": minimum.to_string() })
+                };
+                let request = app.client.post(app.url(&format!("/api/v1/auctions/{lot}/bids"))).bearer_auth(&token);
+                let reply = app.send(request.json(&body)).await;
+                match (reply.status.as_u16(), reply.body["error"].as_str()) {
+                    (201, _) => {
+                        let data = &reply.body["data"];
+                        let price: Decimal = data["price"].as_str().unwrap().parse().unwrap();
+                        answered.push((data["seq"].as_i64().unwrap(), price));
+                    }
+                    (409, Some("BID_TOO_LOW" | "MAX_AMOUNT_LOWERED")) | (503, Some("SERVICE_UNAVAILABLE")) => {}
+                    (status, _) => panic!("unexpected {status}: {}", reply.body),
+                }
+            }
+            answered
+        }
+    };
+    let bidders = futures::future::join_all(tokens.iter().cloned().enumerate().map(bidder));
+    let flush = async {
+        let sql = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}'");
+        app.eventually(60, "bids before the flush", || async { app.scalar(&sql).await >= 30 }).await;
+        redis.forget_everything().await;
+        flushed.store(true, Ordering::SeqCst);
+        app.scalar(&sql).await
+    };
+    let (answers, before_flush) = tokio::join!(bidders, flush);
+    let answered: Vec<(i64, Decimal)> = answers.into_iter().flatten().collect();
+    assert!(answered.iter().any(|(seq, _)| *seq > before_flush + 5), "bids went on after the flush");
+
+    let rows = stored(&app, &lot).await;
+    let automatic = format!("SELECT count(*) FROM bids WHERE auction_id = '{lot}' AND auto");
+    assert!(app.scalar(&automatic).await > 0, "some maximums answered a bid");
+    let by_seq: HashMap<i64, Decimal> = rows.iter().map(|(s, _, a)| (*s, *a)).collect();
+    for (seq, price) in &answered {
+        assert_eq!(by_seq.get(seq), Some(price), "the bid a 201 named (seq {seq}) is in postgres at that price");
+    }
+    for (index, row) in rows.iter().enumerate() {
+        assert_eq!(row.0, index as i64 + 1, "no gaps");
+    }
+    let report = verify(&app, &lot).await;
+    assert!(report.passed(), "{report}");
+}
