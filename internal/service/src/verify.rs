@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
+use repo::cache::barrier as barrier_marks;
 use repo::cache::returns;
 use repo::cache::sales as hot;
 use repo::db::{auctions, sales};
@@ -80,7 +81,7 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
 
     returned_once(&mut report, db, redis, keys, sale_id).await?;
 
-    match hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
+    match hot_state_or_rebuilt(redis, keys, sale_id).await? {
         None if (sale.start_at..sale.end_at).contains(&Utc::now()) => report.check(
             false,
             "redis: an active sale has no hot state (the next purchase rebuilds it from Postgres; verify again after one)",
@@ -226,6 +227,23 @@ impl Returns {
 
     fn clean(&self) -> bool {
         self.never + self.while_held + self.missing + self.twice + self.stuck == 0
+    }
+}
+
+/// The sale's hot state, waiting for it while a rebuild barrier is on its way: the state
+/// then comes back once the reservations queued before the loss are processed, and that is
+/// work in flight, not a fault. The wait is bounded by the barrier's own lifetime
+/// (`sales.rebuild_barrier_timeout_ms`: its marker expires with it).
+async fn hot_state_or_rebuilt(redis: &Redis, keys: &Keys, sale_id: Uuid) -> Result<Option<hot::HotState>> {
+    let barrier = keys.barrier(sale_id);
+    loop {
+        if let Some(state) = hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
+            return Ok(Some(state));
+        }
+        if barrier_marks::current(&mut redis.clone(), &barrier).await?.is_none() {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -265,6 +265,26 @@ async fn verify_fails_on_an_active_sale_without_hot_state() {
     fails_only_on(&report, "an active sale has no hot state");
 }
 
+/// A rebuild barrier on its way is work in flight: verify waits for the state it brings back
+/// instead of failing the sale (as `scripts/chaos`'s Redis restart showed it did).
+#[tokio::test]
+async fn verify_waits_for_a_rebuild_barrier_on_its_way() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = flash_sale(&app, &admin, 5).await;
+    let keys = app.services.deps.keys().sale(sale.parse().unwrap());
+    let mut redis = app.services.deps.redis.clone();
+    redis::cmd("DEL").arg(&keys.state).query_async::<()>(&mut redis).await.unwrap();
+    let buyer = app.shopper().await;
+    let purchase = app.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), buyer.token()).await;
+    purchase.error(503, "SERVICE_UNAVAILABLE", None);
+
+    let report = verify_sale(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+    let state: bool = redis::cmd("EXISTS").arg(&keys.state).query_async(&mut redis).await.unwrap();
+    assert!(state, "verify answered once the barrier passed and the worker loaded the sale");
+}
+
 #[tokio::test]
 async fn verify_fails_on_an_auction_left_open_past_its_end_or_unsold_above_its_reserve() {
     // Only this test's own changes to Postgres may close the auction.
