@@ -84,6 +84,11 @@ async fn guard<E: Endpoint>(policy: Arc<HttpPolicy>, ep: Arc<E>, req: Request) -
         if let Some(ip) = client_ip(&req, policy.trust_forwarded_for) {
             policy.limits.check_ip(ip)?;
         }
+        // poem reads a header that is not visible ASCII as absent: such a key would be
+        // ignored, and a retry would buy or bid twice.
+        if req.headers().get("idempotency-key").is_some_and(|key| key.to_str().is_err()) {
+            return Err(ApiError::invalid("Idempotency-Key", "must be 1 to 200 printable ASCII characters").into());
+        }
         if let Some(sale_id) = purchase_of(&req)
             && policy.sold_out.is_sold_out(sale_id)
         {

@@ -12,7 +12,7 @@ impl IdempotencyKey {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let ok = !raw.is_empty() && raw.len() <= MAX_KEY_LEN && raw.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
-            return Err(Invalid::new("Idempotency-Key", "must be 1 to 200 printable characters"));
+            return Err(Invalid::new("Idempotency-Key", "must be 1 to 200 printable ASCII characters"));
         }
         Ok(Self(raw.to_owned()))
     }

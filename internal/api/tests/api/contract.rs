@@ -232,3 +232,19 @@ async fn a_keep_alive_connection_survives_every_early_refusal() {
         assert_ne!(answer.unwrap().1, "close", "{what}");
     }
 }
+
+/// A key that is not ASCII was read as no key at all: two purchases, no protection.
+#[tokio::test]
+async fn an_idempotency_key_that_is_not_ascii_is_refused_naming_the_header() {
+    let app = crate::helpers::spawn_app().await;
+    let shopper = app.shopper().await;
+    let sale = uuid::Uuid::now_v7();
+    let key = reqwest::header::HeaderValue::from_bytes("clé-1".as_bytes()).unwrap();
+    let request = app
+        .client
+        .post(app.url(&format!("/api/v1/sales/{sale}/purchase")))
+        .bearer_auth(shopper.token().unwrap())
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({"quantity": 1}));
+    app.send(request).await.error(400, "INVALID_REQUEST", Some("Idempotency-Key"));
+}
