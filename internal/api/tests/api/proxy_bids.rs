@@ -285,3 +285,39 @@ async fn verify_fails_when_a_proxy_invariant_is_broken() {
         assert!(!report.to_string().contains("30.00"), "verify prints no maximum: {report}");
     }
 }
+
+/// A maximum that meets the reserve bids the reserve for its owner: a bidder leading with
+/// 900.00 at 10.00 under a reserve of 50.00 would lose the lot (unsold) and leave buy-now
+/// on offer below their maximum. A leader raising its maximum past the reserve bids it too.
+#[tokio::test]
+async fn a_maximum_that_meets_the_reserve_bids_the_reserve() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (a, b, c) = (app.shopper().await, app.shopper().await, app.shopper().await);
+    let now = Utc::now();
+    let body = json!({
+        "title": "Lot", "start_price": "10.00", "min_increment": "1.00", "reserve_price": "50.00",
+        "buy_now_price": "100.00", "start_at": now - chrono::Duration::seconds(1),
+        "end_at": now + chrono::Duration::hours(1), "payment_timeout_secs": 300,
+    });
+    let lot =
+        app.post("/api/v1/auctions", body.clone(), admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer(&max(&app, &a, &lot, "900.00").await), expected("50.00", 1, &a, true, Some("900.00")));
+    app.post(&format!("/api/v1/auctions/{lot}/buy-now"), json!({}), b.token()).await.error(
+        409,
+        "BUY_NOW_UNAVAILABLE",
+        None,
+    );
+    assert_eq!(answer(&bid(&app, &b, &lot, "60.00").await), expected("61.00", 3, &a, false, None));
+
+    // Below the reserve a maximum bids as little as leads; raised past it, it bids the reserve.
+    let lot = app.post("/api/v1/auctions", body, admin.token()).await.data(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer(&max(&app, &c, &lot, "40.00").await), expected("10.00", 1, &c, true, Some("40.00")));
+    assert_eq!(answer(&max(&app, &c, &lot, "70.00").await), expected("50.00", 2, &c, true, Some("70.00")));
+    assert_eq!(
+        history(&app, &lot).await,
+        [(1, c.user_id.clone(), "10.00".to_owned(), false), (2, c.user_id.clone(), "50.00".to_owned(), false)]
+    );
+    let report = verify(&app, &lot).await;
+    assert!(report.passed(), "{report}");
+}

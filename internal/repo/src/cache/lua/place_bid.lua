@@ -21,6 +21,11 @@
 --   * the leader itself: a maximum at or above its own raises it (no bid, no price
 --     change, the end does not move); a lower one is refused; a plain bid is a bid at that
 --     amount, keeping the higher of its maximum and the amount.
+-- The reserve (R, 0 = none): a maximum that meets it bids at least R for its owner, as a
+-- bidder would by hand: leading with a maximum of 900 at a price of 10 under a reserve of
+-- 50 would lose the lot (unsold) and leave buy-now on offer. So where the rule above would
+-- set a maximum's bid below R, it is set at R; and a leader raising its maximum to R or
+-- more while the price is below R bids R (a bid, the only raise that moves the price).
 -- The bids of one call happen at the same moment: anti-sniping moves the end once.
 --
 -- An accepted bid is not answered yet: the caller writes its bids to Postgres first, in
@@ -30,7 +35,7 @@
 --
 -- KEYS[1] state  hash: start, end (ms), price (cents, 0 = no bid yet), leader, max (the
 --                leader's maximum, cents), seq, start_price, min_inc (cents), window, by
---                (ms), closed (0/1), gen
+--                (ms), closed (0/1), gen, reserve (cents, 0 = none)
 -- KEYS[2] idem   string: the accepted answer an Idempotency-Key already produced (JSON)
 -- ARGV: user, amount (cents), kind ('bid' or 'max'), has_idem (0/1), idem ttl (ms)
 --
@@ -45,7 +50,7 @@ local state, idem = KEYS[1], KEYS[2]
 local user, amount, kind = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 local s = redis.call('HMGET', state, 'start', 'end', 'price', 'seq', 'start_price', 'min_inc', 'window', 'by',
-  'closed', 'gen', 'leader', 'max')
+  'closed', 'gen', 'leader', 'max', 'reserve')
 if not s[1] then
   return {0}
 end
@@ -66,6 +71,13 @@ end
 local leader = s[11] or ''
 if seq == 0 then leader = '' end
 local top = math.max(tonumber(s[12] or '0') or 0, price)
+local reserve = tonumber(s[13] or '0') or 0
+
+-- A maximum's bid, raised to the reserve when the maximum meets it.
+local function at_least_reserve(at, maximum)
+  if reserve > 0 and maximum >= reserve and at < reserve then return reserve end
+  return at
+end
 
 local bids = {}
 local function add(who, at, max, auto)
@@ -79,6 +91,9 @@ if kind == 'max' and user == leader then
     return {4, top}
   end
   top = amount
+  if at_least_reserve(price, amount) > price then
+    add(user, reserve, amount, 0)
+  end
 else
   -- The first bid must reach the start price; every later one must beat the current
   -- price by the minimum increment (so an equal bid is too low).
@@ -91,18 +106,18 @@ else
     add(user, amount, math.max(top, amount), 0)
   elseif leader == '' or amount > top then
     local at = amount
-    if kind == 'max' then at = math.min(amount, leader == '' and minimum or top + inc) end
+    if kind == 'max' then at = at_least_reserve(math.min(amount, leader == '' and minimum or top + inc), amount) end
     add(user, at, amount, 0)
   else
     local defender, maximum = leader, top
     add(user, amount, amount, 0)
     add(defender, math.min(maximum, amount + inc), maximum, 1)
   end
-  -- Anti-sniping: a bid inside the last `window` ms pushes the end out by `by` ms.
-  local window = tonumber(s[7])
-  if window > 0 and ends - now <= window then
-    ends = ends + tonumber(s[8])
-  end
+end
+-- Anti-sniping: a bid inside the last `window` ms pushes the end out by `by` ms.
+local window = tonumber(s[7])
+if #bids > 0 and window > 0 and ends - now <= window then
+  ends = ends + tonumber(s[8])
 end
 
 local fmt = string.format
