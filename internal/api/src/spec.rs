@@ -218,6 +218,7 @@ fn field_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("CreateAuctionRequest", "extend_by_secs", range(0, MAX_EXTEND_SECS)),
         ("CreateAuctionRequest", "payment_timeout_secs", payment_timeout),
         ("BidRequest", "amount", money()),
+        ("BidRequest", "max_amount", money()),
         ("UserResponse", "role", names(Role::NAMES)),
         ("TokenResponse", "token_type", names(&["Bearer"])),
         ("OrderResponse", "kind", names(OrderKind::NAMES)),
