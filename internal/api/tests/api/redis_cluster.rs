@@ -92,24 +92,30 @@ impl PrivateCluster {
             .expect("redis-server is installed")
     }
 
-    /// The port of the master that serves `key`'s slot now.
+    /// The port of the master that serves `key`'s slot now, as the first node that answers
+    /// sees it (a killed node does not).
     pub async fn master_of(&self, key: &str) -> u16 {
-        let slot: i64 = query(self.ports[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await.unwrap();
-        let slots: Vec<redis::Value> = query(self.ports[0], redis::cmd("CLUSTER").arg("SLOTS")).await.unwrap();
-        for range in slots {
-            let redis::Value::Array(range) = range else { continue };
-            let (Some(redis::Value::Int(from)), Some(redis::Value::Int(to)), Some(redis::Value::Array(master))) =
-                (range.first(), range.get(1), range.get(2))
-            else {
+        for port in &self.ports {
+            let Ok(slot) = query::<i64>(*port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await else { continue };
+            let Ok(slots) = query::<Vec<redis::Value>>(*port, redis::cmd("CLUSTER").arg("SLOTS")).await else {
                 continue;
             };
-            if (*from..=*to).contains(&slot)
-                && let Some(redis::Value::Int(port)) = master.get(1)
-            {
-                return u16::try_from(*port).unwrap();
+            for range in slots {
+                let redis::Value::Array(range) = range else { continue };
+                let (Some(redis::Value::Int(from)), Some(redis::Value::Int(to)), Some(redis::Value::Array(master))) =
+                    (range.first(), range.get(1), range.get(2))
+                else {
+                    continue;
+                };
+                if (*from..=*to).contains(&slot)
+                    && let Some(redis::Value::Int(port)) = master.get(1)
+                {
+                    return u16::try_from(*port).unwrap();
+                }
             }
+            return 0; // the slot has no master in this node's view
         }
-        panic!("no master serves slot {slot}");
+        panic!("no node answers");
     }
 
     /// The port of the replica of the master on `master`.
