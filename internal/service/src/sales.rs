@@ -324,29 +324,25 @@ impl SaleService {
             self.rebuild(sale_id, home.index).await?;
             answer = hot::reserve(&mut redis, &keys, &ask).await?;
         }
-        // The home bucket ran dry: move units over from the others while they have some.
-        let mut waits = 0;
+        // The home bucket ran dry: move units over from the others while they have some. A
+        // sale of several buckets is sold out only when every bucket is dry and no transfer
+        // is on its way; a short wait covers a transfer in progress, then 503 (never a false
+        // sold-out, which would set the local flag).
+        let mut rounds = 0;
         while buckets > 1
             && let Reserve::SoldOut { left } = answer
         {
+            rounds += 1;
             let want = i64::from(quantity.get()) - left.max(0);
-            match self.transfers.refill(sale_id, home.index, buckets, want, left).await? {
+            match self.transfers.refill(sale_id, home.index, buckets, want).await? {
                 Refill::Moved => {}
-                Refill::Missing(bucket) => {
-                    // Nobody can say it is sold out until that bucket is back.
-                    self.rebuild(sale_id, bucket).await?;
-                }
-                Refill::Dry { pending: true, .. } if waits < 5 => {
-                    waits += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Refill::Dry { pending: true, .. } => {
+                // Nobody can say it is sold out until that bucket is back.
+                Refill::Missing(bucket) => self.rebuild(sale_id, bucket).await?,
+                Refill::Dry { others: 0, pending: false } => break,
+                Refill::Dry { .. } if rounds < 100 => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Refill::Dry { .. } => {
                     metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
                     return Err(Error::unavailable("redis"));
-                }
-                Refill::Dry { left, pending: false } => {
-                    answer = Reserve::SoldOut { left };
-                    break;
                 }
             }
             answer = hot::reserve(&mut redis, &keys, &ask).await?;

@@ -40,9 +40,10 @@ pub struct Transfers {
 pub enum Refill {
     /// Units arrived in the bucket: reserve again.
     Moved,
-    /// Every other bucket is dry; `left` units are in all buckets together, and moves may
-    /// still be on their way (`pending`).
-    Dry { left: i64, pending: bool },
+    /// Nothing could be taken from the other buckets. `others` units are in them now all
+    /// the same (they came back, or another buyer's transfer just landed there), and moves
+    /// may still be on their way (`pending`): the bucket is sold out only when both are 0.
+    Dry { others: i64, pending: bool },
     /// A donor's hot state is missing: nobody can tell it is sold out.
     Missing(u16),
 }
@@ -54,9 +55,9 @@ impl Transfers {
 
     /// Moves units into bucket `dest` of a sale of `of` buckets from the first other bucket
     /// that has some (at least `want`, or half of what the donor holds if more).
-    pub async fn refill(&self, sale_id: Uuid, dest: u16, of: u16, want: i64, dest_left: i64) -> Result<Refill> {
+    pub async fn refill(&self, sale_id: Uuid, dest: u16, of: u16, want: i64) -> Result<Refill> {
         let mut redis = self.redis.clone();
-        let mut left = dest_left.max(0);
+        let mut others = 0;
         let mut missing = None;
         for step in 1..of {
             let donor = (dest + step) % of;
@@ -80,10 +81,10 @@ impl Transfers {
             let keys = self.keys.sale_bucket(sale_id, bucket);
             pending |= !hot::moves(&mut redis, &keys).await?.is_empty();
             if bucket != dest {
-                left += hot::remaining(&mut redis, &keys).await?.unwrap_or(0).max(0);
+                others += hot::remaining(&mut redis, &keys).await?.unwrap_or(0).max(0);
             }
         }
-        Ok(Refill::Dry { left, pending })
+        Ok(Refill::Dry { others, pending })
     }
 
     /// Steps 2 to 4 of a transfer whose step 1 took `units` from `donor`. Safe to run again.
