@@ -133,6 +133,11 @@ pub struct SaleService {
     /// How many stock buckets each sale has (fixed at creation), so that the purchase path
     /// finds a buyer's home bucket without asking Postgres more than once per sale.
     bucket_counts: Arc<RwLock<HashMap<Uuid, u16>>>,
+    /// One lookup of a sale's bucket count per instance at a time.
+    count_lookups: Arc<SingleFlight<Uuid, Result<Option<u16>, String>>>,
+    /// One refill of a dry bucket per instance at a time: the buyers of that bucket who
+    /// find it dry together wait for the same transfer.
+    refills: Arc<SingleFlight<(Uuid, u16), Result<Refill, String>>>,
     /// Set by [`SaleService::with_barrier`]; without one a lost hot state is never rebuilt.
     barrier: Option<RebuildBarrier>,
     flags: Arc<SoldOutFlags>,
@@ -164,6 +169,8 @@ impl SaleService {
             undo,
             transfers,
             bucket_counts: Arc::default(),
+            count_lookups: Arc::default(),
+            refills: Arc::default(),
             barrier: None,
             flags,
             rebuilds,
@@ -182,10 +189,27 @@ impl SaleService {
         if let Some(n) = self.bucket_counts.read().expect("bucket counts poisoned").get(&sale_id) {
             return Ok(*n);
         }
-        let row = sales::find(&self.db, sale_id).await?.ok_or(Error::NotFound("sale"))?;
-        let n = row.stock_buckets.clamp(1, 64) as u16;
+        let lookup = || async {
+            let row = sales::find(&self.db, sale_id).await.map_err(|e| e.to_string())?;
+            Ok(row.map(|row| row.stock_buckets.clamp(1, 64) as u16))
+        };
+        let found = self.count_lookups.run(sale_id, lookup).await.map_err(|e| Error::Unavailable {
+            service: "postgres",
+            cause: Some(anyhow::anyhow!("looking up the buckets of sale {sale_id}: {e}")),
+        })?;
+        let n = found.ok_or(Error::NotFound("sale"))?;
         self.bucket_counts.write().expect("bucket counts poisoned").insert(sale_id, n);
         Ok(n)
+    }
+
+    /// [`Transfers::refill`], shared by this instance's buyers of the same dry bucket.
+    async fn refill(&self, sale_id: Uuid, home: Bucket, want: i64) -> Result<Refill> {
+        let transfers = &self.transfers;
+        let refill = || async { transfers.refill(sale_id, home.index, home.of, want).await.map_err(|e| e.to_string()) };
+        self.refills.run((sale_id, home.index), refill).await.map_err(|e| Error::Unavailable {
+            service: "redis",
+            cause: Some(anyhow::anyhow!("moving units to bucket {} of sale {sale_id}: {e}", home.index)),
+        })
     }
 
     /// The barrier a rebuild waits for ([`crate::barrier`]).
@@ -334,7 +358,7 @@ impl SaleService {
         {
             rounds += 1;
             let want = i64::from(quantity.get()) - left.max(0);
-            match self.transfers.refill(sale_id, home.index, buckets, want).await? {
+            match self.refill(sale_id, home, want).await? {
                 Refill::Moved => {}
                 // Nobody can say it is sold out until that bucket is back.
                 Refill::Missing(bucket) => self.rebuild(sale_id, bucket).await?,

@@ -121,10 +121,8 @@ async fn an_eight_bucket_race_sells_exactly_the_stock_moving_units_to_dry_bucket
         app.scalar(&format!("SELECT count(*) FROM sale_buyers WHERE sale_id = '{sale}' AND quantity > 2")).await,
         0
     );
-    assert!(
-        app.scalar(&format!("SELECT count(*) FROM bucket_transfers WHERE sale_id = '{sale}'")).await > 0,
-        "dry home buckets were filled from the others"
-    );
+    // Whether units moved depends on who came first (every bucket may run dry at once);
+    // a_bucket_drained_while_others_hold_stock_gets_units_moved_over makes them move.
     assert_eq!(remaining(&app, &sale).await, 0);
     assert_eq!(app.get(&format!("/api/v1/sales/{sale}"), None).await.data(200)["status"], "sold_out");
     app.eventually(10, "every transfer finished", || async {
