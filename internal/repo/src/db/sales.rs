@@ -194,18 +194,21 @@ async fn held(
 #[tracing::instrument(name = "UPDATE sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "UPDATE", db.collection.name = "sales"))]
 pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, bucket: u16, delta: i32) -> Result<i64, DbErr> {
-    db.execute_raw(stmt(
-        "UPDATE sale_buckets SET stock_left = stock_left + $3 WHERE sale_id = $1 AND bucket = $2",
-        [sale_id.into(), (bucket as i16).into(), delta.into()],
-    ))
-    .await?;
-    scalar(
+    // The sale row first, then the bucket row: the order every writer locks them in (the
+    // order consumer and transfers lock the sale row first), so two never deadlock.
+    let version = scalar(
         db,
         "UPDATE sales SET stock_left = stock_left + $2, version = version + 1, updated_at = now() \
          WHERE id = $1 RETURNING version",
         [sale_id.into(), delta.into()],
     )
-    .await
+    .await?;
+    db.execute_raw(stmt(
+        "UPDATE sale_buckets SET stock_left = stock_left + $3 WHERE sale_id = $1 AND bucket = $2",
+        [sale_id.into(), (bucket as i16).into(), delta.into()],
+    ))
+    .await?;
+    Ok(version)
 }
 
 /// Units left in each bucket of the sale, by bucket.
