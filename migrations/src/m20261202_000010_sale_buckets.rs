@@ -10,8 +10,10 @@ impl MigrationTrait for Migration {
             manager,
             r#"
             -- A hot sale's stock split into buckets, each its own set of Redis keys on its own
-            -- hash tag (docs/architecture.md, "Stock buckets"). `sales.stock_left` stays the
-            -- total; each bucket row holds its share, changed in the same transaction.
+            -- hash tag (docs/architecture.md, "Stock buckets"). A sale of one bucket keeps
+            -- `sales.stock_left` and `sales.version` (its bucket row follows along); a sale of
+            -- several keeps them in its bucket rows, each locked on its own, and its total is
+            -- their sum.
             -- A reservation's bucket is its buyer's home bucket (a hash of the user id), so it
             -- is computed, never stored.
             ALTER TABLE sales ADD COLUMN stock_buckets SMALLINT NOT NULL DEFAULT 1
@@ -20,9 +22,12 @@ impl MigrationTrait for Migration {
                 sale_id UUID NOT NULL REFERENCES sales (id) ON DELETE CASCADE,
                 bucket SMALLINT NOT NULL CHECK (bucket >= 0 AND bucket < 64),
                 stock_left INTEGER NOT NULL CHECK (stock_left >= 0),
+                -- bumped by every change of stock_left, as `sales.version` is for a sale of one
+                -- bucket (the bucket's Redis state remembers the version it was built from)
+                version BIGINT NOT NULL DEFAULT 0,
                 PRIMARY KEY (sale_id, bucket)
             );
-            INSERT INTO sale_buckets (sale_id, bucket, stock_left) SELECT id, 0, stock_left FROM sales;
+            INSERT INTO sale_buckets (sale_id, bucket, stock_left, version) SELECT id, 0, stock_left, version FROM sales;
 
             -- Units moved from one bucket to another, once per transfer id (the primary key):
             -- a rebuilt destination loads its received ids from here. `done`: the destination's

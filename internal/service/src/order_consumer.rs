@@ -123,7 +123,8 @@ impl OrderConsumer {
         }
 
         let txn = self.db.begin().await?;
-        let Some(sale) = sales::lock(&txn, sale_id, true).await? else {
+        let of = group.first().map_or(1, |r| r.buckets);
+        let Some((sale, locked)) = sales::lock_bucket(&txn, sale_id, bucket, Some(of), true).await? else {
             txn.rollback().await?;
             tracing::error!(%sale_id, "reservations for a sale that does not exist; releasing them");
             let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
@@ -136,19 +137,14 @@ impl OrderConsumer {
         let fresh: Vec<&Reservation> = group.iter().copied().filter(|r| !recorded.contains_key(&r.id)).collect();
         let users: Vec<Uuid> = fresh.iter().map(|r| r.user_id).collect();
         // The bucket's own units: each bucket sells what Redis gave it, and no more.
-        let left = if sale.stock_buckets > 1 {
-            sales::bucket_stock(&txn, sale_id).await?.get(usize::from(bucket)).copied().unwrap_or(0)
-        } else {
-            sale.stock_left
-        };
-        let decisions = decide(&sale, left, &sales::holdings(&txn, sale_id, users).await?, &fresh);
+        let decisions = decide(&sale, locked.stock_left, &sales::holdings(&txn, sale_id, users).await?, &fresh);
 
         let confirmed_units: i32 =
             decisions.iter().filter(|d| d.order_id.is_some()).map(|d| d.reservation.quantity).sum();
         let version = if confirmed_units > 0 {
-            sales::change_stock(&txn, sale_id, bucket, -confirmed_units).await?
+            sales::change_stock(&txn, sale_id, bucket, sale.stock_buckets as u16, -confirmed_units).await?
         } else {
-            sale.version
+            locked.version
         };
         let new_orders: Vec<NewOrder> = decisions.iter().filter_map(|d| d.order(&sale)).collect();
         orders::insert(&txn, &new_orders).await?;
@@ -207,10 +203,11 @@ impl OrderConsumer {
     async fn give_up(&self, sale_id: Uuid, bucket: u16, group: &[Reservation]) -> Result<()> {
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
         let txn = self.db.begin().await?;
-        let sale = sales::lock(&txn, sale_id, true).await?;
+        let of = group.first().map_or(1, |r| r.buckets);
+        let sale = sales::lock_bucket(&txn, sale_id, bucket, Some(of), true).await?;
         let recorded: Vec<Uuid> = sales::reservations(&txn, &ids).await?.into_iter().map(|r| r.id).collect();
         let release: Vec<&Reservation> = group.iter().filter(|r| !recorded.contains(&r.id)).collect();
-        if let Some(sale) = sale {
+        if let Some((_, locked)) = sale {
             let rows: Vec<NewReservation> = release
                 .iter()
                 .map(|r| NewReservation {
@@ -225,7 +222,7 @@ impl OrderConsumer {
                     fingerprint: r.fingerprint.clone(),
                 })
                 .collect();
-            sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+            sales::insert_reservations(&txn, sale_id, locked.version, &rows).await?;
         }
         txn.commit().await?;
 

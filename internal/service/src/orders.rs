@@ -374,7 +374,7 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
     for ((sale_id, bucket), units) in by_sale {
         let buckets = units.first().map_or(1, |u| u.stock_buckets as u16);
         let total: i32 = units.iter().map(|u| u.quantity).sum();
-        let version = sales::change_stock(txn, sale_id, bucket, total).await?;
+        let version = sales::change_stock(txn, sale_id, bucket, buckets, total).await?;
         let mut released: BTreeMap<Uuid, i32> = BTreeMap::new();
         for u in &units {
             *released.entry(u.user_id).or_default() += u.quantity;

@@ -467,7 +467,8 @@ impl SaleService {
     /// keys), and the transfers it received.
     async fn load(&self, sale_id: Uuid, bucket: u16) -> Result<bool, String> {
         let txn = self.db.begin().await.map_err(|e| e.to_string())?;
-        let Some(row) = sales::lock(&txn, sale_id, false).await.map_err(|e| e.to_string())? else {
+        let locked = sales::lock_bucket(&txn, sale_id, bucket, None, false).await.map_err(|e| e.to_string())?;
+        let Some((row, locked)) = locked else {
             return Ok(false);
         };
         let of = row.stock_buckets.clamp(1, 64) as u16;
@@ -477,20 +478,16 @@ impl SaleService {
         let since = Utc::now() - self.idempotency_ttl;
         let mut keys = sales::idempotency_keys(&txn, sale_id, since).await.map_err(|e| e.to_string())?;
         keys.retain(|k| home(&k.user_id));
-        let (stock_left, received) = if of > 1 {
-            let left = sales::bucket_stock(&txn, sale_id).await.map_err(|e| e.to_string())?;
-            let received = sales::received(&txn, sale_id, bucket).await.map_err(|e| e.to_string())?;
-            (left.get(usize::from(bucket)).copied().unwrap_or(0), received)
-        } else {
-            (row.stock_left, Vec::new())
-        };
+        let stock_left = locked.stock_left;
+        let received =
+            if of > 1 { sales::received(&txn, sale_id, bucket).await.map_err(|e| e.to_string())? } else { Vec::new() };
         let expire_at = (row.end_at + chrono::Duration::days(1)).max(Utc::now() + chrono::Duration::hours(1));
         let snapshot = Snapshot {
             start_ms: row.start_at.timestamp_millis(),
             end_ms: row.end_at.timestamp_millis(),
             per_user_limit: row.per_user_limit,
             stock_left,
-            version: row.version,
+            version: locked.version,
             generation: Uuid::new_v4().simple().to_string(),
             expire_at_ms: expire_at.timestamp_millis(),
             buyers,
@@ -502,7 +499,7 @@ impl SaleService {
         let loaded = hot::load(&mut self.redis.clone(), &keys, &snapshot).await.map_err(|e| e.to_string())?;
         txn.commit().await.map_err(|e| e.to_string())?;
         if loaded {
-            tracing::info!(%sale_id, bucket, version = row.version, stock_left, "sale hot state loaded from Postgres");
+            tracing::info!(%sale_id, bucket, version = locked.version, stock_left, "sale hot state loaded from Postgres");
             self.flags.clear(sale_id);
         }
         Ok(true)

@@ -93,11 +93,11 @@ impl Transfers {
     pub async fn complete(&self, sale_id: Uuid, donor: u16, dest: u16, transfer_id: Uuid, units: i64) -> Result<bool> {
         let mut redis = self.redis.clone();
         let donor_keys = self.keys.sale_bucket(sale_id, donor);
-        // Step 2. The rebuild of a bucket reads Postgres under a share lock of the sale row,
-        // so it sees this commit whole or not at all; and a donor that lost the move before
-        // this check is rebuilt with the units, so they must not move.
+        // Step 2. The rebuild of a bucket reads Postgres under a share lock of its row, so it
+        // sees this commit whole or not at all; and a donor that lost the move before this
+        // check is rebuilt with the units, so they must not move.
         let txn = self.db.begin().await?;
-        if sales::lock(&txn, sale_id, true).await?.is_none() {
+        if !sales::lock_buckets(&txn, sale_id, &[donor.min(dest), donor.max(dest)]).await? {
             txn.rollback().await?;
             return Ok(false);
         }

@@ -71,7 +71,7 @@ impl Undo {
     /// those whose order Postgres already has (returned). If Postgres cannot answer, Redis's
     /// decision is acted on alone: see docs/reliability.md for the window this leaves.
     async fn finish(&self, sale_id: Uuid, bucket: u16, undone: &[Held]) -> Result<Vec<Uuid>> {
-        let stands = match self.record(sale_id, undone).await {
+        let stands = match self.record(sale_id, bucket, undone).await {
             Ok(stands) => stands,
             Err(err) => {
                 tracing::warn!(%sale_id, error = %err, "undo not recorded in Postgres; releasing on Redis's decision");
@@ -93,11 +93,11 @@ impl Undo {
         Ok(stands)
     }
 
-    /// Under the sale's row lock: the reservations the consumer already made orders of, and
+    /// Under the lock of the bucket's stock (the sale row for a sale of one bucket): the reservations the consumer already made orders of, and
     /// a `failed` record for each one nobody recorded yet.
-    async fn record(&self, sale_id: Uuid, undone: &[Held]) -> Result<Vec<Uuid>> {
+    async fn record(&self, sale_id: Uuid, bucket: u16, undone: &[Held]) -> Result<Vec<Uuid>> {
         let txn = self.db.begin().await?;
-        let Some(sale) = sales::lock(&txn, sale_id, true).await? else {
+        let Some((_, locked)) = sales::lock_bucket(&txn, sale_id, bucket, None, true).await? else {
             txn.rollback().await?;
             return Ok(Vec::new());
         };
@@ -119,7 +119,7 @@ impl Undo {
                 fingerprint: None,
             })
             .collect();
-        sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+        sales::insert_reservations(&txn, sale_id, locked.version, &rows).await?;
         txn.commit().await?;
         Ok(stands)
     }

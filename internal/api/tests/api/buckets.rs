@@ -329,3 +329,24 @@ async fn a_race_over_two_instances_on_a_redis_cluster_with_eight_buckets_spreads
     assert_eq!(per_master.iter().sum::<usize>(), 8, "every bucket found once: {per_master:?}");
     assert!(per_master.iter().all(|&n| (2..=3).contains(&n)), "3/3/2 over the masters: {per_master:?}");
 }
+
+#[tokio::test]
+async fn order_batches_of_a_bucketed_sale_do_not_wait_for_the_sale_row() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = bucket_sale(&app, &admin, 8, 4, 1, 300).await;
+    let shopper = app.shopper().await;
+    // Something holds the sale row as an update of it would (a sale of one bucket's consumer
+    // does, for every batch): the buckets' rows are what this sale's order consumer locks,
+    // so the purchase still becomes an order. (Rows referencing the sale take only a key
+    // share lock on it, which an update of other columns does not block.)
+    let txn = sea_orm::TransactionTrait::begin(&app.db).await.unwrap();
+    let hold = format!("SELECT id FROM sales WHERE id = '{sale}' FOR NO KEY UPDATE");
+    sea_orm::ConnectionTrait::execute_unprepared(&txn, &hold).await.unwrap();
+    let id = buy(&app, &shopper, &sale, 1).await.data(202)["reservation_id"].as_str().unwrap().to_owned();
+    assert_eq!(confirmed(&app, &shopper, &id).await["status"], "confirmed");
+    txn.rollback().await.unwrap();
+    drained(&app, &sale).await;
+    let report = verify(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+}

@@ -29,8 +29,13 @@ pub struct SaleRow {
     pub stock_buckets: i32,
 }
 
-const SALE_COLUMNS: &str = "s.id, s.product_id, p.title, s.price, s.stock, s.stock_left, s.start_at, s.end_at, \
-     s.per_user_limit, s.payment_timeout_secs, s.version, s.created_at, s.stock_buckets::int AS stock_buckets";
+/// `stock_left` is the total: for a sale of several buckets, the sum of its bucket rows.
+const SALE_COLUMNS: &str = "s.id, s.product_id, p.title, s.price, s.stock, \
+     CASE WHEN s.stock_buckets > 1 \
+          THEN (SELECT sum(b.stock_left)::int FROM sale_buckets b WHERE b.sale_id = s.id) \
+          ELSE s.stock_left END AS stock_left, \
+     s.start_at, s.end_at, s.per_user_limit, s.payment_timeout_secs, s.version, s.created_at, \
+     s.stock_buckets::int AS stock_buckets";
 
 pub struct NewSale {
     pub id: Uuid,
@@ -188,14 +193,30 @@ async fn held(
     Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
 }
 
-/// Changes `stock_left` of the sale and of one of its buckets by `delta` and bumps the
-/// sale's version; returns the new version. The CHECK constraints on the columns are the
-/// last wall: Postgres never oversells.
+/// Changes one bucket's `stock_left` by `delta` and bumps its version; returns the new
+/// version. A sale of one bucket keeps them in the sale row (its bucket row follows along);
+/// a sale of `of > 1` buckets in the bucket row alone, so that order batches and closes of
+/// different buckets never wait for one another. The CHECK constraints on the columns are
+/// the last wall: Postgres never oversells.
 #[tracing::instrument(name = "UPDATE sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "UPDATE", db.collection.name = "sales"))]
-pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, bucket: u16, delta: i32) -> Result<i64, DbErr> {
-    // The sale row first, then the bucket row: the order every writer locks them in (the
-    // order consumer and transfers lock the sale row first), so two never deadlock.
+pub async fn change_stock(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    bucket: u16,
+    of: u16,
+    delta: i32,
+) -> Result<i64, DbErr> {
+    if of > 1 {
+        return scalar(
+            db,
+            "UPDATE sale_buckets SET stock_left = stock_left + $3, version = version + 1 \
+             WHERE sale_id = $1 AND bucket = $2 RETURNING version",
+            [sale_id.into(), (bucket as i16).into(), delta.into()],
+        )
+        .await;
+    }
+    // The sale row first, then the bucket row: the order every writer locks them in.
     let version = scalar(
         db,
         "UPDATE sales SET stock_left = stock_left + $2, version = version + 1, updated_at = now() \
@@ -204,11 +225,71 @@ pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, bucket: u16,
     )
     .await?;
     db.execute_raw(stmt(
-        "UPDATE sale_buckets SET stock_left = stock_left + $3 WHERE sale_id = $1 AND bucket = $2",
-        [sale_id.into(), (bucket as i16).into(), delta.into()],
+        "UPDATE sale_buckets SET stock_left = stock_left + $3, version = $4 WHERE sale_id = $1 AND bucket = $2",
+        [sale_id.into(), (bucket as i16).into(), delta.into(), version.into()],
     ))
     .await?;
     Ok(version)
+}
+
+/// A bucket's units and version, under the lock that guards them.
+#[derive(Debug, Clone, Copy, FromQueryResult)]
+pub struct Locked {
+    pub stock_left: i32,
+    pub version: i64,
+}
+
+/// Locks what a change of a bucket's stock holds for the rest of the transaction: the sale
+/// row for a sale of one bucket, the bucket's row for a sale of several. `of`: the sale's
+/// bucket count when the caller knows it (saves a read). `exclusive` as for [`lock`].
+#[tracing::instrument(name = "SELECT sale_buckets", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buckets"))]
+pub async fn lock_bucket(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    bucket: u16,
+    of: Option<u16>,
+    exclusive: bool,
+) -> Result<Option<(SaleRow, Locked)>, DbErr> {
+    if of == Some(1) {
+        let Some(sale) = lock(db, sale_id, exclusive).await? else { return Ok(None) };
+        if sale.stock_buckets <= 1 {
+            let locked = Locked { stock_left: sale.stock_left, version: sale.version };
+            return Ok(Some((sale, locked)));
+        }
+    }
+    let Some(sale) = find(db, sale_id).await? else { return Ok(None) };
+    if sale.stock_buckets <= 1 {
+        return Ok(lock(db, sale_id, exclusive)
+            .await?
+            .map(|s| (s.clone(), Locked { stock_left: s.stock_left, version: s.version })));
+    }
+    let mode = if exclusive { "UPDATE" } else { "SHARE" };
+    let locked = Locked::find_by_statement(stmt(
+        &format!("SELECT stock_left, version FROM sale_buckets WHERE sale_id = $1 AND bucket = $2 FOR {mode}"),
+        [sale_id.into(), (bucket as i16).into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(locked.map(|l| (sale, l)))
+}
+
+/// Locks the rows of these buckets (a transfer between them), in bucket order; `false` when
+/// the sale has no such rows.
+pub async fn lock_buckets(db: &impl ConnectionTrait, sale_id: Uuid, buckets: &[u16]) -> Result<bool, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        #[allow(dead_code)]
+        bucket: i16,
+    }
+    let wanted: Vec<i16> = buckets.iter().map(|&b| b as i16).collect();
+    let rows = Row::find_by_statement(stmt(
+        "SELECT bucket FROM sale_buckets WHERE sale_id = $1 AND bucket = ANY($2) ORDER BY bucket FOR UPDATE",
+        [sale_id.into(), wanted.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.len() == buckets.len())
 }
 
 /// Units left in each bucket of the sale, by bucket.
@@ -239,7 +320,8 @@ pub struct Transfer {
 }
 
 /// Records a transfer and moves its units between the bucket rows, once per id: `false`
-/// when it was recorded before (nothing changes). Call with the sale row locked.
+/// when it was recorded before (nothing changes). Call with both rows locked
+/// ([`lock_buckets`]).
 #[tracing::instrument(name = "INSERT bucket_transfers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "INSERT", db.collection.name = "bucket_transfers"))]
 pub async fn record_transfer(db: &impl ConnectionTrait, t: &Transfer) -> Result<bool, DbErr> {
