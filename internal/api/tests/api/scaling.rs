@@ -24,7 +24,10 @@ async fn next_message(
 }
 
 /// An instance on `cluster`, and an API-only sibling on the same database and prefixes.
-async fn two_instances(cluster: &PrivateCluster, customize: impl FnOnce(&mut platform::Settings)) -> [TestApp; 2] {
+pub(crate) async fn two_instances(
+    cluster: &PrivateCluster,
+    customize: impl FnOnce(&mut platform::Settings),
+) -> [TestApp; 2] {
     let url = cluster.url();
     let a = spawn_app_with(|s| {
         s.redis.mode = RedisMode::Cluster;
