@@ -163,6 +163,16 @@ impl OrderConsumer {
         let mut outcomes: Vec<Recorded> = decisions.iter().map(|d| d.outcome(version)).collect();
         outcomes.extend(recorded.values().map(Recorded::from_row));
         self.apply(&mut redis, sale_id, bucket, &outcomes).await?;
+        let refused = decisions.iter().filter(|d| d.refusal.is_some()).count();
+        if refused > 0 {
+            // Redis sold what Postgres does not have: it forgot writes (a Redis Cluster
+            // failover that lost what the old master had not replicated, a restore from an
+            // old snapshot). Left alone it would sell those units again and again; dropped, it
+            // is rebuilt from Postgres behind the rebuild barrier.
+            tracing::warn!(%sale_id, bucket, refused, "Redis sold units Postgres refused: dropping the hot state to rebuild it");
+            metrics::counter!("sale_hot_state_drift_total").increment(1);
+            hot::forget_state(&mut redis, &keys).await?;
+        }
         let confirmed = outcomes.iter().filter(|o| o.order_id.is_some()).count() as u64;
         metrics::counter!("reservations_total", "outcome" => "confirmed").increment(confirmed);
         metrics::counter!("reservations_total", "outcome" => "failed").increment(outcomes.len() as u64 - confirmed);

@@ -567,7 +567,7 @@ async fn an_outbox_row_that_keeps_failing_is_parked_shown_and_redriven() {
 }
 
 #[tokio::test]
-async fn a_multi_unit_refusal_after_a_rebuild_returns_exactly_the_units_redis_took() {
+async fn a_refusal_after_a_rebuild_drops_the_drifted_hot_state_and_the_reload_has_what_postgres_has() {
     let app = spawn_app().await;
     let admin = app.admin().await;
     let sale = flash_sale_limited(&app, &admin, 3, 2).await;
@@ -588,6 +588,10 @@ async fn a_multi_unit_refusal_after_a_rebuild_returns_exactly_the_units_redis_to
     assert!(matches!(consumer.handle(vec![before]).await[..], [repo::mq::Outcome::Ack]));
     assert!(matches!(consumer.handle(vec![after]).await[..], [repo::mq::Outcome::Ack]), "refused: sold out");
     assert_eq!(app.scalar("SELECT count(*) FROM orders WHERE kind = 'sale'").await, 1);
+    // The refusal proved Redis ahead of Postgres: its hot state is dropped, and the reload
+    // (a purchase's, behind the rebuild barrier) has exactly the unit Postgres still has.
+    assert!(!redis::cmd("EXISTS").arg(&keys.state).query_async::<bool>(&mut redis).await.unwrap(), "dropped");
+    app.services.sales.load_hot_state(sale_id).await.unwrap();
     let view = app.get(&format!("/api/v1/sales/{sale}"), None).await;
     assert_eq!(view.data(200)["remaining"], 1, "the one unit Postgres still has is on sale again");
     let report = verify_sale(&app, &sale).await;

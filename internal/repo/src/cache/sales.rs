@@ -378,6 +378,12 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
     Ok(loaded == 1)
 }
 
+/// Drops the hot state of a sale (bucket) whose Redis proved to be ahead of Postgres: the
+/// next purchase finds it missing and rebuilds it from Postgres behind the rebuild barrier.
+pub async fn forget_state(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<()> {
+    redis.del::<_, ()>(&keys.state).await
+}
+
 /// Units left for sale right now, if the hot state is loaded.
 pub async fn remaining(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<Option<i64>> {
     redis.hget(&keys.state, "stock").await
