@@ -12,6 +12,8 @@
 //!   back, and when Redis was told (the restock sweeper, `verify`);
 //! - `m20261202_000008_bid_maximums`: proxy bidding's maximum behind each bid, and automatic bids.
 //! - `m20261202_000009_buy_now_second_chance`: buy-it-now, and several orders per auction (one live).
+//! - `m20261202_000010_sale_buckets`: a sale's stock split into buckets (their own stock rows
+//!   and versions), and the transfers between them.
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -25,6 +27,7 @@ mod m20261202_000006_reservation_idempotency;
 mod m20261202_000007_sale_returns;
 mod m20261202_000008_bid_maximums;
 mod m20261202_000009_buy_now_second_chance;
+mod m20261202_000010_sale_buckets;
 
 pub struct Migrator;
 
@@ -41,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_sale_returns::Migration),
             Box::new(m20261202_000008_bid_maximums::Migration),
             Box::new(m20261202_000009_buy_now_second_chance::Migration),
+            Box::new(m20261202_000010_sale_buckets::Migration),
         ]
     }
 }

@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 buyers: vec![],
                 keys: vec![],
                 idempotency_ttl_ms: 0,
+                received: vec![],
             };
             sales::load(&mut redis.clone(), &keys.sale(sale), &snapshot).await?;
             let api = OpenApiService::new(ReserveApi { redis, keys, sale }, "reserve", "1");

@@ -9,6 +9,8 @@ use crate::{Invalid, Money};
 pub const MAX_SALE_STOCK: i64 = 10_000_000;
 pub const MAX_PAYMENT_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
 pub const MAX_PER_USER_LIMIT: i64 = 1000;
+/// At most this many stock buckets per sale (`repo::cache::buckets`).
+pub const MAX_STOCK_BUCKETS: i64 = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSale {
@@ -19,6 +21,8 @@ pub struct NewSale {
     pub end_at: DateTime<Utc>,
     pub per_user_limit: u32,
     pub payment_timeout_secs: u32,
+    /// Buckets the stock is split into, each on its own Redis hash tag (1: one set of keys).
+    pub stock_buckets: u16,
 }
 
 /// The raw fields of `POST /sales`, before any rule was checked.
@@ -31,6 +35,7 @@ pub struct SaleFields<'a> {
     pub end_at: DateTime<Utc>,
     pub per_user_limit: i64,
     pub payment_timeout_secs: i64,
+    pub stock_buckets: i64,
 }
 
 impl NewSale {
@@ -51,6 +56,12 @@ impl NewSale {
                 format!("must be between 1 and {MAX_PAYMENT_TIMEOUT_SECS}"),
             ));
         }
+        if !(1..=MAX_STOCK_BUCKETS).contains(&fields.stock_buckets) {
+            return Err(Invalid::new("stock_buckets", format!("must be between 1 and {MAX_STOCK_BUCKETS}")));
+        }
+        if fields.stock_buckets > fields.stock {
+            return Err(Invalid::new("stock_buckets", "must not exceed stock (every bucket starts with a unit)"));
+        }
         Ok(Self {
             product_id: fields.product_id,
             price,
@@ -60,6 +71,7 @@ impl NewSale {
             end_at: fields.end_at.trunc_subsecs(3),
             per_user_limit: fields.per_user_limit as u32,
             payment_timeout_secs: fields.payment_timeout_secs as u32,
+            stock_buckets: fields.stock_buckets as u16,
         })
     }
 }
@@ -109,6 +121,7 @@ mod tests {
             end_at: now + Duration::minutes(10),
             per_user_limit: 1,
             payment_timeout_secs: 900,
+            stock_buckets: 1,
         }
     }
 
@@ -128,6 +141,9 @@ mod tests {
             ("end_at", SaleFields { end_at: now, ..fields(now) }),
             ("per_user_limit", SaleFields { per_user_limit: 0, ..fields(now) }),
             ("payment_timeout_secs", SaleFields { payment_timeout_secs: 0, ..fields(now) }),
+            ("stock_buckets", SaleFields { stock_buckets: 0, ..fields(now) }),
+            ("stock_buckets", SaleFields { stock_buckets: 65, ..fields(now) }),
+            ("stock_buckets", SaleFields { stock: 3, stock_buckets: 4, ..fields(now) }),
         ];
         for (field, raw) in cases {
             assert_eq!(NewSale::parse(raw).unwrap_err().field, field);

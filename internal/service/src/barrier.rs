@@ -74,8 +74,8 @@ impl RebuildBarrier {
     /// The API side, when a purchase found the hot state missing: `Ok(true)` load it now,
     /// `Ok(false)` it is there again, `Err(Rebuilding)` answer 503 (a barrier is on its way,
     /// possibly sent just now).
-    pub async fn pass(&self, sale_id: Uuid) -> Result<bool> {
-        let keys = self.keys.barrier(sale_id);
+    pub async fn pass(&self, sale_id: Uuid, bucket: u16) -> Result<bool> {
+        let keys = self.keys.barrier_bucket(sale_id, bucket);
         let mut redis = self.redis.clone();
         let id = Uuid::now_v7();
         match marks::gate(&mut redis, &keys, id, self.timeout_ms).await? {
@@ -90,12 +90,12 @@ impl RebuildBarrier {
                     return still_selling.map(|_| true);
                 }
                 if replaced {
-                    tracing::warn!(%sale_id, timeout_ms = self.timeout_ms, "the rebuild barrier did not pass in time; purchases stay on hold and another barrier is sent");
+                    tracing::warn!(%sale_id, bucket, timeout_ms = self.timeout_ms, "the rebuild barrier did not pass in time; purchases stay on hold and another barrier is sent");
                     metrics::counter!("rebuild_barriers_timed_out_total").increment(1);
                 } else {
-                    tracing::warn!(%sale_id, "the sale's hot state is missing; purchases wait for the reservations queued before the loss");
+                    tracing::warn!(%sale_id, bucket, "the sale's hot state is missing; purchases wait for the reservations queued before the loss");
                 }
-                let mark = BarrierMark { id, sale_id, cycles: 0, quiet: 0 };
+                let mark = BarrierMark { id, sale_id, bucket, cycles: 0, quiet: 0 };
                 if let Err(err) = self.send(&mark, false).await {
                     let _ = marks::abandon(&mut redis, &keys).await;
                     return Err(err);
@@ -112,12 +112,12 @@ impl RebuildBarrier {
     }
 
     /// The state is loaded: the marks are done with.
-    pub async fn finish(&self, sale_id: Uuid) -> Result<()> {
-        Ok(marks::finish(&mut self.redis.clone(), &self.keys.barrier(sale_id)).await?)
+    pub async fn finish(&self, sale_id: Uuid, bucket: u16) -> Result<()> {
+        Ok(marks::finish(&mut self.redis.clone(), &self.keys.barrier_bucket(sale_id, bucket)).await?)
     }
 
-    /// The order consumer takes these sales' reservations in hand.
-    pub fn hold(&self, sales: impl IntoIterator<Item = Uuid>) -> InHand {
+    /// The order consumer takes these sales' reservations in hand (per stock bucket).
+    pub fn hold(&self, sales: impl IntoIterator<Item = SaleBucket>) -> InHand {
         let retry_max = self.topology.retry_delays_ms.iter().copied().max().unwrap_or(0);
         let linger = Duration::from_millis(retry_max).max(HOLD_BACKOFF_CAP) + self.round();
         self.hands.take(sales.into_iter().collect(), linger)
@@ -126,20 +126,20 @@ impl RebuildBarrier {
     /// The order consumer met a barrier: it passes (`true`: the sale may be loaded now),
     /// goes round again, or is dropped (a barrier the API no longer waits for).
     pub async fn consider(&self, mark: BarrierMark) -> (Outcome, bool) {
-        let keys = self.keys.barrier(mark.sale_id);
+        let keys = self.keys.barrier_bucket(mark.sale_id, mark.bucket);
         let mut redis = self.redis.clone();
         match marks::current(&mut redis, &keys).await {
             Ok(Some(current)) if current == mark.id.to_string() => {}
             Ok(_) => return (Outcome::Ack, false),
             Err(err) => return (Error::from(err).outcome("reading the rebuild barrier"), false),
         }
-        let quiet = if self.hands.quiet(mark.sale_id, self.round()) { mark.quiet + 1 } else { 0 };
+        let quiet = if self.hands.quiet((mark.sale_id, mark.bucket), self.round()) { mark.quiet + 1 } else { 0 };
         let waited = self.round() * mark.cycles >= self.confirm_window;
         if waited && quiet >= 2 {
             if let Err(err) = marks::mark_drained(&mut redis, &keys, mark.id, self.timeout_ms).await {
                 return (Error::from(err).outcome("passing the rebuild barrier"), false);
             }
-            tracing::info!(sale_id = %mark.sale_id, rounds = mark.cycles, "rebuild barrier passed: the sale may be loaded from Postgres");
+            tracing::info!(sale_id = %mark.sale_id, bucket = mark.bucket, rounds = mark.cycles, "rebuild barrier passed: the sale may be loaded from Postgres");
             return (Outcome::Ack, true);
         }
         let next = BarrierMark { cycles: mark.cycles + 1, quiet, ..mark };
@@ -193,9 +193,12 @@ struct Hands {
     state: Mutex<HandsState>,
 }
 
+/// A sale and one of its stock buckets: what a barrier waits for.
+pub type SaleBucket = (Uuid, u16);
+
 #[derive(Default)]
 struct HandsState {
-    sales: HashMap<Uuid, Held>,
+    sales: HashMap<SaleBucket, Held>,
     /// Handler calls running now, by when they started.
     calls: BTreeMap<u64, Instant>,
     next_call: u64,
@@ -207,7 +210,7 @@ struct Held {
 }
 
 impl Hands {
-    fn take(self: &Arc<Self>, sales: HashSet<Uuid>, linger: Duration) -> InHand {
+    fn take(self: &Arc<Self>, sales: HashSet<SaleBucket>, linger: Duration) -> InHand {
         let mut state = self.state.lock().expect("barrier hands poisoned");
         let call = state.next_call;
         state.next_call += 1;
@@ -222,7 +225,7 @@ impl Hands {
     /// Nothing of the sale in hand or due back, and no handler call running for longer
     /// than one round (it may have taken the sale's messages from the broker's prefetch
     /// without having reached them).
-    fn quiet(&self, sale_id: Uuid, round: Duration) -> bool {
+    fn quiet(&self, sale_id: SaleBucket, round: Duration) -> bool {
         let state = self.state.lock().expect("barrier hands poisoned");
         let now = Instant::now();
         let idle = state.sales.get(&sale_id).is_none_or(|held| held.count == 0 && held.until <= now);
@@ -236,13 +239,13 @@ impl Hands {
 pub struct InHand {
     hands: Arc<Hands>,
     call: u64,
-    sales: HashSet<Uuid>,
-    unsettled: HashSet<Uuid>,
+    sales: HashSet<SaleBucket>,
+    unsettled: HashSet<SaleBucket>,
     linger: Duration,
 }
 
 impl InHand {
-    pub fn settled(&mut self, sale_id: Uuid) {
+    pub fn settled(&mut self, sale_id: SaleBucket) {
         self.unsettled.remove(&sale_id);
     }
 }
@@ -274,7 +277,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_sale_in_hand_or_lately_unsettled_is_not_quiet() {
         let hands = Arc::new(Hands::default());
-        let (sale, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (sale, other) = ((Uuid::now_v7(), 0), (Uuid::now_v7(), 3));
         assert!(hands.quiet(sale, ROUND));
 
         let mut in_hand = hands.take([sale, other].into(), LINGER);
@@ -290,8 +293,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_handler_call_may_hold_any_sale_in_its_prefetch() {
         let hands = Arc::new(Hands::default());
-        let busy = hands.take([Uuid::now_v7()].into(), LINGER);
-        let sale = Uuid::now_v7();
+        let busy = hands.take([(Uuid::now_v7(), 0)].into(), LINGER);
+        let sale = (Uuid::now_v7(), 0);
         assert!(hands.quiet(sale, ROUND), "a call that just began took its messages after the barrier");
         tokio::time::advance(ROUND).await;
         assert!(!hands.quiet(sale, ROUND));

@@ -107,13 +107,13 @@ async fn restock_overdue(db: &DatabaseConnection, redis: &Redis, keys: &Keys, ev
             return;
         }
     };
-    let mut batches: BTreeMap<(Uuid, i64), Vec<Returned>> = BTreeMap::new();
+    let mut batches: BTreeMap<(Uuid, u16, i64), Vec<Returned>> = BTreeMap::new();
     for d in due {
         let returned = Returned { order_id: d.order_id, user_id: d.user_id, quantity: d.quantity };
-        batches.entry((d.sale_id, d.returned_version)).or_default().push(returned);
+        batches.entry((d.sale_id, d.stock_buckets as u16, d.returned_version)).or_default().push(returned);
     }
-    for ((sale_id, version), returned) in batches {
-        match order_consumer::restock(db, redis, keys, sale_id, version, &returned).await {
+    for ((sale_id, buckets, version), returned) in batches {
+        match order_consumer::restock(db, redis, keys, sale_id, buckets, version, &returned).await {
             Ok(units) => {
                 tracing::warn!(%sale_id, orders = returned.len(), units, "restock sweeper told Redis of returns it had missed");
                 metrics::counter!("restocks_swept_total").increment(returned.len() as u64);

@@ -88,9 +88,31 @@ impl From<DbErr> for Error {
     }
 }
 
+/// Whether Redis could not serve the command right now, rather than refused it: lost or
+/// refused connections and timeouts, and on a Redis Cluster what a failover answers while
+/// it is under way (`CLUSTERDOWN`, a `MOVED`/`ASK`/`TRYAGAIN` the client's retries did not
+/// get past, `MASTERDOWN`, `READONLY` from a demoted master, `LOADING`, no connection to
+/// the slot's node). Each is a 503, never a 500: the command did not run, or (a lost reply)
+/// its effect is reconciled like any other unanswered call.
+fn redis_unavailable(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_cluster_error()
+        || matches!(
+            err.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading
+                )
+        )
+}
+
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
+        if redis_unavailable(&err) {
             Error::Unavailable { service: "redis", cause: Some(err.into()) }
         } else {
             Error::Internal(anyhow::Error::new(err).context("redis"))
@@ -101,5 +123,32 @@ impl From<redis::RedisError> for Error {
 impl From<lapin::Error> for Error {
     fn from(err: lapin::Error) -> Self {
         Error::Unavailable { service: "rabbitmq", cause: Some(err.into()) }
+    }
+}
+
+#[cfg(test)]
+mod redis_errors {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::Error;
+
+    #[test]
+    fn what_a_cluster_answers_during_a_failover_is_unavailable_not_internal() {
+        for kind in [
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::BusyLoading,
+        ] {
+            let err = Error::from(RedisError::from((ErrorKind::Server(kind), "failover")));
+            assert!(matches!(err, Error::Unavailable { service: "redis", .. }), "{kind:?}: {err:?}");
+        }
+        let err = Error::from(RedisError::from((ErrorKind::ClusterConnectionNotFound, "no node")));
+        assert!(matches!(err, Error::Unavailable { service: "redis", .. }));
+        let err = Error::from(RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "script")));
+        assert!(matches!(err, Error::Internal(_)), "other errors stay internal");
     }
 }

@@ -45,6 +45,7 @@ pub mod sales;
 pub mod second_chance;
 pub mod seed;
 pub mod singleflight;
+pub mod transfers;
 pub mod undo;
 pub mod verify;
 pub mod worker;
@@ -98,6 +99,7 @@ pub struct Services {
     pub sales: sales::SaleService,
     pub order_consumer: order_consumer::OrderConsumer,
     pub undo: undo::Undo,
+    pub transfers: transfers::Transfers,
     pub auctions: auctions::AuctionService,
     pub auction_closer: closer::AuctionCloser,
     pub live: Arc<live::LiveHub>,
@@ -165,6 +167,7 @@ impl Services {
             sales.clone(),
         );
         let undo = sales.undo().clone();
+        let transfers = sales.transfers().clone();
         let auctions = auctions::AuctionService::new(
             deps.db.clone(),
             deps.redis.clone(),
@@ -175,7 +178,7 @@ impl Services {
         let auction_closer =
             closer::AuctionCloser::new(deps.db.clone(), deps.redis.clone(), deps.keys(), auctions.clone());
         let live = Arc::default();
-        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, undo, auctions, auction_closer, live })
+        Ok(Self { deps, auth, catalog, orders, sales, order_consumer, undo, transfers, auctions, auction_closer, live })
     }
 
     /// The instance's Redis subscription (restock notices, live auction prices).

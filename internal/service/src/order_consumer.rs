@@ -7,6 +7,7 @@ use domain::Money;
 use domain::order::OrderKind;
 use domain::reservation::{FailureReason, ReservationProgress, ReservationStatus};
 use platform::Redis;
+use repo::cache::buckets::Bucket;
 use repo::cache::sales::{self as hot, Settled};
 use repo::cache::{Keys, reservations};
 use repo::db::orders::{self, NewLine, NewOrder};
@@ -54,7 +55,7 @@ impl OrderConsumer {
     /// reservations that came with them ([`crate::barrier`]).
     pub async fn handle(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = deliveries.iter().map(|_| None).collect();
-        let mut by_sale: BTreeMap<Uuid, Vec<(usize, Reservation)>> = BTreeMap::new();
+        let mut by_sale: BTreeMap<(Uuid, u16), Vec<(usize, Reservation)>> = BTreeMap::new();
         let mut barriers = Vec::new();
         for (index, delivery) in deliveries.iter().enumerate() {
             if let Some(mark) = barrier_of(&delivery.body) {
@@ -64,16 +65,17 @@ impl OrderConsumer {
             match delivery.json::<ReservationBatch>("reservation batch") {
                 Ok(batch) => {
                     for reservation in batch.reservations {
-                        by_sale.entry(reservation.sale_id).or_default().push((index, reservation));
+                        let bucket = (reservation.sale_id, reservation.bucket());
+                        by_sale.entry(bucket).or_default().push((index, reservation));
                     }
                 }
                 Err(dead) => outcomes[index] = Some(dead),
             }
         }
         let mut in_hand = self.barrier.hold(by_sale.keys().copied());
-        for (sale_id, group) in by_sale {
-            let Err(err) = self.process(sale_id, &distinct(&group)).await else {
-                in_hand.settled(sale_id);
+        for ((sale_id, bucket), group) in by_sale {
+            let Err(err) = self.process(sale_id, bucket, &distinct(&group)).await else {
+                in_hand.settled((sale_id, bucket));
                 continue;
             };
             let failed: BTreeSet<usize> = group.iter().map(|(index, _)| *index).collect();
@@ -84,7 +86,7 @@ impl OrderConsumer {
                 } else if deliveries[index].last_attempt {
                     let own: Vec<Reservation> =
                         group.iter().filter(|(i, _)| *i == index).map(|(_, r)| r.clone()).collect();
-                    match self.give_up(sale_id, &own).await {
+                    match self.give_up(sale_id, bucket, &own).await {
                         Ok(()) => Outcome::Retry(anyhow::anyhow!("sale {sale_id}: {err}")),
                         Err(unknown) => unknown.outcome(&format!("giving up on sale {sale_id}")),
                     }
@@ -99,19 +101,19 @@ impl OrderConsumer {
         }
         drop(in_hand);
         for (index, mark) in barriers {
-            let sale_id = mark.sale_id;
+            let (sale_id, bucket) = (mark.sale_id, mark.bucket);
             let (outcome, passed) = self.barrier.consider(mark).await;
-            if passed && let Err(err) = self.sales.rebuild(sale_id).await {
-                tracing::warn!(%sale_id, error = %err, "could not load the sale after its barrier passed; the next purchase will");
+            if passed && let Err(err) = self.sales.rebuild(sale_id, bucket).await {
+                tracing::warn!(%sale_id, bucket, error = %err, "could not load the sale after its barrier passed; the next purchase will");
             }
             outcomes[index] = Some(outcome);
         }
         outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Ack)).collect()
     }
 
-    #[tracing::instrument(skip_all, fields(%sale_id, reservations = group.len()))]
-    async fn process(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
-        let keys = self.keys.sale(sale_id);
+    #[tracing::instrument(skip_all, fields(%sale_id, bucket, reservations = group.len()))]
+    async fn process(&self, sale_id: Uuid, bucket: u16, group: &[Reservation]) -> Result<()> {
+        let keys = self.keys.sale_bucket(sale_id, bucket);
         let mut redis = self.redis.clone();
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
         let claimed = hot::claim(&mut redis, &keys, &ids).await?;
@@ -121,7 +123,8 @@ impl OrderConsumer {
         }
 
         let txn = self.db.begin().await?;
-        let Some(sale) = sales::lock(&txn, sale_id, true).await? else {
+        let of = group.first().map_or(1, |r| r.buckets);
+        let Some((sale, locked)) = sales::lock_bucket(&txn, sale_id, bucket, Some(of), true).await? else {
             txn.rollback().await?;
             tracing::error!(%sale_id, "reservations for a sale that does not exist; releasing them");
             let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
@@ -133,14 +136,15 @@ impl OrderConsumer {
             sales::reservations(&txn, &ids).await?.into_iter().map(|row| (row.id, row)).collect();
         let fresh: Vec<&Reservation> = group.iter().copied().filter(|r| !recorded.contains_key(&r.id)).collect();
         let users: Vec<Uuid> = fresh.iter().map(|r| r.user_id).collect();
-        let decisions = decide(&sale, &sales::holdings(&txn, sale_id, users).await?, &fresh);
+        // The bucket's own units: each bucket sells what Redis gave it, and no more.
+        let decisions = decide(&sale, locked.stock_left, &sales::holdings(&txn, sale_id, users).await?, &fresh);
 
         let confirmed_units: i32 =
             decisions.iter().filter(|d| d.order_id.is_some()).map(|d| d.reservation.quantity).sum();
         let version = if confirmed_units > 0 {
-            sales::change_stock(&txn, sale_id, -confirmed_units).await?
+            sales::change_stock(&txn, sale_id, bucket, sale.stock_buckets as u16, -confirmed_units).await?
         } else {
-            sale.version
+            locked.version
         };
         let new_orders: Vec<NewOrder> = decisions.iter().filter_map(|d| d.order(&sale)).collect();
         orders::insert(&txn, &new_orders).await?;
@@ -158,15 +162,15 @@ impl OrderConsumer {
         // are applied again (the scripts are idempotent) in case that delivery died here.
         let mut outcomes: Vec<Recorded> = decisions.iter().map(|d| d.outcome(version)).collect();
         outcomes.extend(recorded.values().map(Recorded::from_row));
-        self.apply(&mut redis, sale_id, &outcomes).await?;
+        self.apply(&mut redis, sale_id, bucket, &outcomes).await?;
         let confirmed = outcomes.iter().filter(|o| o.order_id.is_some()).count() as u64;
         metrics::counter!("reservations_total", "outcome" => "confirmed").increment(confirmed);
         metrics::counter!("reservations_total", "outcome" => "failed").increment(outcomes.len() as u64 - confirmed);
         Ok(())
     }
 
-    async fn apply(&self, redis: &mut Redis, sale_id: Uuid, outcomes: &[Recorded]) -> Result<()> {
-        let keys = self.keys.sale(sale_id);
+    async fn apply(&self, redis: &mut Redis, sale_id: Uuid, bucket: u16, outcomes: &[Recorded]) -> Result<()> {
+        let keys = self.keys.sale_bucket(sale_id, bucket);
         let channel = self.keys.sale_restock_channel();
         let mut by_version: BTreeMap<i64, Vec<Settled>> = BTreeMap::new();
         for o in outcomes.iter().filter(|o| o.order_id.is_some()) {
@@ -196,13 +200,14 @@ impl OrderConsumer {
     /// after a flush. If Postgres or Redis cannot answer, nothing is released and the error
     /// is returned: holding a unit too long is safe, selling it twice is not, and a message
     /// whose dependency is down is held until it answers.
-    async fn give_up(&self, sale_id: Uuid, group: &[Reservation]) -> Result<()> {
+    async fn give_up(&self, sale_id: Uuid, bucket: u16, group: &[Reservation]) -> Result<()> {
         let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
         let txn = self.db.begin().await?;
-        let sale = sales::lock(&txn, sale_id, true).await?;
+        let of = group.first().map_or(1, |r| r.buckets);
+        let sale = sales::lock_bucket(&txn, sale_id, bucket, Some(of), true).await?;
         let recorded: Vec<Uuid> = sales::reservations(&txn, &ids).await?.into_iter().map(|r| r.id).collect();
         let release: Vec<&Reservation> = group.iter().filter(|r| !recorded.contains(&r.id)).collect();
-        if let Some(sale) = sale {
+        if let Some((_, locked)) = sale {
             let rows: Vec<NewReservation> = release
                 .iter()
                 .map(|r| NewReservation {
@@ -217,14 +222,14 @@ impl OrderConsumer {
                     fingerprint: r.fingerprint.clone(),
                 })
                 .collect();
-            sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+            sales::insert_reservations(&txn, sale_id, locked.version, &rows).await?;
         }
         txn.commit().await?;
 
         let ids: Vec<Uuid> = release.iter().map(|r| r.id).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true).await?;
+        hot::fail(&mut redis, &self.keys.sale_bucket(sale_id, bucket), &channel, sale_id, &ids, true).await?;
         let failed: Vec<ReservationProgress> = release
             .iter()
             .map(|r| ReservationProgress::failed(r.id, sale_id, r.user_id, FailureReason::NotProcessed))
@@ -253,7 +258,7 @@ pub async fn handle_restock(db: &DatabaseConnection, redis: &Redis, keys: &Keys,
         .iter()
         .map(|r| hot::Returned { order_id: r.order_id, user_id: r.user_id, quantity: r.quantity })
         .collect();
-    match restock(db, redis, keys, message.sale_id, message.version, &returned).await {
+    match restock(db, redis, keys, message.sale_id, message.buckets, message.version, &returned).await {
         Ok(units) => {
             if units > 0 {
                 tracing::info!(sale_id = %message.sale_id, units, "units back on sale");
@@ -273,11 +278,22 @@ pub async fn restock(
     redis: &Redis,
     keys: &Keys,
     sale_id: Uuid,
+    buckets: u16,
     version: i64,
     returned: &[hot::Returned],
 ) -> Result<i64> {
     let channel = keys.sale_restock_channel();
-    let units = hot::restock(&mut redis.clone(), &keys.sale(sale_id), &channel, sale_id, version, returned).await?;
+    // Each order's units go back to the bucket they came from: its buyer's home.
+    let mut by_bucket: BTreeMap<u16, Vec<hot::Returned>> = BTreeMap::new();
+    for r in returned {
+        let r2 = hot::Returned { order_id: r.order_id, user_id: r.user_id, quantity: r.quantity };
+        by_bucket.entry(Bucket::home(r.user_id, buckets).index).or_default().push(r2);
+    }
+    let mut units = 0;
+    for (bucket, returned) in by_bucket {
+        let keys = keys.sale_bucket(sale_id, bucket);
+        units += hot::restock(&mut redis.clone(), &keys, &channel, sale_id, version, &returned).await?;
+    }
     let order_ids: Vec<Uuid> = returned.iter().map(|r| r.order_id).collect();
     sales::mark_restocked(db, &order_ids).await?;
     Ok(units)
@@ -290,10 +306,10 @@ struct Decision<'a> {
     refusal: Option<FailureReason>,
 }
 
-/// Decides each reservation in arrival order against the sale's Postgres stock and the
-/// buyers' Postgres holdings (the sale row is locked, so these numbers are final).
-fn decide<'a>(sale: &SaleRow, buyers: &[(Uuid, i32)], fresh: &[&'a Reservation]) -> Vec<Decision<'a>> {
-    let mut left = sale.stock_left;
+/// Decides each reservation in arrival order against the Postgres stock of its bucket
+/// (`left`) and the buyers' Postgres holdings (the sale row is locked, so these numbers
+/// are final).
+fn decide<'a>(sale: &SaleRow, mut left: i32, buyers: &[(Uuid, i32)], fresh: &[&'a Reservation]) -> Vec<Decision<'a>> {
     let mut held: HashMap<Uuid, i32> = buyers.iter().copied().collect();
     fresh
         .iter()
@@ -426,6 +442,7 @@ mod tests {
             payment_timeout_secs: 60,
             version: 0,
             created_at: Utc::now(),
+            stock_buckets: 1,
         }
     }
 
@@ -439,6 +456,7 @@ mod tests {
             reserved_at: Utc::now(),
             idempotency_key: None,
             fingerprint: None,
+            buckets: 1,
         }
     }
 
@@ -447,7 +465,7 @@ mod tests {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let reservations = [reservation(a, 1), reservation(b, 2), reservation(c, 1)];
         let refs: Vec<&Reservation> = reservations.iter().collect();
-        let decisions = decide(&sale(2, 5), &[], &refs);
+        let decisions = decide(&sale(2, 5), 2, &[], &refs);
         let refusals: Vec<Option<FailureReason>> = decisions.iter().map(|d| d.refusal).collect();
         assert_eq!(refusals, [None, Some(FailureReason::SoldOut), None]);
     }
@@ -457,7 +475,7 @@ mod tests {
         let a = Uuid::now_v7();
         let reservations = [reservation(a, 1), reservation(a, 1)];
         let refs: Vec<&Reservation> = reservations.iter().collect();
-        let decisions = decide(&sale(10, 2), &[(a, 1)], &refs);
+        let decisions = decide(&sale(10, 2), 10, &[(a, 1)], &refs);
         assert_eq!(decisions[0].refusal, None);
         assert_eq!(decisions[1].refusal, Some(FailureReason::LimitReached));
         assert_eq!(holdings(&decisions), vec![(a, 1)]);
@@ -469,7 +487,7 @@ mod tests {
         let reservations = [reservation(a, 3)];
         let refs: Vec<&Reservation> = reservations.iter().collect();
         let sale = sale(10, 5);
-        let decisions = decide(&sale, &[], &refs);
+        let decisions = decide(&sale, sale.stock_left, &[], &refs);
         let order = decisions[0].order(&sale).unwrap();
         assert_eq!(order.total, Decimal::new(2997, 2));
         assert_eq!(order.kind, "sale");

@@ -8,6 +8,7 @@ use domain::order::{NewOrderItem, OrderKind, OrderStatus};
 use domain::{IdempotencyKey, Money, PageRequest, Sort, SortDir};
 use platform::Redis;
 use repo::cache::Keys;
+use repo::cache::buckets::Bucket;
 use repo::db::orders::{self, Finish, Finished, NewLine, NewOrder, OrderItemRow, OrderRow};
 use repo::db::outbox::{self, Outgoing};
 use repo::db::{Page, idempotency, products, sales};
@@ -363,13 +364,17 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
     if order_ids.is_empty() {
         return Ok(());
     }
-    let mut by_sale: BTreeMap<Uuid, Vec<sales::OrderUnits>> = BTreeMap::new();
+    // Per stock bucket: each order's units go back to the bucket they came from (its
+    // buyer's home bucket).
+    let mut by_sale: BTreeMap<(Uuid, u16), Vec<sales::OrderUnits>> = BTreeMap::new();
     for units in sales::units_of_orders(txn, order_ids).await? {
-        by_sale.entry(units.sale_id).or_default().push(units);
+        let bucket = Bucket::home(units.user_id, units.stock_buckets as u16).index;
+        by_sale.entry((units.sale_id, bucket)).or_default().push(units);
     }
-    for (sale_id, units) in by_sale {
+    for ((sale_id, bucket), units) in by_sale {
+        let buckets = units.first().map_or(1, |u| u.stock_buckets as u16);
         let total: i32 = units.iter().map(|u| u.quantity).sum();
-        let version = sales::change_stock(txn, sale_id, total).await?;
+        let version = sales::change_stock(txn, sale_id, bucket, buckets, total).await?;
         let mut released: BTreeMap<Uuid, i32> = BTreeMap::new();
         for u in &units {
             *released.entry(u.user_id).or_default() += u.quantity;
@@ -385,6 +390,7 @@ async fn return_sale_units(txn: &DatabaseTransaction, order_ids: &[Uuid]) -> Res
                 .iter()
                 .map(|u| ReturnedUnits { order_id: u.order_id, user_id: u.user_id, quantity: u.quantity })
                 .collect(),
+            buckets,
         };
         outbox::enqueue(txn, Outgoing { routing_key: SALE_RESTOCK.key, payload: &payload, delay_ms: None }).await?;
     }

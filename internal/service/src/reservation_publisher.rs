@@ -221,13 +221,13 @@ impl PublisherTask {
     /// already claimed by the consumer). One the reaper undid first is left out: its buyer
     /// gets 503, and the consumer drops its message.
     async fn mark_published(&self, batch: &[Reservation]) -> HashSet<Uuid> {
-        let mut by_sale: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        let mut by_bucket: BTreeMap<(Uuid, u16), Vec<Uuid>> = BTreeMap::new();
         for r in batch {
-            by_sale.entry(r.sale_id).or_default().push(r.id);
+            by_bucket.entry((r.sale_id, r.bucket())).or_default().push(r.id);
         }
         let mut published = HashSet::with_capacity(batch.len());
-        for (sale_id, ids) in by_sale {
-            match hot::mark_published(&mut self.redis.clone(), &self.keys.sale(sale_id), &ids).await {
+        for ((sale_id, bucket), ids) in by_bucket {
+            match hot::mark_published(&mut self.redis.clone(), &self.keys.sale_bucket(sale_id, bucket), &ids).await {
                 Ok(flags) => published.extend(ids.iter().zip(flags).filter_map(|(id, ok)| ok.then_some(*id))),
                 Err(err) => tracing::warn!(%sale_id, error = %err, "could not mark reservations published"),
             }
@@ -263,6 +263,7 @@ mod tests {
             reserved_at: Utc::now(),
             idempotency_key: None,
             fingerprint: None,
+            buckets: 1,
         }
     }
 

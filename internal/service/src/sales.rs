@@ -17,6 +17,7 @@ use domain::sale::{NewSale, SaleStatus};
 use domain::{IdempotencyKey, Money, PageRequest};
 use platform::Redis;
 use platform::config::SaleSettings;
+use repo::cache::buckets::{self, Bucket};
 use repo::cache::sales::{self as hot, Reserve, Snapshot};
 use repo::cache::{Keys, reservations};
 use repo::db::Page;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::jwt::Caller;
 use crate::reservation_publisher::ReservationPublisher;
 use crate::singleflight::SingleFlight;
+use crate::transfers::{Refill, Transfers};
 use crate::undo::Undo;
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub struct SaleView {
     pub per_user_limit: i32,
     pub payment_timeout_secs: i32,
     pub status: SaleStatus,
+    pub stock_buckets: i32,
 }
 
 impl SaleView {
@@ -66,6 +69,7 @@ impl SaleView {
             end_at: row.end_at,
             per_user_limit: row.per_user_limit,
             payment_timeout_secs: row.payment_timeout_secs,
+            stock_buckets: row.stock_buckets,
         }
     }
 }
@@ -125,10 +129,19 @@ pub struct SaleService {
     products: ProductCache,
     publisher: ReservationPublisher,
     undo: Undo,
+    transfers: Transfers,
+    /// How many stock buckets each sale has (fixed at creation), so that the purchase path
+    /// finds a buyer's home bucket without asking Postgres more than once per sale.
+    bucket_counts: Arc<RwLock<HashMap<Uuid, u16>>>,
+    /// One lookup of a sale's bucket count per instance at a time.
+    count_lookups: Arc<SingleFlight<Uuid, Result<Option<u16>, String>>>,
+    /// One refill of a dry bucket per instance at a time: the buyers of that bucket who
+    /// find it dry together wait for the same transfer.
+    refills: Arc<SingleFlight<(Uuid, u16), Result<Refill, String>>>,
     /// Set by [`SaleService::with_barrier`]; without one a lost hot state is never rebuilt.
     barrier: Option<RebuildBarrier>,
     flags: Arc<SoldOutFlags>,
-    rebuilds: Arc<SingleFlight<Uuid, Result<bool, String>>>,
+    rebuilds: Arc<SingleFlight<(Uuid, u16), Result<bool, String>>>,
     settings: SaleSettings,
     idempotency_ttl: Duration,
 }
@@ -146,7 +159,57 @@ impl SaleService {
         let flags = Arc::new(SoldOutFlags::new(Duration::from_millis(settings.sold_out_flag_ms)));
         let undo = Undo::new(db.clone(), redis.clone(), keys.clone(), settings.reservation_status_ttl_secs.get());
         let rebuilds = Arc::default();
-        Self { db, redis, keys, products, publisher, undo, barrier: None, flags, rebuilds, settings, idempotency_ttl }
+        let transfers = Transfers::new(db.clone(), redis.clone(), keys.clone());
+        Self {
+            db,
+            redis,
+            keys,
+            products,
+            publisher,
+            undo,
+            transfers,
+            bucket_counts: Arc::default(),
+            count_lookups: Arc::default(),
+            refills: Arc::default(),
+            barrier: None,
+            flags,
+            rebuilds,
+            settings,
+            idempotency_ttl,
+        }
+    }
+
+    /// The transfers between stock buckets (the worker's sweeper uses the same).
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
+    /// How many stock buckets the sale has (`NotFound` when there is no such sale).
+    async fn bucket_count(&self, sale_id: Uuid) -> Result<u16> {
+        if let Some(n) = self.bucket_counts.read().expect("bucket counts poisoned").get(&sale_id) {
+            return Ok(*n);
+        }
+        let lookup = || async {
+            let row = sales::find(&self.db, sale_id).await.map_err(|e| e.to_string())?;
+            Ok(row.map(|row| row.stock_buckets.clamp(1, 64) as u16))
+        };
+        let found = self.count_lookups.run(sale_id, lookup).await.map_err(|e| Error::Unavailable {
+            service: "postgres",
+            cause: Some(anyhow::anyhow!("looking up the buckets of sale {sale_id}: {e}")),
+        })?;
+        let n = found.ok_or(Error::NotFound("sale"))?;
+        self.bucket_counts.write().expect("bucket counts poisoned").insert(sale_id, n);
+        Ok(n)
+    }
+
+    /// [`Transfers::refill`], shared by this instance's buyers of the same dry bucket.
+    async fn refill(&self, sale_id: Uuid, home: Bucket, want: i64) -> Result<Refill> {
+        let transfers = &self.transfers;
+        let refill = || async { transfers.refill(sale_id, home.index, home.of, want).await.map_err(|e| e.to_string()) };
+        self.refills.run((sale_id, home.index), refill).await.map_err(|e| Error::Unavailable {
+            service: "redis",
+            cause: Some(anyhow::anyhow!("moving units to bucket {} of sale {sale_id}: {e}", home.index)),
+        })
     }
 
     /// The barrier a rebuild waits for ([`crate::barrier`]).
@@ -179,6 +242,7 @@ impl SaleService {
                 end_at: new.end_at,
                 per_user_limit: new.per_user_limit as i32,
                 payment_timeout_secs: new.payment_timeout_secs as i32,
+                buckets: buckets::split(new.stock as i32, new.stock_buckets),
             },
         )
         .await?;
@@ -207,7 +271,7 @@ impl SaleService {
         let rows = sales::list(&self.db, page.offset(), page.page_size, current).await?;
         let mut items = Vec::with_capacity(rows.items.len());
         for row in rows.items {
-            let remaining = self.live_remaining(row.id).await;
+            let remaining = self.live_remaining(row.id, row.stock_buckets).await;
             items.push(SaleView::new(row, remaining));
         }
         Ok(Page { items, total: rows.total })
@@ -216,12 +280,18 @@ impl SaleService {
     /// The sale with its live `remaining` from Redis (or Postgres when Redis has no state).
     pub async fn get(&self, id: Uuid) -> Result<SaleView> {
         let row = sales::find(&self.db, id).await?.ok_or(Error::NotFound("sale"))?;
-        let remaining = self.live_remaining(id).await;
+        let remaining = self.live_remaining(id, row.stock_buckets).await;
         Ok(SaleView::new(row, remaining))
     }
 
-    async fn live_remaining(&self, id: Uuid) -> Option<i64> {
-        hot::remaining(&mut self.redis.clone(), &self.keys.sale(id)).await.ok().flatten()
+    /// The sum over the sale's buckets (`None` when one is not in Redis: Postgres answers).
+    async fn live_remaining(&self, id: Uuid, buckets: i32) -> Option<i64> {
+        let mut redis = self.redis.clone();
+        let mut sum = 0;
+        for bucket in 0..buckets.max(1) as u16 {
+            sum += hot::remaining(&mut redis, &self.keys.sale_bucket(id, bucket)).await.ok().flatten()?.max(0);
+        }
+        Some(sum)
     }
 
     /// The hot path: flag, Lua reservation, confirmed publish. Returns the reservation id
@@ -257,7 +327,9 @@ impl SaleService {
     ) -> Result<Uuid> {
         let epoch = self.flags.epoch();
         let reservation_id = Uuid::now_v7();
-        let keys = self.keys.sale(sale_id);
+        let buckets = self.bucket_count(sale_id).await?;
+        let home = Bucket::home(user_id, buckets);
+        let keys = self.keys.sale_bucket(sale_id, home.index);
         let fingerprint = fingerprint(quantity);
         let ask = hot::Ask {
             user_id,
@@ -273,7 +345,30 @@ impl SaleService {
         let mut answer = hot::reserve(&mut redis, &keys, &ask).await?;
         metrics::histogram!("reserve_script_seconds").record(started.elapsed().as_secs_f64());
         if answer == Reserve::Missing {
-            self.rebuild(sale_id).await?;
+            self.rebuild(sale_id, home.index).await?;
+            answer = hot::reserve(&mut redis, &keys, &ask).await?;
+        }
+        // The home bucket ran dry: move units over from the others while they have some. A
+        // sale of several buckets is sold out only when every bucket is dry and no transfer
+        // is on its way; a short wait covers a transfer in progress, then 503 (never a false
+        // sold-out, which would set the local flag).
+        let mut rounds = 0;
+        while buckets > 1
+            && let Reserve::SoldOut { left } = answer
+        {
+            rounds += 1;
+            let want = i64::from(quantity.get()) - left.max(0);
+            match self.refill(sale_id, home, want).await? {
+                Refill::Moved => {}
+                // Nobody can say it is sold out until that bucket is back.
+                Refill::Missing(bucket) => self.rebuild(sale_id, bucket).await?,
+                Refill::Dry { others: 0, pending: false } => break,
+                Refill::Dry { .. } if rounds < 100 => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Refill::Dry { .. } => {
+                    metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
+                    return Err(Error::unavailable("redis"));
+                }
+            }
             answer = hot::reserve(&mut redis, &keys, &ask).await?;
         }
         let outcome = match answer {
@@ -291,6 +386,7 @@ impl SaleService {
                     reserved_at: Utc::now(),
                     idempotency_key: key.map(|k| k.as_str().to_owned()),
                     fingerprint: key.map(|_| fingerprint.clone()),
+                    buckets,
                 };
                 return self.publish(reservation).await;
             }
@@ -322,7 +418,7 @@ impl SaleService {
             return Ok(id);
         }
         let held = hot::Held { reservation_id: id, user_id: reservation.user_id, quantity: reservation.quantity };
-        if !self.undo.reservation(reservation.sale_id, held).await? {
+        if !self.undo.reservation_in(reservation.sale_id, reservation.bucket(), held).await? {
             metrics::counter!("purchases_total", "outcome" => "reserved").increment(1);
             return Ok(id);
         }
@@ -332,13 +428,14 @@ impl SaleService {
 
     /// Rebuilds the hot state after Redis lost it, once the reservations accepted before
     /// the loss have been processed ([`crate::barrier`]); until then `Error::Rebuilding`.
-    pub async fn rebuild(&self, sale_id: Uuid) -> Result<()> {
+    /// A sale split into buckets rebuilds only the bucket that was lost.
+    pub async fn rebuild(&self, sale_id: Uuid, bucket: u16) -> Result<()> {
         let barrier = self.barrier.as_ref().ok_or(Error::Rebuilding)?;
-        if !barrier.pass(sale_id).await? {
+        if !barrier.pass(sale_id, bucket).await? {
             return Ok(());
         }
-        self.load_hot_state(sale_id).await?;
-        barrier.finish(sale_id).await
+        self.load_bucket(sale_id, bucket).await?;
+        barrier.finish(sale_id, bucket).await
     }
 
     /// Loads the hot state from Postgres if Redis has none (one load per sale per instance
@@ -346,39 +443,63 @@ impl SaleService {
     /// sale row is share-locked while it is read and loaded, so no commit of the order
     /// consumer or of a close can fall between the snapshot and the load.
     pub async fn load_hot_state(&self, sale_id: Uuid) -> Result<()> {
-        let found = self.rebuilds.run(sale_id, || self.load(sale_id)).await.map_err(|e| Error::Unavailable {
-            service: "redis",
-            cause: Some(anyhow::anyhow!("rebuilding the hot state of sale {sale_id} failed: {e}")),
+        let buckets = self.bucket_count(sale_id).await?;
+        for bucket in 0..buckets {
+            self.load_bucket(sale_id, bucket).await?;
+        }
+        Ok(())
+    }
+
+    /// [`SaleService::load_hot_state`] of one stock bucket.
+    async fn load_bucket(&self, sale_id: Uuid, bucket: u16) -> Result<()> {
+        let found = self.rebuilds.run((sale_id, bucket), || self.load(sale_id, bucket)).await.map_err(|e| {
+            Error::Unavailable {
+                service: "redis",
+                cause: Some(anyhow::anyhow!(
+                    "rebuilding the hot state of sale {sale_id} (bucket {bucket}) failed: {e}"
+                )),
+            }
         })?;
         if found { Ok(()) } else { Err(Error::NotFound("sale")) }
     }
 
-    async fn load(&self, sale_id: Uuid) -> Result<bool, String> {
+    /// One bucket from Postgres: its row's units, the buyers whose home it is (with their
+    /// keys), and the transfers it received.
+    async fn load(&self, sale_id: Uuid, bucket: u16) -> Result<bool, String> {
         let txn = self.db.begin().await.map_err(|e| e.to_string())?;
-        let Some(row) = sales::lock(&txn, sale_id, false).await.map_err(|e| e.to_string())? else {
+        let locked = sales::lock_bucket(&txn, sale_id, bucket, None, false).await.map_err(|e| e.to_string())?;
+        let Some((row, locked)) = locked else {
             return Ok(false);
         };
-        let buyers = sales::buyers(&txn, sale_id).await.map_err(|e| e.to_string())?;
+        let of = row.stock_buckets.clamp(1, 64) as u16;
+        let home = |user: &Uuid| Bucket::home(*user, of).index == bucket;
+        let mut buyers = sales::buyers(&txn, sale_id).await.map_err(|e| e.to_string())?;
+        buyers.retain(|(user, _)| home(user));
         let since = Utc::now() - self.idempotency_ttl;
-        let keys = sales::idempotency_keys(&txn, sale_id, since).await.map_err(|e| e.to_string())?;
+        let mut keys = sales::idempotency_keys(&txn, sale_id, since).await.map_err(|e| e.to_string())?;
+        keys.retain(|k| home(&k.user_id));
+        let stock_left = locked.stock_left;
+        let received =
+            if of > 1 { sales::received(&txn, sale_id, bucket).await.map_err(|e| e.to_string())? } else { Vec::new() };
         let expire_at = (row.end_at + chrono::Duration::days(1)).max(Utc::now() + chrono::Duration::hours(1));
         let snapshot = Snapshot {
             start_ms: row.start_at.timestamp_millis(),
             end_ms: row.end_at.timestamp_millis(),
             per_user_limit: row.per_user_limit,
-            stock_left: row.stock_left,
-            version: row.version,
+            stock_left,
+            version: locked.version,
             generation: Uuid::new_v4().simple().to_string(),
             expire_at_ms: expire_at.timestamp_millis(),
             buyers,
             keys: keys.into_iter().map(key_record).collect(),
             idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
+            received,
         };
-        let loaded =
-            hot::load(&mut self.redis.clone(), &self.keys.sale(sale_id), &snapshot).await.map_err(|e| e.to_string())?;
+        let keys = self.keys.sale_bucket(sale_id, bucket);
+        let loaded = hot::load(&mut self.redis.clone(), &keys, &snapshot).await.map_err(|e| e.to_string())?;
         txn.commit().await.map_err(|e| e.to_string())?;
         if loaded {
-            tracing::info!(%sale_id, version = row.version, stock_left = row.stock_left, "sale hot state loaded from Postgres");
+            tracing::info!(%sale_id, bucket, version = locked.version, stock_left, "sale hot state loaded from Postgres");
             self.flags.clear(sale_id);
         }
         Ok(true)

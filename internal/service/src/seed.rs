@@ -99,6 +99,7 @@ async fn new_sale(services: &Services, admin: &Caller, product_id: Uuid, now: Da
         end_at: now + WINDOW,
         per_user_limit: 2,
         payment_timeout_secs: 300,
+        stock_buckets: 1,
     })?;
     let sale = services.sales.create(admin, sale).await?;
     Ok(Demo { id: sale.id, created: true, end_at: sale.end_at })

@@ -43,30 +43,35 @@ impl Undo {
     /// Undoes a reservation whose message was not confirmed. `false`: it stands (the order
     /// consumer claimed it or already made its order), so the buyer is told 202.
     pub async fn reservation(&self, sale_id: Uuid, held: Held) -> Result<bool> {
-        let keys = self.keys.sale(sale_id);
+        self.reservation_in(sale_id, 0, held).await
+    }
+
+    /// [`Undo::reservation`] of a reservation made in stock bucket `bucket`.
+    pub async fn reservation_in(&self, sale_id: Uuid, bucket: u16, held: Held) -> Result<bool> {
+        let keys = self.keys.sale_bucket(sale_id, bucket);
         if !hot::undo(&mut self.redis.clone(), &keys, held.reservation_id).await? {
             return Ok(false);
         }
-        let stands = self.finish(sale_id, &[held]).await?;
+        let stands = self.finish(sale_id, bucket, &[held]).await?;
         Ok(stands.is_empty())
     }
 
-    /// One reaper round for one sale: undoes the reservations past their deadline that
-    /// were neither published nor claimed. Returns how many were released.
-    pub async fn reap(&self, sale_id: Uuid) -> Result<usize> {
-        let overdue = hot::reap(&mut self.redis.clone(), &self.keys.sale(sale_id), REAP_BATCH).await?;
+    /// One reaper round for one bucket of a sale: undoes the reservations past their
+    /// deadline that were neither published nor claimed. Returns how many were released.
+    pub async fn reap(&self, sale_id: Uuid, bucket: u16) -> Result<usize> {
+        let overdue = hot::reap(&mut self.redis.clone(), &self.keys.sale_bucket(sale_id, bucket), REAP_BATCH).await?;
         if overdue.is_empty() {
             return Ok(0);
         }
-        let stands = self.finish(sale_id, &overdue).await?;
+        let stands = self.finish(sale_id, bucket, &overdue).await?;
         Ok(overdue.len() - stands.len())
     }
 
     /// Records the undone reservations in Postgres, then releases them in Redis, except
     /// those whose order Postgres already has (returned). If Postgres cannot answer, Redis's
     /// decision is acted on alone: see docs/reliability.md for the window this leaves.
-    async fn finish(&self, sale_id: Uuid, undone: &[Held]) -> Result<Vec<Uuid>> {
-        let stands = match self.record(sale_id, undone).await {
+    async fn finish(&self, sale_id: Uuid, bucket: u16, undone: &[Held]) -> Result<Vec<Uuid>> {
+        let stands = match self.record(sale_id, bucket, undone).await {
             Ok(stands) => stands,
             Err(err) => {
                 tracing::warn!(%sale_id, error = %err, "undo not recorded in Postgres; releasing on Redis's decision");
@@ -77,7 +82,7 @@ impl Undo {
         let ids: Vec<Uuid> = release.iter().map(|o| o.reservation_id).collect();
         let mut redis = self.redis.clone();
         let channel = self.keys.sale_restock_channel();
-        hot::fail(&mut redis, &self.keys.sale(sale_id), &channel, sale_id, &ids, true).await?;
+        hot::fail(&mut redis, &self.keys.sale_bucket(sale_id, bucket), &channel, sale_id, &ids, true).await?;
         let failed: Vec<ReservationProgress> = release
             .iter()
             .map(|o| {
@@ -88,11 +93,11 @@ impl Undo {
         Ok(stands)
     }
 
-    /// Under the sale's row lock: the reservations the consumer already made orders of, and
+    /// Under the lock of the bucket's stock (the sale row for a sale of one bucket): the reservations the consumer already made orders of, and
     /// a `failed` record for each one nobody recorded yet.
-    async fn record(&self, sale_id: Uuid, undone: &[Held]) -> Result<Vec<Uuid>> {
+    async fn record(&self, sale_id: Uuid, bucket: u16, undone: &[Held]) -> Result<Vec<Uuid>> {
         let txn = self.db.begin().await?;
-        let Some(sale) = sales::lock(&txn, sale_id, true).await? else {
+        let Some((_, locked)) = sales::lock_bucket(&txn, sale_id, bucket, None, true).await? else {
             txn.rollback().await?;
             return Ok(Vec::new());
         };
@@ -114,7 +119,7 @@ impl Undo {
                 fingerprint: None,
             })
             .collect();
-        sales::insert_reservations(&txn, sale_id, sale.version, &rows).await?;
+        sales::insert_reservations(&txn, sale_id, locked.version, &rows).await?;
         txn.commit().await?;
         Ok(stands)
     }
@@ -133,14 +138,16 @@ pub async fn reap_forever(undo: Undo, every: Duration, stop: CancellationToken) 
                 continue;
             }
         };
-        for sale_id in sales {
-            match undo.reap(sale_id).await {
-                Ok(0) => {}
-                Ok(released) => {
-                    tracing::warn!(%sale_id, released, "reaper undid reservations nobody finished");
-                    metrics::counter!("reservations_reaped_total").increment(released as u64);
+        for (sale_id, buckets) in sales {
+            for bucket in 0..buckets.max(1) {
+                match undo.reap(sale_id, bucket).await {
+                    Ok(0) => {}
+                    Ok(released) => {
+                        tracing::warn!(%sale_id, bucket, released, "reaper undid reservations nobody finished");
+                        metrics::counter!("reservations_reaped_total").increment(released as u64);
+                    }
+                    Err(err) => tracing::warn!(%sale_id, bucket, error = %err, "reaper round failed"),
                 }
-                Err(err) => tracing::warn!(%sale_id, error = %err, "reaper round failed"),
             }
         }
     }

@@ -8,6 +8,7 @@ use platform::Redis;
 use repo::cache::Keys;
 use repo::cache::auctions as live_state;
 use repo::cache::barrier as barrier_marks;
+use repo::cache::buckets::Bucket;
 use repo::cache::returns;
 use repo::cache::sales as hot;
 use repo::db::{auctions, sales};
@@ -79,9 +80,51 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
         format!("buyer holdings match their orders ({} mismatch(es))", ledger.buyer_mismatches),
     );
 
-    returned_once(&mut report, db, redis, keys, sale_id).await?;
+    let of = sale.stock_buckets.clamp(1, 64) as u16;
+    returned_once(&mut report, db, redis, keys, sale_id, of).await?;
 
-    match hot_state_or_rebuilt(redis, keys, sale_id).await? {
+    let mut moving = 0;
+    if of > 1 {
+        let rows = sales::bucket_stock(db, sale_id).await?;
+        let sum: i64 = rows.iter().map(|&r| i64::from(r)).sum();
+        report.check(
+            rows.len() == usize::from(of) && sum == left,
+            format!("postgres: {} bucket rows of {of} hold {sum} units = left {left}", rows.len()),
+        );
+        let mut per_bucket = Vec::new();
+        let mut drained = true;
+        for bucket in 0..of {
+            let bucket_keys = keys.sale_bucket(sale_id, bucket);
+            moving += hot::moves(&mut redis.clone(), &bucket_keys).await?.iter().map(|m| m.units).sum::<i64>();
+            if let Some(state) = hot::inspect(&mut redis.clone(), &bucket_keys).await? {
+                drained &= state.inflight.values().all(|&q| q == 0);
+                per_bucket.push((bucket, state.stock, rows.get(usize::from(bucket)).copied().map(i64::from)));
+            }
+        }
+        if drained && moving == 0 && per_bucket.len() == usize::from(of) {
+            let wrong: Vec<String> = per_bucket
+                .iter()
+                .filter(|(_, redis, postgres)| Some(*redis) != *postgres)
+                .map(|(bucket, redis, postgres)| format!("bucket {bucket}: redis {redis}, postgres {postgres:?}"))
+                .collect();
+            report.check(
+                wrong.is_empty(),
+                format!(
+                    "every bucket: redis remaining = its postgres row ({})",
+                    if wrong.is_empty() { "all agree".to_owned() } else { wrong.join(", ") }
+                ),
+            );
+        } else {
+            report.check(
+                true,
+                format!(
+                    "buckets not compared one by one: {moving} unit(s) moving between buckets, or reservations queued"
+                ),
+            );
+        }
+    }
+
+    match hot_state_or_rebuilt(redis, keys, sale_id, of).await? {
         None if (sale.start_at..sale.end_at).contains(&Utc::now()) => report.check(
             false,
             "redis: an active sale has no hot state (the next purchase rebuilds it from Postgres; verify again after one)",
@@ -98,13 +141,13 @@ pub async fn sale(db: &DatabaseConnection, redis: &Redis, keys: &Keys, sale_id: 
             );
             let queued: i64 = state.inflight.values().sum();
             report.check(
-                ledger.holding_units + queued == stock - state.stock,
+                ledger.holding_units + queued + moving == stock - state.stock,
                 format!(
-                    "redis: orders {} + queued reservations {queued} = allocated {stock} - remaining {}",
+                    "redis: orders {} + queued reservations {queued} + units moving between buckets {moving} = allocated {stock} - remaining {}",
                     ledger.holding_units, state.stock
                 ),
             );
-            if queued == 0 {
+            if queued == 0 && moving == 0 {
                 report.check(
                     state.stock == left,
                     format!("drained: redis remaining {} = postgres left {left}", state.stock),
@@ -143,14 +186,24 @@ async fn returned_once(
     redis: &Redis,
     keys: &Keys,
     sale_id: Uuid,
+    of: u16,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
     let mut looks = 0;
     let returns = loop {
-        // Redis first: whatever it counts was closed in Postgres before.
-        let (snap, in_redis) = returns::returned(&mut redis.clone(), &keys.sale(sale_id)).await?;
+        // Redis first: whatever it counts was closed in Postgres before. Bucket by bucket:
+        // an order's units go back to its buyer's home bucket.
+        let mut seen = Vec::new();
+        for bucket in 0..of {
+            seen.push(returns::returned(&mut redis.clone(), &keys.sale_bucket(sale_id, bucket)).await?);
+        }
         let orders = sales::order_returns(db, sale_id).await?;
-        let returns = Returns::count(&orders, snap, &in_redis);
+        let mut returns = Returns::default();
+        for (bucket, (snap, in_redis)) in seen.iter().enumerate() {
+            let mine: Vec<sales::OrderReturn> =
+                orders.iter().filter(|o| usize::from(Bucket::home(o.user_id, of).index) == bucket).cloned().collect();
+            returns.add(Returns::count(&mine, *snap, in_redis));
+        }
         looks += 1;
         // A finding is looked at twice (a restock may have landed between the two reads);
         // work in flight is waited for.
@@ -225,6 +278,15 @@ impl Returns {
         found
     }
 
+    fn add(&mut self, other: Returns) {
+        self.never += other.never;
+        self.while_held += other.while_held;
+        self.missing += other.missing;
+        self.twice += other.twice;
+        self.stuck += other.stuck;
+        self.in_flight += other.in_flight;
+    }
+
     fn clean(&self) -> bool {
         self.never + self.while_held + self.missing + self.twice + self.stuck == 0
     }
@@ -234,10 +296,26 @@ impl Returns {
 /// then comes back once the reservations queued before the loss are processed, and that is
 /// work in flight, not a fault. The wait is bounded by the barrier's own lifetime
 /// (`sales.rebuild_barrier_timeout_ms`: its marker expires with it).
-async fn hot_state_or_rebuilt(redis: &Redis, keys: &Keys, sale_id: Uuid) -> Result<Option<hot::HotState>> {
-    let barrier = keys.barrier(sale_id);
+/// With several stock buckets: all of them summed (buyers are disjoint, each buyer has one
+/// home bucket); `None` when one is missing.
+async fn hot_state_or_rebuilt(redis: &Redis, keys: &Keys, sale_id: Uuid, of: u16) -> Result<Option<hot::HotState>> {
+    let mut total = hot::HotState::default();
+    for bucket in 0..of {
+        let Some(state) = bucket_or_rebuilt(redis, keys, sale_id, bucket).await? else { return Ok(None) };
+        total.stock += state.stock;
+        total.buyers.extend(state.buyers);
+        for (user, qty) in state.inflight {
+            *total.inflight.entry(user).or_default() += qty;
+        }
+        total.inflight_ids.extend(state.inflight_ids);
+    }
+    Ok(Some(total))
+}
+
+async fn bucket_or_rebuilt(redis: &Redis, keys: &Keys, sale_id: Uuid, bucket: u16) -> Result<Option<hot::HotState>> {
+    let barrier = keys.barrier_bucket(sale_id, bucket);
     loop {
-        if let Some(state) = hot::inspect(&mut redis.clone(), &keys.sale(sale_id)).await? {
+        if let Some(state) = hot::inspect(&mut redis.clone(), &keys.sale_bucket(sale_id, bucket)).await? {
             return Ok(Some(state));
         }
         if barrier_marks::current(&mut redis.clone(), &barrier).await?.is_none() {

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::OutboxRelay;
-use crate::{Deps, Services, closer, order_consumer, undo};
+use crate::{Deps, Services, closer, order_consumer, transfers, undo};
 
 pub struct Workers {
     tasks: JoinSet<()>,
@@ -83,6 +83,7 @@ pub fn spawn(services: &Services, stop: CancellationToken) -> Workers {
     let deadline = Duration::from_millis(settings.sales.reservation_deadline_ms.get());
     let reaper = services.undo.clone();
     workers.tasks.spawn(undo::reap_forever(reaper, (deadline / 4).max(Duration::from_millis(100)), stop.clone()));
+    workers.tasks.spawn(transfers::sweep_forever(services.transfers.clone(), transfers::SWEEP_AFTER / 3, stop.clone()));
     workers.tasks.spawn(closer::sweep_restocks(
         deps.db.clone(),
         deps.redis.clone(),

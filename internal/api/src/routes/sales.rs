@@ -44,6 +44,12 @@ pub struct CreateSaleRequest {
     pub per_user_limit: i64,
     /// How long a buyer has to pay before the order closes and the units sell again.
     pub payment_timeout_secs: i64,
+    /// Buckets the stock is split into (default 1, at most 64, at most `stock`): each lives
+    /// on its own Redis hash tag, so a hot sale spreads over the masters of a Redis Cluster.
+    /// A buyer reserves from their home bucket; units move between buckets as they run dry.
+    #[serde(default = "one")]
+    #[oai(default = "one")]
+    pub stock_buckets: i64,
 }
 
 #[derive(Debug, Object, Deserialize)]
@@ -64,8 +70,10 @@ pub struct SaleResponse {
     pub price: String,
     /// Units allocated to the sale.
     pub stock: i32,
-    /// Units still for sale, live from Redis.
+    /// Units still for sale, live from Redis (the sum over the stock buckets).
     pub remaining: i64,
+    /// Buckets the stock is split into.
+    pub stock_buckets: i32,
     pub start_at: DateTime<Utc>,
     pub end_at: DateTime<Utc>,
     pub per_user_limit: i32,
@@ -85,6 +93,7 @@ impl From<SaleView> for SaleResponse {
             price: sale.price.to_string(),
             stock: sale.stock,
             remaining: sale.remaining,
+            stock_buckets: sale.stock_buckets,
             start_at: sale.start_at,
             end_at: sale.end_at,
             per_user_limit: sale.per_user_limit,
@@ -178,6 +187,7 @@ impl SalesApi {
             end_at: b.end_at,
             per_user_limit: b.per_user_limit,
             payment_timeout_secs: b.payment_timeout_secs,
+            stock_buckets: b.stock_buckets,
         })?;
         let sale = self.sales.create(auth.caller(), new).await?;
         Ok(SaleCreated::Created(ok(sale.into())))

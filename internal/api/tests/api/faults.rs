@@ -181,6 +181,7 @@ async fn queues_a_running_process_publishes_to_outlive_a_tiny_expiry() {
             user_id: uuid::Uuid::now_v7(),
             quantity: 1,
         }],
+        buckets: 1,
     };
     let message = repo::mq::Message {
         exchange: deps.topology().exchange(),
@@ -434,6 +435,7 @@ pub(crate) async fn reserve_with_deadline(
         reserved_at: Utc::now(),
         idempotency_key: None,
         fingerprint: None,
+        buckets: 1,
     };
     let body = serde_json::to_vec(&repo::mq::messages::ReservationBatch { reservations: vec![reservation] }).unwrap();
     repo::mq::Delivery { body, headers: Default::default(), attempt: 1, last_attempt: false }

@@ -16,6 +16,7 @@ mod redis_server;
 mod auctions;
 mod auth;
 mod bid_durability;
+mod buckets;
 mod buy_now;
 mod catalog;
 mod contract;

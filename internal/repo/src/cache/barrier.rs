@@ -22,8 +22,14 @@ pub struct BarrierKeys {
 }
 
 impl Keys {
+    /// The barrier of a sale of one bucket (bucket 0 of any sale).
     pub fn barrier(&self, sale_id: Uuid) -> BarrierKeys {
-        let tag = format!("{}:{{sale:{sale_id}}}", self.prefix());
+        self.barrier_bucket(sale_id, 0)
+    }
+
+    /// The barrier of one stock bucket: a bucket is rebuilt alone.
+    pub fn barrier_bucket(&self, sale_id: Uuid, bucket: u16) -> BarrierKeys {
+        let tag = format!("{}:{{{}}}", self.prefix(), super::buckets::tag(sale_id, bucket));
         BarrierKeys {
             state: format!("{tag}:state"),
             rebuilding: format!("{tag}:rebuilding"),

@@ -7,6 +7,7 @@
 
 pub mod auctions;
 pub mod barrier;
+pub mod buckets;
 pub mod keys;
 pub mod lua;
 pub mod products;

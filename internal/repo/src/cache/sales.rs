@@ -13,6 +13,7 @@ use redis::AsyncCommands;
 use uuid::Uuid;
 
 use super::Keys;
+use super::buckets;
 use super::lua::Lua;
 
 static RESERVE: LazyLock<Lua> = LazyLock::new(|| Lua::new("reserve_stock", include_str!("lua/reserve_stock.lua")));
@@ -26,8 +27,10 @@ static RESTOCK: LazyLock<Lua> = LazyLock::new(|| Lua::new("restock_sale", includ
 static LOAD: LazyLock<Lua> = LazyLock::new(|| Lua::new("load_sale", include_str!("lua/load_sale.lua")));
 static PUBLISHED: LazyLock<Lua> = LazyLock::new(|| Lua::new("mark_published", include_str!("lua/mark_published.lua")));
 static REAP: LazyLock<Lua> = LazyLock::new(|| Lua::new("reap_reservations", include_str!("lua/reap_reservations.lua")));
+static TRANSFER_OUT: LazyLock<Lua> = LazyLock::new(|| Lua::new("transfer_out", include_str!("lua/transfer_out.lua")));
+static TRANSFER_IN: LazyLock<Lua> = LazyLock::new(|| Lua::new("transfer_in", include_str!("lua/transfer_in.lua")));
 
-/// The key names of one sale.
+/// The key names of one sale (of one of its stock buckets).
 pub struct SaleKeys {
     pub state: String,
     pub buyers: String,
@@ -36,12 +39,23 @@ pub struct SaleKeys {
     pub undone: String,
     pub settled: String,
     pub returned: String,
+    /// Transfers this bucket gave and that may not be finished (transfer id -> "dest units ms").
+    pub moves: String,
+    /// Transfers this bucket received.
+    pub received: String,
     tag: String,
 }
 
 impl Keys {
+    /// The keys of a sale of one bucket (bucket 0 of any sale).
     pub fn sale(&self, sale_id: Uuid) -> SaleKeys {
-        let tag = format!("{}:{{sale:{sale_id}}}", self.prefix());
+        self.sale_bucket(sale_id, 0)
+    }
+
+    /// The keys of one stock bucket of a sale, on the bucket's own hash tag
+    /// ([`buckets::tag`]).
+    pub fn sale_bucket(&self, sale_id: Uuid, bucket: u16) -> SaleKeys {
+        let tag = format!("{}:{{{}}}", self.prefix(), buckets::tag(sale_id, bucket));
         SaleKeys {
             state: format!("{tag}:state"),
             buyers: format!("{tag}:buyers"),
@@ -50,6 +64,8 @@ impl Keys {
             undone: format!("{tag}:undone"),
             settled: format!("{tag}:settled"),
             returned: format!("{tag}:returned"),
+            moves: format!("{tag}:moves"),
+            received: format!("{tag}:received"),
             tag,
         }
     }
@@ -312,6 +328,8 @@ pub struct Snapshot {
     /// The Idempotency-Keys that produced the sale's recorded reservations.
     pub keys: Vec<KeyRecord>,
     pub idempotency_ttl_ms: u64,
+    /// The transfers the bucket received (`stock_left` counts them already).
+    pub received: Vec<Uuid>,
 }
 
 /// An `Idempotency-Key` a purchase was made with, and what it replays.
@@ -331,7 +349,9 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
         .key(&keys.claimed)
         .key(&keys.undone)
         .key(&keys.settled)
-        .key(&keys.returned);
+        .key(&keys.returned)
+        .key(&keys.received)
+        .key(&keys.moves);
     for record in &snapshot.keys {
         invocation.key(keys.idempotency(record.user_id, &record.key));
     }
@@ -350,6 +370,9 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
     }
     for record in &snapshot.keys {
         invocation.arg(format!("{} {}", record.reservation_id, record.fingerprint));
+    }
+    for id in &snapshot.received {
+        invocation.arg(id.to_string());
     }
     let loaded: i64 = invocation.invoke_async(redis).await?;
     Ok(loaded == 1)
@@ -392,4 +415,96 @@ pub async fn inspect(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<O
         }
     }
     Ok(Some(state))
+}
+
+/// What [`transfer_out`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    /// The donor's hot state is missing.
+    Missing,
+    /// The donor had nothing to give (its stock, possibly below zero after a rebuild).
+    Dry(i64),
+    /// `units` left the donor under the transfer id; `left` stayed.
+    Units { units: i64, left: i64 },
+}
+
+/// Step 1 of a transfer: the donor bucket gives up to `want` units for `dest`.
+pub async fn transfer_out(
+    redis: &mut Redis,
+    donor: &SaleKeys,
+    transfer_id: Uuid,
+    dest: u16,
+    want: i64,
+) -> redis::RedisResult<Given> {
+    let reply: Vec<i64> = TRANSFER_OUT
+        .key(&donor.state)
+        .key(&donor.moves)
+        .arg(transfer_id.to_string())
+        .arg(dest)
+        .arg(want)
+        .invoke_async(redis)
+        .await?;
+    Ok(match reply.as_slice() {
+        [-1, ..] => Given::Missing,
+        [0, left] => Given::Dry(*left),
+        [units, left] => Given::Units { units: *units, left: *left },
+        _ => Given::Missing,
+    })
+}
+
+/// Step 3: the destination takes the units once. `None`: its hot state is missing (its
+/// rebuild reads Postgres, which has them).
+pub async fn transfer_in(
+    redis: &mut Redis,
+    dest: &SaleKeys,
+    transfer_id: Uuid,
+    units: i64,
+) -> redis::RedisResult<Option<bool>> {
+    let taken: i64 = TRANSFER_IN
+        .key(&dest.state)
+        .key(&dest.received)
+        .arg(transfer_id.to_string())
+        .arg(units)
+        .invoke_async(redis)
+        .await?;
+    Ok(match taken {
+        -1 => None,
+        taken => Some(taken == 1),
+    })
+}
+
+/// Step 4: the donor forgets a finished move.
+pub async fn forget_move(redis: &mut Redis, donor: &SaleKeys, transfer_id: Uuid) -> redis::RedisResult<()> {
+    redis.hdel::<_, _, i64>(&donor.moves, transfer_id.to_string()).await.map(|_| ())
+}
+
+/// A move a donor recorded: where its units go, and since when (Redis time, ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub transfer_id: Uuid,
+    pub dest: u16,
+    pub units: i64,
+    pub since_ms: i64,
+}
+
+/// The moves a donor bucket has not seen finished.
+pub async fn moves(redis: &mut Redis, donor: &SaleKeys) -> redis::RedisResult<Vec<Move>> {
+    let all: HashMap<String, String> = redis.hgetall(&donor.moves).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(id, value)| {
+            let mut parts = value.split(' ');
+            Some(Move {
+                transfer_id: id.parse().ok()?,
+                dest: parts.next()?.parse().ok()?,
+                units: parts.next()?.parse().ok()?,
+                since_ms: parts.next()?.parse().ok()?,
+            })
+        })
+        .collect())
+}
+
+/// Whether the donor still has the move (its hot state did not lose it).
+pub async fn has_move(redis: &mut Redis, donor: &SaleKeys, transfer_id: Uuid) -> redis::RedisResult<bool> {
+    redis.hexists(&donor.moves, transfer_id.to_string()).await
 }

@@ -25,10 +25,17 @@ pub struct SaleRow {
     pub payment_timeout_secs: i32,
     pub version: i64,
     pub created_at: DateTime<Utc>,
+    /// How many buckets the stock is split into (`sale_buckets`), 1 to 64.
+    pub stock_buckets: i32,
 }
 
-const SALE_COLUMNS: &str = "s.id, s.product_id, p.title, s.price, s.stock, s.stock_left, s.start_at, s.end_at, \
-     s.per_user_limit, s.payment_timeout_secs, s.version, s.created_at";
+/// `stock_left` is the total: for a sale of several buckets, the sum of its bucket rows.
+const SALE_COLUMNS: &str = "s.id, s.product_id, p.title, s.price, s.stock, \
+     CASE WHEN s.stock_buckets > 1 \
+          THEN (SELECT sum(b.stock_left)::int FROM sale_buckets b WHERE b.sale_id = s.id) \
+          ELSE s.stock_left END AS stock_left, \
+     s.start_at, s.end_at, s.per_user_limit, s.payment_timeout_secs, s.version, s.created_at, \
+     s.stock_buckets::int AS stock_buckets";
 
 pub struct NewSale {
     pub id: Uuid,
@@ -39,6 +46,8 @@ pub struct NewSale {
     pub end_at: DateTime<Utc>,
     pub per_user_limit: i32,
     pub payment_timeout_secs: i32,
+    /// Each bucket's share of `stock`, in bucket order.
+    pub buckets: Vec<i32>,
 }
 
 pub enum Created {
@@ -66,8 +75,9 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created,
         });
     }
     db.execute_raw(stmt(
-        "INSERT INTO sales (id, product_id, price, stock, stock_left, start_at, end_at, per_user_limit, payment_timeout_secs) \
-         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+        "INSERT INTO sales (id, product_id, price, stock, stock_left, start_at, end_at, per_user_limit, payment_timeout_secs, \
+                            stock_buckets) \
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9)",
         [
             new.id.into(),
             new.product_id.into(),
@@ -77,7 +87,14 @@ pub async fn insert(db: &impl ConnectionTrait, new: &NewSale) -> Result<Created,
             new.end_at.into(),
             new.per_user_limit.into(),
             new.payment_timeout_secs.into(),
+            (new.buckets.len() as i16).into(),
         ],
+    ))
+    .await?;
+    db.execute_raw(stmt(
+        "INSERT INTO sale_buckets (sale_id, bucket, stock_left) \
+         SELECT $1, (n - 1)::smallint, stock FROM unnest($2::int[]) WITH ORDINALITY AS b(stock, n)",
+        [new.id.into(), new.buckets.clone().into()],
     ))
     .await?;
     Ok(find(db, new.id).await?.map_or(Created::NoProduct, Created::Sale))
@@ -130,18 +147,20 @@ pub async fn list(db: &impl ConnectionTrait, offset: u64, limit: u64, current: b
     Ok(Page { items, total: total as u64 })
 }
 
-/// The sales whose hot state may hold reservations: started, and whose Redis keys have not
-/// expired yet (a day after the end).
+/// The sales whose hot state may hold reservations (with their bucket counts): started,
+/// and whose Redis keys have not expired yet (a day after the end).
 #[tracing::instrument(name = "SELECT sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "SELECT", db.collection.name = "sales"))]
-pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DbErr> {
+pub async fn live_ids(db: &impl ConnectionTrait) -> Result<Vec<(Uuid, u16)>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {
         id: Uuid,
+        stock_buckets: i32,
     }
-    let sql = "SELECT id FROM sales WHERE start_at <= now() AND end_at > now() - interval '1 day'";
+    let sql = "SELECT id, stock_buckets::int AS stock_buckets FROM sales \
+               WHERE start_at <= now() AND end_at > now() - interval '1 day'";
     let rows = Id::find_by_statement(stmt(sql, Vec::<Value>::new())).all(db).await?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    Ok(rows.into_iter().map(|r| (r.id, r.stock_buckets as u16)).collect())
 }
 
 /// Units each buyer holds (pending or paid orders).
@@ -174,18 +193,206 @@ async fn held(
     Ok(rows.into_iter().map(|b| (b.user_id, b.quantity)).collect())
 }
 
-/// Changes `stock_left` by `delta` and bumps the version; returns the new version. The
-/// CHECK constraint on the column is the last wall: Postgres never oversells.
+/// Changes one bucket's `stock_left` by `delta` and bumps its version; returns the new
+/// version. A sale of one bucket keeps them in the sale row (its bucket row follows along);
+/// a sale of `of > 1` buckets in the bucket row alone, so that order batches and closes of
+/// different buckets never wait for one another. The CHECK constraints on the columns are
+/// the last wall: Postgres never oversells.
 #[tracing::instrument(name = "UPDATE sales", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
     db.operation.name = "UPDATE", db.collection.name = "sales"))]
-pub async fn change_stock(db: &impl ConnectionTrait, sale_id: Uuid, delta: i32) -> Result<i64, DbErr> {
-    scalar(
+pub async fn change_stock(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    bucket: u16,
+    of: u16,
+    delta: i32,
+) -> Result<i64, DbErr> {
+    if of > 1 {
+        return scalar(
+            db,
+            "UPDATE sale_buckets SET stock_left = stock_left + $3, version = version + 1 \
+             WHERE sale_id = $1 AND bucket = $2 RETURNING version",
+            [sale_id.into(), (bucket as i16).into(), delta.into()],
+        )
+        .await;
+    }
+    // The sale row first, then the bucket row: the order every writer locks them in.
+    let version = scalar(
         db,
         "UPDATE sales SET stock_left = stock_left + $2, version = version + 1, updated_at = now() \
          WHERE id = $1 RETURNING version",
         [sale_id.into(), delta.into()],
     )
+    .await?;
+    db.execute_raw(stmt(
+        "UPDATE sale_buckets SET stock_left = stock_left + $3, version = $4 WHERE sale_id = $1 AND bucket = $2",
+        [sale_id.into(), (bucket as i16).into(), delta.into(), version.into()],
+    ))
+    .await?;
+    Ok(version)
+}
+
+/// A bucket's units and version, under the lock that guards them.
+#[derive(Debug, Clone, Copy, FromQueryResult)]
+pub struct Locked {
+    pub stock_left: i32,
+    pub version: i64,
+}
+
+/// Locks what a change of a bucket's stock holds for the rest of the transaction: the sale
+/// row for a sale of one bucket, the bucket's row for a sale of several. `of`: the sale's
+/// bucket count when the caller knows it (saves a read). `exclusive` as for [`lock`].
+#[tracing::instrument(name = "SELECT sale_buckets", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buckets"))]
+pub async fn lock_bucket(
+    db: &impl ConnectionTrait,
+    sale_id: Uuid,
+    bucket: u16,
+    of: Option<u16>,
+    exclusive: bool,
+) -> Result<Option<(SaleRow, Locked)>, DbErr> {
+    if of == Some(1) {
+        let Some(sale) = lock(db, sale_id, exclusive).await? else { return Ok(None) };
+        if sale.stock_buckets <= 1 {
+            let locked = Locked { stock_left: sale.stock_left, version: sale.version };
+            return Ok(Some((sale, locked)));
+        }
+    }
+    let Some(sale) = find(db, sale_id).await? else { return Ok(None) };
+    if sale.stock_buckets <= 1 {
+        return Ok(lock(db, sale_id, exclusive)
+            .await?
+            .map(|s| (s.clone(), Locked { stock_left: s.stock_left, version: s.version })));
+    }
+    let mode = if exclusive { "UPDATE" } else { "SHARE" };
+    let locked = Locked::find_by_statement(stmt(
+        &format!("SELECT stock_left, version FROM sale_buckets WHERE sale_id = $1 AND bucket = $2 FOR {mode}"),
+        [sale_id.into(), (bucket as i16).into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(locked.map(|l| (sale, l)))
+}
+
+/// Locks the rows of these buckets (a transfer between them), in bucket order; `false` when
+/// the sale has no such rows.
+pub async fn lock_buckets(db: &impl ConnectionTrait, sale_id: Uuid, buckets: &[u16]) -> Result<bool, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        #[allow(dead_code)]
+        bucket: i16,
+    }
+    let wanted: Vec<i16> = buckets.iter().map(|&b| b as i16).collect();
+    let rows = Row::find_by_statement(stmt(
+        "SELECT bucket FROM sale_buckets WHERE sale_id = $1 AND bucket = ANY($2) ORDER BY bucket FOR UPDATE",
+        [sale_id.into(), wanted.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.len() == buckets.len())
+}
+
+/// Units left in each bucket of the sale, by bucket.
+#[tracing::instrument(name = "SELECT sale_buckets", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "sale_buckets"))]
+pub async fn bucket_stock(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<i32>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Left {
+        stock_left: i32,
+    }
+    let rows = Left::find_by_statement(stmt(
+        "SELECT stock_left FROM sale_buckets WHERE sale_id = $1 ORDER BY bucket",
+        [sale_id.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.stock_left).collect())
+}
+
+/// A move of units between two buckets of a sale (`bucket_transfers`).
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Transfer {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub from_bucket: i16,
+    pub to_bucket: i16,
+    pub units: i32,
+}
+
+/// Records a transfer and moves its units between the bucket rows, once per id: `false`
+/// when it was recorded before (nothing changes). Call with both rows locked
+/// ([`lock_buckets`]).
+#[tracing::instrument(name = "INSERT bucket_transfers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "INSERT", db.collection.name = "bucket_transfers"))]
+pub async fn record_transfer(db: &impl ConnectionTrait, t: &Transfer) -> Result<bool, DbErr> {
+    let inserted = db
+        .execute_raw(stmt(
+            "INSERT INTO bucket_transfers (id, sale_id, from_bucket, to_bucket, units) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO NOTHING",
+            [t.id.into(), t.sale_id.into(), t.from_bucket.into(), t.to_bucket.into(), t.units.into()],
+        ))
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    db.execute_raw(stmt(
+        "UPDATE sale_buckets SET stock_left = stock_left + CASE WHEN bucket = $2 THEN -$4 ELSE $4 END \
+         WHERE sale_id = $1 AND bucket IN ($2, $3)",
+        [t.sale_id.into(), t.from_bucket.into(), t.to_bucket.into(), t.units.into()],
+    ))
+    .await?;
+    Ok(true)
+}
+
+/// Whether a transfer is recorded.
+pub async fn transfer_recorded(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
+    Ok(scalar(db, "SELECT count(*) AS count FROM bucket_transfers WHERE id = $1", [id.into()]).await? > 0)
+}
+
+/// The transfers a bucket received (a rebuilt bucket must not take them twice).
+#[tracing::instrument(name = "SELECT bucket_transfers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
+    db.operation.name = "SELECT", db.collection.name = "bucket_transfers"))]
+pub async fn received(db: &impl ConnectionTrait, sale_id: Uuid, bucket: u16) -> Result<Vec<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: Uuid,
+    }
+    let rows = Id::find_by_statement(stmt(
+        "SELECT id FROM bucket_transfers WHERE sale_id = $1 AND to_bucket = $2",
+        [sale_id.into(), (bucket as i16).into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Recorded transfers older than `older_than_ms` whose destination was not told yet.
+pub async fn transfers_pending(db: &impl ConnectionTrait, older_than_ms: i64) -> Result<Vec<Transfer>, DbErr> {
+    Transfer::find_by_statement(stmt(
+        "SELECT id, sale_id, from_bucket, to_bucket, units FROM bucket_transfers \
+         WHERE NOT done AND created_at < now() - make_interval(secs => $1::float8 / 1000) ORDER BY created_at LIMIT 500",
+        [older_than_ms.into()],
+    ))
+    .all(db)
     .await
+}
+
+/// The destination's Redis has the transfer's units.
+pub async fn transfer_done(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    db.execute_raw(stmt("UPDATE bucket_transfers SET done = true WHERE id = $1", [id.into()])).await.map(|_| ())
+}
+
+/// The sales split into more than one bucket whose hot state may still be live.
+pub async fn live_split_ids(db: &impl ConnectionTrait) -> Result<Vec<(Uuid, i32)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Split {
+        id: Uuid,
+        stock_buckets: i32,
+    }
+    let sql = "SELECT id, stock_buckets::int AS stock_buckets FROM sales \
+               WHERE stock_buckets > 1 AND end_at > now() - interval '1 day'";
+    let rows = Split::find_by_statement(stmt(sql, Vec::<Value>::new())).all(db).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.stock_buckets)).collect())
 }
 
 /// Adds `quantity` to each buyer's holding. The holding has a CHECK against the sale's
@@ -356,6 +563,7 @@ pub async fn idempotency_keys(
 pub struct OrderUnits {
     pub order_id: Uuid,
     pub sale_id: Uuid,
+    pub stock_buckets: i32,
     pub user_id: Uuid,
     pub quantity: i32,
 }
@@ -364,8 +572,9 @@ pub struct OrderUnits {
     db.operation.name = "SELECT", db.collection.name = "reservations"))]
 pub async fn units_of_orders(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<Vec<OrderUnits>, DbErr> {
     OrderUnits::find_by_statement(stmt(
-        "SELECT order_id, sale_id, user_id, quantity FROM reservations \
-         WHERE order_id = ANY($1) ORDER BY sale_id",
+        "SELECT r.order_id, r.sale_id, s.stock_buckets::int AS stock_buckets, r.user_id, r.quantity \
+         FROM reservations r JOIN sales s ON s.id = r.sale_id \
+         WHERE r.order_id = ANY($1) ORDER BY r.sale_id",
         [order_ids.to_vec().into()],
     ))
     .all(db)
@@ -441,6 +650,7 @@ pub async fn mark_restocked(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Re
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct DueReturn {
     pub sale_id: Uuid,
+    pub stock_buckets: i32,
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub quantity: i32,
@@ -451,10 +661,11 @@ pub struct DueReturn {
 /// message was lost or is stuck), oldest first.
 pub async fn restocks_due(db: &impl ConnectionTrait, older_than_ms: i64, limit: u64) -> Result<Vec<DueReturn>, DbErr> {
     DueReturn::find_by_statement(stmt(
-        "SELECT sale_id, order_id, user_id, quantity, returned_version FROM reservations \
-         WHERE returned_at IS NOT NULL AND restocked_at IS NULL AND returned_version IS NOT NULL \
-           AND returned_at < now() - make_interval(secs => $1::float8 / 1000) \
-         ORDER BY returned_at LIMIT $2",
+        "SELECT r.sale_id, s.stock_buckets::int AS stock_buckets, r.order_id, r.user_id, r.quantity, r.returned_version \
+         FROM reservations r JOIN sales s ON s.id = r.sale_id \
+         WHERE r.returned_at IS NOT NULL AND r.restocked_at IS NULL AND r.returned_version IS NOT NULL \
+           AND r.returned_at < now() - make_interval(secs => $1::float8 / 1000) \
+         ORDER BY r.returned_at LIMIT $2",
         [older_than_ms.into(), (limit as i64).into()],
     ))
     .all(db)
@@ -465,6 +676,7 @@ pub async fn restocks_due(db: &impl ConnectionTrait, older_than_ms: i64, limit: 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct OrderReturn {
     pub order_id: Uuid,
+    pub user_id: Uuid,
     pub status: String,
     pub returned: bool,
     pub returned_version: Option<i64>,
@@ -476,7 +688,7 @@ pub struct OrderReturn {
 /// Every confirmed reservation's order of the sale, with its return.
 pub async fn order_returns(db: &impl ConnectionTrait, sale_id: Uuid) -> Result<Vec<OrderReturn>, DbErr> {
     OrderReturn::find_by_statement(stmt(
-        "SELECT r.order_id, o.status, r.returned_at IS NOT NULL AS returned, r.returned_version, \
+        "SELECT r.order_id, r.user_id, o.status, r.returned_at IS NOT NULL AS returned, r.returned_version, \
                 r.restocked_at IS NOT NULL AS restocked, \
                 COALESCE(r.restocked_at IS NULL AND r.returned_at < now() - interval '60 seconds', false) AS restock_overdue \
          FROM reservations r JOIN orders o ON o.id = r.order_id WHERE r.sale_id = $1",

@@ -33,6 +33,29 @@ pub struct Reservation {
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// How many stock buckets the sale has: the reservation was made in the buyer's home
+    /// bucket among them (`cache::buckets::Bucket::home`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub buckets: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+fn is_one(n: &u16) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+impl Reservation {
+    /// The stock bucket it was reserved in: its buyer's home bucket.
+    pub fn bucket(&self) -> u16 {
+        crate::cache::buckets::Bucket::home(self.user_id, self.buckets).index
+    }
 }
 
 /// `sale.reserve`: many reservations in one message, so one broker confirm and one
@@ -57,6 +80,9 @@ pub struct SaleRestock {
     pub sale_id: Uuid,
     pub version: i64,
     pub returns: Vec<ReturnedUnits>,
+    /// The sale's stock buckets: each order's units go back to its buyer's home bucket.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub buckets: u16,
 }
 
 /// `auction.close`: close this auction if its (possibly extended) end has come.
@@ -78,6 +104,9 @@ pub struct SaleBarrier {
 pub struct BarrierMark {
     pub id: Uuid,
     pub sale_id: Uuid,
+    /// The stock bucket whose hot state is rebuilt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bucket: u16,
     /// Trips made through the first retry queue so far (each one takes its delay).
     pub cycles: u32,
     /// Consecutive deliveries that found nothing of the sale in the consumer's hands.

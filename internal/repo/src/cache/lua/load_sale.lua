@@ -8,15 +8,17 @@
 -- reservations come back too, so that a retry after the loss replays its reservation.
 --
 -- KEYS[1] state, KEYS[2] buyers, KEYS[3] inflight, KEYS[4] claimed, KEYS[5] undone,
--- KEYS[6] settled, KEYS[7] returned, then one idem key per restored Idempotency-Key
+-- KEYS[6] settled, KEYS[7] returned, KEYS[8] received, KEYS[9] moves (stock buckets), then
+-- one idem key per restored Idempotency-Key
 -- ARGV: start, end, limit, stock, snap, gen, expire_at (ms), idem ttl (ms), number of
---       buyers, then pairs (user, units held), then one idem value per idem key
+--       buyers, then pairs (user, units held), then one idem value per idem key, then the
+--       ids of the transfers this bucket received (its stock already counts them)
 -- Returns 1 when it loaded, 0 when a state was already there.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 redis.call('HSET', KEYS[1],
   'start', ARGV[1], 'end', ARGV[2], 'limit', ARGV[3], 'stock', ARGV[4],
   'snap', ARGV[5], 'gen', ARGV[6], 'expire_at', ARGV[7])
@@ -28,8 +30,15 @@ local buyers_end = 9 + 2 * tonumber(ARGV[9])
 for i = 10, buyers_end, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
-for i = 8, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[buyers_end + i - 7], 'PX', ARGV[8])
+for i = 10, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[buyers_end + i - 9], 'PX', ARGV[8])
+end
+local received_start = buyers_end + #KEYS - 9 + 1
+for i = received_start, #ARGV do
+  redis.call('SADD', KEYS[8], ARGV[i])
+end
+if #ARGV >= received_start then
+  redis.call('PEXPIREAT', KEYS[8], ARGV[7])
 end
 for i = 1, 3 do
   redis.call('PEXPIREAT', KEYS[i], ARGV[7])
