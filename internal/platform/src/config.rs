@@ -188,6 +188,8 @@ pub struct AmqpSettings {
     pub confirm_timeout_ms: NonZeroU64,
     pub publishers: NonZeroUsize,
     pub max_batch: NonZeroUsize,
+    /// Reservation messages a publisher channel may have waiting for their confirms at once.
+    pub confirms_in_flight: NonZeroUsize,
     pub retry_delays_ms: Vec<u64>,
     pub queue_expires_ms: u64,
     /// The type of the consumer and dead-letter queues; TTL queues are always classic.

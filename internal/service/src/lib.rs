@@ -134,6 +134,7 @@ impl Services {
             reservation_publisher::PublisherConfig {
                 tasks: settings.amqp.publishers.get(),
                 max_batch: settings.amqp.max_batch.get(),
+                in_flight: settings.amqp.confirms_in_flight.get(),
                 confirm_timeout: deps.confirm_timeout(),
                 status_ttl_secs,
             },

@@ -3,9 +3,12 @@
 //! One `watch` channel per watched auction: a watcher always sees the latest event and a
 //! slow one simply skips the prices it was too slow for, so a connection holds one message
 //! at most and a slow client cannot make the server buffer without bound.
+//!
+//! Each event is serialized once for all its watchers ([`Latest::text`]), not once per
+//! watcher: with thousands of watchers on one auction that was most of the fan-out's work.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use domain::Money;
@@ -79,13 +82,35 @@ impl Event {
     }
 }
 
+/// The latest event of an auction as its watchers share it.
+#[derive(Debug)]
+pub struct Latest {
+    pub event: Event,
+    text: OnceLock<String>,
+}
+
+impl Latest {
+    pub fn new(event: Event) -> Self {
+        Self { event, text: OnceLock::new() }
+    }
+
+    /// The event's wire text: `render` runs for the first watcher that sends it, every
+    /// other watcher reuses its result.
+    pub fn text(&self, render: impl FnOnce(&Event) -> String) -> &str {
+        self.text.get_or_init(|| render(&self.event))
+    }
+}
+
+/// What a watcher holds: the latest event of its auction, none before the first.
+pub type Watch = watch::Receiver<Option<Arc<Latest>>>;
+
 #[derive(Default)]
 pub struct LiveHub {
-    channels: Mutex<HashMap<Uuid, watch::Sender<Option<Event>>>>,
+    channels: Mutex<HashMap<Uuid, watch::Sender<Option<Arc<Latest>>>>>,
 }
 
 impl LiveHub {
-    pub fn subscribe(&self, auction_id: Uuid) -> watch::Receiver<Option<Event>> {
+    pub fn subscribe(&self, auction_id: Uuid) -> Watch {
         let mut channels = self.channels.lock().expect("live hub poisoned");
         channels.entry(auction_id).or_insert_with(|| watch::channel(None).0).subscribe()
     }
@@ -96,9 +121,9 @@ impl LiveHub {
         let mut channels = self.channels.lock().expect("live hub poisoned");
         if let Some(sender) = channels.get(&event.auction_id()) {
             sender.send_if_modified(|latest| {
-                let newer = is_newer(latest.as_ref(), &event);
+                let newer = is_newer(latest.as_deref().map(|l| &l.event), &event);
                 if newer {
-                    *latest = Some(event);
+                    *latest = Some(Arc::new(Latest::new(event)));
                 }
                 newer
             });
@@ -126,6 +151,26 @@ fn is_newer(latest: Option<&Event>, event: &Event) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn latest(watcher: &mut Watch) -> Option<Event> {
+        watcher.borrow_and_update().as_ref().map(|l| l.event.clone())
+    }
+
+    #[test]
+    fn an_event_is_rendered_once_for_all_its_watchers() {
+        let latest = Latest::new(bid(Uuid::now_v7(), 1));
+        let mut renders = 0;
+        for _ in 0..3 {
+            assert_eq!(
+                latest.text(|_| {
+                    renders += 1;
+                    "text".into()
+                }),
+                "text"
+            );
+        }
+        assert_eq!(renders, 1);
+    }
 
     fn bid(auction_id: Uuid, seq: i64) -> Event {
         let end_at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
@@ -162,7 +207,7 @@ mod tests {
             hub.publish(bid(auction, seq));
         }
         watcher.changed().await.unwrap();
-        assert_eq!(*watcher.borrow_and_update(), Some(bid(auction, 100)));
+        assert_eq!(latest(&mut watcher), Some(bid(auction, 100)));
     }
 
     #[tokio::test]
@@ -172,15 +217,15 @@ mod tests {
         let mut watcher = hub.subscribe(auction);
         hub.publish(bid(auction, 2));
         hub.publish(bid(auction, 1));
-        assert_eq!(*watcher.borrow_and_update(), Some(bid(auction, 2)));
+        assert_eq!(latest(&mut watcher), Some(bid(auction, 2)));
         let closed = Event::Closed { auction_id: auction, status: AuctionStatus::Sold, winner: None, price: None };
         hub.publish(closed.clone());
         hub.publish(bid(auction, 3));
-        assert_eq!(*watcher.borrow_and_update(), Some(closed));
+        assert_eq!(latest(&mut watcher), Some(closed));
         let offer = Event::SecondChance { auction_id: auction, winner: Uuid::nil(), price: Money::from_cents(900) };
         hub.publish(offer.clone());
         hub.publish(bid(auction, 4));
-        assert_eq!(*watcher.borrow_and_update(), Some(offer), "a second-chance offer follows the close");
+        assert_eq!(latest(&mut watcher), Some(offer), "a second-chance offer follows the close");
     }
 
     #[test]

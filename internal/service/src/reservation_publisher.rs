@@ -2,9 +2,14 @@
 //!
 //! One broker message per reservation would cap a sale near the broker's confirm rate
 //! (about 20k/s here). So reservations queue up in process and each publisher task sends
-//! whatever has gathered while its previous publish was being confirmed, as one message:
-//! under light load a batch of one (no added latency), under a burst hundreds per confirm.
-//! Every reservation keeps its own outcome: the order consumer confirms or fails each one.
+//! whatever has gathered as one message: under light load a batch of one (no added
+//! latency), under a burst hundreds per message. A task does not wait for a message's
+//! confirm before it sends the next: up to `amqp.confirms_in_flight` messages wait for
+//! their confirms at once, so the confirm round trip no longer idles the channel, and a
+//! buyer waits for their own message's confirm rather than also for the one before it.
+//! Every reservation keeps its own outcome: the order consumer confirms or fails each one,
+//! and a buyer hears 202 only once the broker confirmed the message carrying their
+//! reservation.
 //!
 //! A confirmed reservation is marked published in Redis before its buyer is told 202, so
 //! that the worker's reaper leaves it alone however long it then waits in RabbitMQ.
@@ -14,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::reservation::ReservationProgress;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use platform::Broker;
 use platform::Redis;
 use repo::cache::sales as hot;
@@ -43,6 +51,8 @@ pub struct ReservationPublisher {
 pub struct PublisherConfig {
     pub tasks: usize,
     pub max_batch: usize,
+    /// Batches a task may have waiting for their confirms at once.
+    pub in_flight: usize,
     pub confirm_timeout: Duration,
     pub status_ttl_secs: u64,
 }
@@ -59,6 +69,7 @@ impl ReservationPublisher {
                 redis: redis.clone(),
                 keys: keys.clone(),
                 max_batch: config.max_batch,
+                in_flight: config.in_flight,
                 status_ttl_secs: config.status_ttl_secs,
             };
             tokio::spawn(task.run());
@@ -90,6 +101,62 @@ pub fn confirm_wait(confirm_timeout: Duration) -> Duration {
     confirm_timeout * 2 + Duration::from_secs(1)
 }
 
+/// A batch being handed to the broker; it yields the wait for the batch's confirm.
+type Sending<'a> = BoxFuture<'a, Confirming<'a>>;
+/// A batch's wait for its confirm; it yields the reservations confirmed and marked published.
+type Confirming<'a> = BoxFuture<'a, HashSet<Uuid>>;
+
+/// Takes batches off the queue and sends each as soon as it is gathered, while up to
+/// `in_flight` earlier ones still wait for their confirms (more than one batch in flight
+/// on the one confirm channel: its confirm round trip no longer idles the channel). Each
+/// buyer is answered from their own batch's confirm alone, whatever happens to the others.
+async fn pipeline<'a>(
+    receiver: &Mutex<mpsc::Receiver<Pending>>,
+    max_batch: usize,
+    in_flight: usize,
+    send: impl Fn(Vec<Reservation>, HashMap<String, String>) -> Sending<'a>,
+) {
+    let mut confirming = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(()) = confirming.next(), if !confirming.is_empty() => {}
+            batch = next_batch(receiver, max_batch), if confirming.len() < in_flight.max(1) => {
+                let Some(batch) = batch else { break };
+                let mut reservations = Vec::with_capacity(batch.len());
+                let mut answers = Vec::with_capacity(batch.len());
+                let trace = batch.first().map(|p| p.trace.clone()).unwrap_or_default();
+                for pending in batch {
+                    answers.push((pending.reservation.id, pending.done));
+                    reservations.push(pending.reservation);
+                }
+                let confirmed = send(reservations, trace).await;
+                confirming.push(async move {
+                    let published = confirmed.await;
+                    for (id, done) in answers {
+                        let _ = done.send(published.contains(&id));
+                    }
+                });
+            }
+        }
+    }
+    while confirming.next().await.is_some() {}
+}
+
+/// The next batch: the first reservation waiting (waited for) and whatever else is
+/// already queued, up to `max_batch`. None once the queue is closed.
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Option<Vec<Pending>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max_batch {
+        match receiver.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 struct PublisherTask {
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     publisher: ConfirmPublisher,
@@ -97,55 +164,57 @@ struct PublisherTask {
     redis: Redis,
     keys: Keys,
     max_batch: usize,
+    in_flight: usize,
     status_ttl_secs: u64,
 }
 
 impl PublisherTask {
     async fn run(self) {
-        loop {
-            let batch = {
-                let mut receiver = self.receiver.lock().await;
-                let Some(first) = receiver.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < self.max_batch {
-                    match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                batch
-            };
-            let reservations: Vec<Reservation> = batch.iter().map(|p| p.reservation.clone()).collect();
-            // The "queued" statuses are written while the broker confirms, not after: a buyer
-            // who polls right after the 202 finds one, and nobody waits for two round trips.
-            // (If the publish fails, the undo overwrites them with "failed".)
-            let (confirmed, ()) =
-                tokio::join!(self.send(&reservations, &batch[0].trace), self.mark_queued(&reservations));
-            metrics::histogram!("reservation_batch_size").record(batch.len() as f64);
-            let published = if confirmed { self.mark_published(&reservations).await } else { HashSet::new() };
-            for pending in batch {
-                let _ = pending.done.send(published.contains(&pending.reservation.id));
-            }
-        }
+        let receiver = self.receiver.clone();
+        pipeline(&receiver, self.max_batch, self.in_flight, |reservations, trace| self.send(reservations, trace)).await;
     }
 
-    async fn send(&self, reservations: &[Reservation], trace: &HashMap<String, String>) -> bool {
-        let message = Message {
-            exchange: self.exchange.clone(),
-            routing_key: SALE_RESERVE.key.to_owned(),
-            body: serde_json::to_vec(&ReservationBatch { reservations: reservations.to_vec() }).unwrap_or_default(),
-            headers: trace.clone(),
-            message_id: Some(reservations[0].id.to_string()),
-            mandatory: true,
-        };
-        let started = std::time::Instant::now();
-        let published = self.publisher.publish_all(&[message]).await;
-        metrics::histogram!("reservation_confirm_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(err) = published {
-            tracing::warn!(error = %err, reservations = reservations.len(), "reservation publish not confirmed");
-            return false;
-        }
-        true
+    /// Hands one batch's message to the broker; the future it returns waits for the
+    /// confirm and marks the batch published, and yields the reservations that were.
+    #[expect(clippy::async_yields_async, reason = "the send yields the wait for its confirm, on purpose")]
+    fn send(&self, reservations: Vec<Reservation>, trace: HashMap<String, String>) -> Sending<'_> {
+        Box::pin(async move {
+            let message = Message {
+                exchange: self.exchange.clone(),
+                routing_key: SALE_RESERVE.key.to_owned(),
+                body: serde_json::to_vec(&ReservationBatch { reservations: reservations.clone() }).unwrap_or_default(),
+                headers: trace,
+                message_id: Some(reservations[0].id.to_string()),
+                mandatory: true,
+            };
+            let started = std::time::Instant::now();
+            let sent = self.publisher.send(&[message]).await;
+            let confirming: Confirming<'_> = Box::pin(async move {
+                // The "queued" statuses are written while the broker confirms, not after: a
+                // buyer who polls right after the 202 finds one, and nobody waits for two
+                // round trips. (If the publish fails, the undo overwrites them with "failed".)
+                let (confirmed, ()) = tokio::join!(
+                    async {
+                        let confirmed = match sent {
+                            Ok(in_flight) => self.publisher.confirmed(in_flight).await,
+                            Err(err) => Err(err),
+                        };
+                        metrics::histogram!("reservation_confirm_seconds").record(started.elapsed().as_secs_f64());
+                        confirmed
+                    },
+                    self.mark_queued(&reservations)
+                );
+                metrics::histogram!("reservation_batch_size").record(reservations.len() as f64);
+                match confirmed {
+                    Ok(()) => self.mark_published(&reservations).await,
+                    Err(err) => {
+                        tracing::warn!(error = %err, reservations = reservations.len(), "reservation publish not confirmed");
+                        HashSet::new()
+                    }
+                }
+            });
+            confirming
+        })
     }
 
     /// Marks the confirmed reservations published, sale by sale; returns those marked (or
@@ -211,5 +280,75 @@ mod tests {
         let published = tokio::time::timeout(Duration::from_secs(600), publisher.publish(reservation())).await;
         assert_eq!(published, Ok(false), "answered (and undone by the caller), not left waiting");
         assert_eq!(started.elapsed(), timeout);
+    }
+
+    type Sent = mpsc::UnboundedReceiver<(Vec<Uuid>, oneshot::Sender<bool>)>;
+
+    /// A pipeline whose broker is the test: every batch sent shows up on the returned
+    /// receiver with the switch that confirms (true) or fails (false) it.
+    #[expect(clippy::async_yields_async, reason = "the send yields the wait for its confirm, on purpose")]
+    fn pipeline_with_fake_broker(in_flight: usize) -> (mpsc::Sender<Pending>, Sent, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(16);
+        let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+        let send = move |reservations: Vec<Reservation>, _trace| -> Sending<'static> {
+            let sent_tx = sent_tx.clone();
+            Box::pin(async move {
+                let ids: Vec<Uuid> = reservations.iter().map(|r| r.id).collect();
+                let (confirm, confirmed) = oneshot::channel();
+                sent_tx.send((ids.clone(), confirm)).unwrap();
+                let confirming: Confirming<'static> = Box::pin(async move {
+                    if confirmed.await == Ok(true) { ids.into_iter().collect() } else { HashSet::new() }
+                });
+                confirming
+            })
+        };
+        let task = tokio::spawn(async move { pipeline(&Mutex::new(receiver), 512, in_flight, send).await });
+        (queue, sent_rx, task)
+    }
+
+    async fn buy(queue: &mpsc::Sender<Pending>) -> oneshot::Receiver<bool> {
+        let (done, answer) = oneshot::channel();
+        queue.send(Pending { reservation: reservation(), trace: HashMap::new(), done }).await.unwrap();
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_batch_goes_out_while_the_previous_waits_and_each_buyer_hears_their_own_confirm() {
+        let (queue, mut sent, task) = pipeline_with_fake_broker(4);
+        let mut first = buy(&queue).await;
+        let (_, confirm_first) = sent.recv().await.unwrap();
+        let second = buy(&queue).await;
+        // Sent before the first batch's confirm came back.
+        let (_, confirm_second) = sent.recv().await.unwrap();
+
+        confirm_second.send(true).unwrap();
+        assert_eq!(second.await, Ok(true));
+        tokio::task::yield_now().await;
+        assert!(first.try_recv().is_err(), "no answer before its own batch's confirm");
+        confirm_first.send(false).unwrap();
+        assert_eq!(first.await, Ok(false), "a batch the broker did not confirm is not 202");
+
+        drop(queue);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_batches_wait_for_confirms_than_in_flight_allows() {
+        let (queue, mut sent, task) = pipeline_with_fake_broker(1);
+        let first = buy(&queue).await;
+        let (_, confirm_first) = sent.recv().await.unwrap();
+        let second = buy(&queue).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(sent.try_recv().is_err(), "the second batch waits for the first one's confirm");
+
+        confirm_first.send(true).unwrap();
+        assert_eq!(first.await, Ok(true));
+        let (ids, confirm_second) = sent.recv().await.unwrap();
+        assert_eq!(ids.len(), 1);
+        drop(confirm_second); // the broker never answers: the buyer is not told 202
+        assert_eq!(second.await, Ok(false));
+
+        drop(queue);
+        task.await.unwrap();
     }
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use domain::auction::{AuctionFields, NewAuction};
 use domain::{IdempotencyKey, Money, PageRequest};
 use futures::{SinkExt, StreamExt};
-use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketStream};
+use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketConfig, WebSocketStream};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -15,9 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use service::auctions::{AuctionService, AuctionView, BidView, Offer, Placed};
 use service::closer::AuctionCloser;
-use service::live::{Event, LiveHub};
+use service::live::{Event, LiveHub, Watch};
 use service::orders::OrderService;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::ApiTags;
@@ -373,16 +372,26 @@ impl AuctionsApi {
         let events = self.live.subscribe(id.0);
         let auctions = self.auctions.clone();
         let keep_alive = self.keep_alive;
-        Ok(ws.on_upgrade(move |socket| watch_auction(socket, auctions, auction, events, keep_alive)).boxed())
+        // A watcher only sends pongs and its close: tungstenite's default 128 KiB read
+        // buffer (zeroed, so resident) per connection was most of the memory 5,000 watchers
+        // cost. Larger messages still arrive; the buffer grows for them.
+        let config = WebSocketConfig::default().read_buffer_size(WATCHER_READ_BUFFER);
+        Ok(ws
+            .config(config)
+            .on_upgrade(move |socket| watch_auction(socket, auctions, auction, events, keep_alive))
+            .boxed())
     }
 }
+
+/// The read buffer of a watcher's connection (see [`AuctionsApi::live`]).
+const WATCHER_READ_BUFFER: usize = 4 * 1024;
 
 /// Serves one watcher: the state first, then every newer event, with keep-alive pings.
 async fn watch_auction(
     socket: WebSocketStream,
     auctions: AuctionService,
     subscribed_at: AuctionView,
-    mut events: watch::Receiver<Option<Event>>,
+    mut events: Watch,
     keep_alive: KeepAlive,
 ) {
     metrics::gauge!("websocket_connections").increment(1.0);
@@ -400,10 +409,14 @@ async fn watch_auction(
                     if changed.is_err() {
                         break;
                     }
-                    let event = events.borrow_and_update().clone();
-                    let closed = matches!(event, Some(Event::Closed { .. }));
-                    let Some(message) = event.and_then(|e| event_message(&e, &mut last_seq)) else { continue };
-                    if sink.send(Message::Text(message.to_string())).await.is_err() || closed {
+                    let Some(latest) = events.borrow_and_update().clone() else { continue };
+                    if !is_news(&latest.event, &mut last_seq) {
+                        continue;
+                    }
+                    let closed = matches!(latest.event, Event::Closed { .. });
+                    // Rendered by the first watcher to send it, copied by the others.
+                    let text = latest.text(|event| event_message(event).to_string()).to_owned();
+                    if sink.send(Message::Text(text)).await.is_err() || closed {
                         break; // after `closed` nothing more will come
                     }
                 }
@@ -439,26 +452,31 @@ fn state_message(a: &AuctionView) -> Value {
     })
 }
 
-/// The live messages (documented on [`AuctionsApi::live`]); a bid the watcher has seen
-/// already (in the state) is skipped.
-fn event_message(event: &Event, last_seq: &mut i64) -> Option<Value> {
+/// False for a bid the watcher has seen already (in the state, or a newer one).
+fn is_news(event: &Event, last_seq: &mut i64) -> bool {
     match event {
-        Event::Bid { price, leader, seq, end_at, min_next_bid, auto, .. } => {
-            if *seq <= *last_seq {
-                return None;
-            }
+        Event::Bid { seq, .. } if *seq <= *last_seq => false,
+        Event::Bid { seq, .. } => {
             *last_seq = *seq;
-            Some(json!({
-                "type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq,
-                // Times as the REST answers write them (RFC 3339, `+00:00`).
-                "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(), "auto": auto,
-            }))
+            true
         }
-        Event::Closed { status, winner, price, .. } => Some(json!({
+        Event::Closed { .. } | Event::SecondChance { .. } => true,
+    }
+}
+
+/// The live messages (documented on [`AuctionsApi::live`]).
+fn event_message(event: &Event) -> Value {
+    match event {
+        Event::Bid { price, leader, seq, end_at, min_next_bid, auto, .. } => json!({
+            "type": "bid", "price": price.to_string(), "leader_id": leader, "seq": seq,
+            // Times as the REST answers write them (RFC 3339, `+00:00`).
+            "end_at": end_at.to_rfc3339(), "min_next_bid": min_next_bid.to_string(), "auto": auto,
+        }),
+        Event::Closed { status, winner, price, .. } => json!({
             "type": "closed", "status": status.as_str(), "winner_id": winner, "price": price.map(|p| p.to_string())
-        })),
-        Event::SecondChance { winner, price, .. } => Some(json!({
+        }),
+        Event::SecondChance { winner, price, .. } => json!({
             "type": "second_chance", "winner_id": winner, "price": price.to_string()
-        })),
+        }),
     }
 }

@@ -7,5 +7,5 @@ pub mod publisher;
 pub mod topology;
 
 pub use consumer::{Delivery, Intake, Outcome};
-pub use publisher::{ConfirmPublisher, Message, PublishError};
+pub use publisher::{ConfirmPublisher, InFlight, Message, PublishError};
 pub use topology::{Route, Topology};

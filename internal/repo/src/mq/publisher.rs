@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use platform::Broker;
 use platform::telemetry;
 use tokio::sync::Mutex;
@@ -49,12 +50,14 @@ pub struct Message {
 pub struct ConfirmPublisher {
     broker: Arc<Broker>,
     channel: Mutex<Option<Channel>>,
+    /// Channels opened so far: tells the channel of a failed confirm apart from one opened since.
+    opened: AtomicU64,
     timeout: Duration,
 }
 
 impl ConfirmPublisher {
     pub fn new(broker: Arc<Broker>, timeout: Duration) -> Self {
-        Self { broker, channel: Mutex::new(None), timeout }
+        Self { broker, channel: Mutex::new(None), opened: AtomicU64::new(0), timeout }
     }
 
     /// Closes the channel and waits for the broker's answer; the owner calls it when it
@@ -73,18 +76,19 @@ impl ConfirmPublisher {
     /// A channel to use for declarations next to this publisher's publishes.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
         let mut slot = self.channel.lock().await;
-        Self::ensure(&self.broker, &mut slot).await
+        self.ensure(&mut slot).await
     }
 
-    async fn ensure(broker: &Broker, slot: &mut Option<Channel>) -> Result<Channel, lapin::Error> {
+    async fn ensure(&self, slot: &mut Option<Channel>) -> Result<Channel, lapin::Error> {
         if let Some(channel) = slot.as_ref()
             && channel.status().connected()
         {
             return Ok(channel.clone());
         }
-        let channel = broker.channel().await?;
+        let channel = self.broker.channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         *slot = Some(channel.clone());
+        self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(channel)
     }
 
@@ -93,17 +97,59 @@ impl ConfirmPublisher {
     /// the channel is dropped, and the caller must assume that none, some or all of them
     /// were stored.
     pub async fn publish_all(&self, messages: &[Message]) -> Result<(), PublishError> {
+        let in_flight = self.send(messages).await?;
+        self.confirmed(in_flight).await
+    }
+
+    /// The first half of [`Self::publish_all`]: hands the messages to the broker and returns
+    /// without waiting for their confirms, so the caller can publish more on the same
+    /// channel while these are confirmed. Nothing counts as sent before
+    /// [`Self::confirmed`] says so; the timeout covers both halves.
+    pub async fn send(&self, messages: &[Message]) -> Result<InFlight, PublishError> {
         let spans: Vec<Span> = messages.iter().map(producer_span).collect();
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut slot = self.channel.lock().await;
-        let result = tokio::time::timeout(self.timeout, self.publish_on(&mut slot, messages, &spans))
+        let sent = tokio::time::timeout_at(deadline, self.publish_on(&mut slot, messages, &spans))
             .await
             .unwrap_or(Err(PublishError::Timeout(self.timeout)));
-        if let Err(err) = &result {
-            *slot = None;
-            for span in &spans {
-                span.record("otel.status_code", "error");
-                span.in_scope(|| tracing::warn!(error = %err, "publish failed"));
+        match sent {
+            Ok(confirms) => Ok(InFlight {
+                confirms,
+                spans,
+                routing_keys: messages.iter().map(|m| m.routing_key.clone()).collect(),
+                deadline,
+                channel: self.opened.load(Ordering::Relaxed),
+            }),
+            Err(err) => {
+                *slot = None;
+                failed(&spans, &err);
+                Err(err)
             }
+        }
+    }
+
+    /// The second half of [`Self::publish_all`]: Ok only if the broker confirmed every
+    /// message [`Self::send`] handed it. On a failure the channel they went out on is
+    /// dropped (not one opened since).
+    pub async fn confirmed(&self, in_flight: InFlight) -> Result<(), PublishError> {
+        let InFlight { confirms, spans, routing_keys, deadline, channel } = in_flight;
+        let waits: Vec<Span> = spans.iter().map(|span| tracing::info_span!(parent: span, "confirm")).collect();
+        let answers = tokio::time::timeout_at(deadline, join_all(confirms)).await;
+        drop(waits);
+        let result = match answers {
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+            Ok(answers) => answers.into_iter().zip(&routing_keys).try_for_each(|(answer, key)| match answer? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(key.clone())),
+                Confirmation::Nack(_) => Err(PublishError::Nacked),
+            }),
+        };
+        if let Err(err) = &result {
+            let mut slot = self.channel.lock().await;
+            if self.opened.load(Ordering::Relaxed) == channel {
+                *slot = None;
+            }
+            failed(&spans, err);
         }
         result
     }
@@ -113,10 +159,9 @@ impl ConfirmPublisher {
         slot: &mut Option<Channel>,
         messages: &[Message],
         spans: &[Span],
-    ) -> Result<(), PublishError> {
-        let channel = Self::ensure(&self.broker, slot).await?;
+    ) -> Result<Vec<PublisherConfirm>, PublishError> {
+        let channel = self.ensure(slot).await?;
         let mut confirms = Vec::with_capacity(messages.len());
-        let mut waits = Vec::with_capacity(messages.len());
         for (message, span) in messages.iter().zip(spans) {
             let confirm = channel
                 .basic_publish(
@@ -128,18 +173,25 @@ impl ConfirmPublisher {
                 )
                 .await?;
             confirms.push(confirm);
-            waits.push(tracing::info_span!(parent: span, "confirm"));
         }
-        let answers = join_all(confirms).await;
-        drop(waits);
-        for (answer, message) in answers.into_iter().zip(messages) {
-            match answer? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(message.routing_key.clone())),
-                Confirmation::Nack(_) => return Err(PublishError::Nacked),
-            }
-        }
-        Ok(())
+        Ok(confirms)
+    }
+}
+
+/// Messages handed to the broker whose confirms are still to come ([`ConfirmPublisher::send`]).
+pub struct InFlight {
+    confirms: Vec<PublisherConfirm>,
+    spans: Vec<Span>,
+    routing_keys: Vec<String>,
+    deadline: tokio::time::Instant,
+    /// Which of the publisher's channels they went out on.
+    channel: u64,
+}
+
+fn failed(spans: &[Span], err: &PublishError) {
+    for span in spans {
+        span.record("otel.status_code", "error");
+        span.in_scope(|| tracing::warn!(error = %err, "publish failed"));
     }
 }
 
