@@ -1,7 +1,7 @@
 """Hooks for scripts/schemathesis: the rules that join two fields, which an OpenAPI schema
 cannot state, applied to the requests schemathesis means to be valid (positive mode) so that
 they are: a window ends after it starts, an anti-sniping window comes with an extension,
-a bid has exactly one of `amount` and `max_amount`, a buy-now price is at least the start and reserve prices, an order lists a product once, and ids in bodies name a product that exists
+a bid has exactly one of `amount` and `max_amount`, a sale has no more stock buckets than units, a buy-now price is at least the start and reserve prices, an order lists a product once, and ids in bodies name a product that exists
 (SPIKE_FUZZ_PRODUCT_ID, created by the script). Invalid (negative) requests are left alone.
 """
 
@@ -36,6 +36,11 @@ def _buy_now_too_low(body):
     return buy_now < max(start, reserve or start)
 
 
+def _more_buckets_than_stock(body):
+    buckets, stock = body.get("stock_buckets"), body.get("stock")
+    return isinstance(buckets, int) and isinstance(stock, int) and buckets > stock
+
+
 def _make_valid(case):
     body = case.body
     if not isinstance(body, dict):
@@ -45,6 +50,8 @@ def _make_valid(case):
     if route == ("POST", "/sales"):
         body["product_id"] = PRODUCT
         _open_window(body)
+        if _more_buckets_than_stock(body):
+            body["stock_buckets"] = body["stock"]
     elif route == ("POST", "/auctions"):
         _open_window(body)
         if body.get("extend_window_secs") and not body.get("extend_by_secs"):
@@ -106,6 +113,8 @@ def filter_failure(context, failure, case, response):
         return not (start and end and end <= start)
     if field == "buy_now_price" and "at least the start price" in message:
         return not _buy_now_too_low(body)
+    if field == "stock_buckets" and "must not exceed stock" in message:
+        return not _more_buckets_than_stock(body)
     if field == "extend_by_secs":
         return not (body.get("extend_window_secs") and not body.get("extend_by_secs"))
     if field in ("amount", "max_amount"):

@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 keys: vec![],
                 idempotency_ttl_ms: 0,
                 received: vec![],
+                buckets: 1,
             };
             sales::load(&mut redis.clone(), &keys.sale(sale), &snapshot).await?;
             let api = OpenApiService::new(ReserveApi { redis, keys, sale }, "reserve", "1");

@@ -15,7 +15,7 @@ use domain::money::MONEY_PATTERN;
 use domain::order::{MAX_ITEMS, MAX_QUANTITY, OrderKind, OrderStatus};
 use domain::page::{DESCRIPTION_MAX_CHARS, MAX_PAGE, MAX_PAGE_SIZE, SEARCH_MAX_CHARS, TITLE_MAX_CHARS};
 use domain::reservation::{FailureReason, ReservationStatus};
-use domain::sale::{MAX_PAYMENT_TIMEOUT_SECS, MAX_PER_USER_LIMIT, MAX_SALE_STOCK, SaleStatus};
+use domain::sale::{MAX_PAYMENT_TIMEOUT_SECS, MAX_PER_USER_LIMIT, MAX_SALE_STOCK, MAX_STOCK_BUCKETS, SaleStatus};
 use domain::user::{Password, Role};
 use domain::{Sort, user};
 use serde_json::{Map, Value, json};
@@ -205,6 +205,7 @@ fn field_rules() -> Vec<(&'static str, &'static str, Value)> {
         ("CreateSaleRequest", "stock", range(1, MAX_SALE_STOCK)),
         ("CreateSaleRequest", "per_user_limit", range(1, MAX_PER_USER_LIMIT)),
         ("CreateSaleRequest", "payment_timeout_secs", payment_timeout.clone()),
+        ("CreateSaleRequest", "stock_buckets", range(1, MAX_STOCK_BUCKETS)),
         ("PurchaseRequest", "quantity", range(1, MAX_QUANTITY)),
         ("OrderLineRequest", "quantity", range(1, MAX_QUANTITY)),
         ("CreateOrderRequest", "items", json!({"minItems": 1, "maxItems": MAX_ITEMS})),

@@ -38,6 +38,10 @@ use crate::singleflight::SingleFlight;
 use crate::transfers::{Refill, Transfers};
 use crate::undo::Undo;
 
+/// How many times a purchase refills its dry home bucket before it answers 503 (about a
+/// second when every round waits for a pending move).
+const MAX_REFILL_ROUNDS: u32 = 100;
+
 #[derive(Debug, Clone)]
 pub struct SaleView {
     pub id: Uuid,
@@ -193,10 +197,20 @@ impl SaleService {
             let row = sales::find(&self.db, sale_id).await.map_err(|e| e.to_string())?;
             Ok(row.map(|row| row.stock_buckets.clamp(1, 64) as u16))
         };
-        let found = self.count_lookups.run(sale_id, lookup).await.map_err(|e| Error::Unavailable {
-            service: "postgres",
-            cause: Some(anyhow::anyhow!("looking up the buckets of sale {sale_id}: {e}")),
-        })?;
+        let found = match self.count_lookups.run(sale_id, lookup).await {
+            Ok(found) => found,
+            // The purchase path needs only Redis and RabbitMQ: while Postgres is down, the
+            // count loaded with the sale's hot state answers.
+            Err(e) => match hot::bucket_count(&mut self.redis.clone(), &self.keys.sale(sale_id)).await {
+                Ok(Some(n)) => Some(n.clamp(1, 64)),
+                _ => {
+                    return Err(Error::Unavailable {
+                        service: "postgres",
+                        cause: Some(anyhow::anyhow!("looking up the buckets of sale {sale_id}: {e}")),
+                    });
+                }
+            },
+        };
         let n = found.ok_or(Error::NotFound("sale"))?;
         self.bucket_counts.write().expect("bucket counts poisoned").insert(sale_id, n);
         Ok(n)
@@ -357,17 +371,18 @@ impl SaleService {
             && let Reserve::SoldOut { left } = answer
         {
             rounds += 1;
+            if rounds > MAX_REFILL_ROUNDS {
+                // Buyers of other buckets kept taking what came over, or moves stayed pending.
+                metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
+                return Err(Error::unavailable("redis"));
+            }
             let want = i64::from(quantity.get()) - left.max(0);
             match self.refill(sale_id, home, want).await? {
                 Refill::Moved => {}
                 // Nobody can say it is sold out until that bucket is back.
                 Refill::Missing(bucket) => self.rebuild(sale_id, bucket).await?,
                 Refill::Dry { others: 0, pending: false } => break,
-                Refill::Dry { .. } if rounds < 100 => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                Refill::Dry { .. } => {
-                    metrics::counter!("purchases_total", "outcome" => "unavailable").increment(1);
-                    return Err(Error::unavailable("redis"));
-                }
+                Refill::Dry { .. } => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
             answer = hot::reserve(&mut redis, &keys, &ask).await?;
         }
@@ -494,6 +509,7 @@ impl SaleService {
             keys: keys.into_iter().map(key_record).collect(),
             idempotency_ttl_ms: self.idempotency_ttl.as_millis() as u64,
             received,
+            buckets: of,
         };
         let keys = self.keys.sale_bucket(sale_id, bucket);
         let loaded = hot::load(&mut self.redis.clone(), &keys, &snapshot).await.map_err(|e| e.to_string())?;

@@ -23,7 +23,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A move younger than this belongs to its mover; an older one is finished by the sweeper.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(3);
@@ -108,6 +108,16 @@ impl Transfers {
                 tracing::warn!(%sale_id, donor, %transfer_id, "the donor lost a transfer before it was recorded: nothing moved");
                 return Ok(false);
             }
+            if sales::bucket_stock_left(&txn, sale_id, donor).await? < units {
+                // The donor's Redis gave units its row does not have: it forgot writes (a
+                // failover, an old snapshot). Nothing moves; its hot state is dropped and
+                // rebuilt from the row behind the barrier, which forgets this move too.
+                txn.rollback().await?;
+                tracing::warn!(%sale_id, donor, %transfer_id, units, "a donor bucket gave units its Postgres row does not have: dropping its hot state to rebuild it");
+                metrics::counter!("sale_hot_state_drift_total").increment(1);
+                hot::forget_state(&mut redis, &donor_keys).await?;
+                return Ok(false);
+            }
             let transfer = Transfer {
                 id: transfer_id,
                 sale_id,
@@ -138,10 +148,18 @@ impl Transfers {
         let mut finished = 0;
         let older = SWEEP_AFTER.as_millis() as i64;
         for t in sales::transfers_pending(&self.db, older).await? {
-            self.deliver(t.sale_id, t.to_bucket as u16, t.id, i64::from(t.units)).await?;
             let donor = self.keys.sale_bucket(t.sale_id, t.from_bucket as u16);
-            hot::forget_move(&mut self.redis.clone(), &donor, t.id).await?;
-            finished += 1;
+            let done = async {
+                self.deliver(t.sale_id, t.to_bucket as u16, t.id, i64::from(t.units)).await?;
+                hot::forget_move(&mut self.redis.clone(), &donor, t.id).await.map_err(Error::from)
+            };
+            // One transfer that cannot be finished does not hold up the others.
+            match done.await {
+                Ok(()) => finished += 1,
+                Err(err) => {
+                    tracing::warn!(sale_id = %t.sale_id, transfer_id = %t.id, error = %err, "could not finish a recorded transfer")
+                }
+            }
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (sale_id, of) in sales::live_split_ids(&self.db).await? {
@@ -149,8 +167,12 @@ impl Transfers {
                 let keys = self.keys.sale_bucket(sale_id, donor);
                 for m in hot::moves(&mut self.redis.clone(), &keys).await? {
                     if now_ms - m.since_ms >= older {
-                        self.complete(sale_id, donor, m.dest, m.transfer_id, m.units).await?;
-                        finished += 1;
+                        match self.complete(sale_id, donor, m.dest, m.transfer_id, m.units).await {
+                            Ok(_) => finished += 1,
+                            Err(err) => {
+                                tracing::warn!(%sale_id, donor, transfer_id = %m.transfer_id, error = %err, "could not finish a move")
+                            }
+                        }
                     }
                 }
             }

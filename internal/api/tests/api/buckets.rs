@@ -350,3 +350,74 @@ async fn order_batches_of_a_bucketed_sale_do_not_wait_for_the_sale_row() {
     let report = verify(&app, &sale).await;
     assert!(report.passed(), "{report}");
 }
+
+#[tokio::test]
+async fn a_donor_whose_redis_holds_units_its_row_does_not_is_rebuilt_and_nothing_moves() {
+    // A donor's Redis ahead of its Postgres row (it forgot writes in a failover): the units
+    // its step 1 gave cannot be recorded. The donor is dropped and rebuilt from its row, the
+    // move with it; the sweeper is not stuck on it.
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = bucket_sale(&app, &admin, 12, 3, 1, 300).await;
+    let sale_id: Uuid = sale.parse().unwrap();
+    let keys = app.services.deps.keys();
+    let mut redis = app.services.deps.redis.clone();
+    let donor = keys.sale_bucket(sale_id, 2);
+    let _: () = redis::cmd("HINCRBY").arg(&donor.state).arg("stock").arg(10).query_async(&mut redis).await.unwrap();
+    let transfer = Uuid::now_v7();
+    let given = hot::transfer_out(&mut redis, &donor, transfer, 0, 8).await.unwrap();
+    assert_eq!(given, hot::Given::Units { units: 8, left: 6 });
+
+    assert!(!app.services.transfers.complete(sale_id, 2, 0, transfer, 8).await.unwrap(), "nothing moved");
+    assert_eq!(postgres_buckets(&app, &sale).await, vec![4, 4, 4]);
+    assert_eq!(app.scalar(&format!("SELECT count(*) FROM bucket_transfers WHERE id = '{transfer}'")).await, 0);
+    assert_eq!(hot::remaining(&mut redis, &donor).await.unwrap(), None, "the drifted donor is dropped");
+    app.services.sales.load_hot_state(sale_id).await.unwrap();
+    assert_eq!(redis_buckets(&app, &sale, 3).await, vec![4, 4, 4]);
+    assert!(hot::moves(&mut redis, &donor).await.unwrap().is_empty(), "the rebuild forgot the move");
+    let report = verify(&app, &sale).await;
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_donor_gives_one_move_at_a_time() {
+    // While a move out of a donor is pending (Postgres could not record it yet), the donor
+    // gives nothing more: buyers retrying through an outage do not drain every bucket.
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = bucket_sale(&app, &admin, 12, 3, 1, 300).await;
+    let sale_id: Uuid = sale.parse().unwrap();
+    let keys = app.services.deps.keys();
+    let mut redis = app.services.deps.redis.clone();
+    let donor = keys.sale_bucket(sale_id, 1);
+    let first = hot::transfer_out(&mut redis, &donor, Uuid::now_v7(), 0, 1).await.unwrap();
+    assert_eq!(first, hot::Given::Units { units: 2, left: 2 });
+    let second = hot::transfer_out(&mut redis, &donor, Uuid::now_v7(), 2, 1).await.unwrap();
+    assert_eq!(second, hot::Given::Dry(2), "a move is pending");
+    assert_eq!(redis_buckets(&app, &sale, 3).await, vec![4, 2, 4]);
+}
+
+#[tokio::test]
+async fn an_instance_that_meets_a_sale_while_postgres_is_down_still_sells_it() {
+    // The purchase path needs only Redis and RabbitMQ: an instance that has never looked
+    // the sale up finds its bucket count in the sale's hot state.
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let sale = bucket_sale(&app, &admin, 12, 3, 2, 300).await;
+    let single = bucket_sale(&app, &admin, 5, 1, 2, 300).await;
+    let shopper = app.shopper().await;
+    let postgres = crate::proxy::TcpProxy::start(&crate::faults::postgres_address()).await;
+    let api = crate::helpers::spawn_sibling(&app, api::Mode::Api, |s| {
+        s.database.url = crate::faults::through(&s.database.url, postgres.addr);
+        s.database.acquire_timeout_secs = 1;
+        s.database.connect_timeout_secs = 1;
+    })
+    .await;
+    postgres.cut();
+    for sale in [&sale, &single] {
+        let reply = api.post(&format!("/api/v1/sales/{sale}/purchase"), json!({}), shopper.token()).await;
+        let id = reply.data(202)["reservation_id"].as_str().unwrap().to_owned();
+        assert_eq!(confirmed(&app, &shopper, &id).await["status"], "confirmed");
+    }
+    postgres.restore();
+}

@@ -22,7 +22,7 @@ pub(crate) fn through(url: &SecretString, proxy: SocketAddr) -> SecretString {
 }
 
 /// The `host:port` of the Postgres the tests use, for a proxy in front of it.
-fn postgres_address() -> String {
+pub(crate) fn postgres_address() -> String {
     platform::connect::address_of(crate::helpers::test_settings().database.url.expose_secret())
 }
 

@@ -330,6 +330,9 @@ pub struct Snapshot {
     pub idempotency_ttl_ms: u64,
     /// The transfers the bucket received (`stock_left` counts them already).
     pub received: Vec<Uuid>,
+    /// How many stock buckets the sale has (a purchase finds its home bucket without
+    /// Postgres).
+    pub buckets: u16,
 }
 
 /// An `Idempotency-Key` a purchase was made with, and what it replays.
@@ -364,7 +367,8 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
         .arg(&snapshot.generation)
         .arg(snapshot.expire_at_ms)
         .arg(snapshot.idempotency_ttl_ms)
-        .arg(snapshot.buyers.len());
+        .arg(snapshot.buyers.len())
+        .arg(snapshot.buckets);
     for (user, held) in &snapshot.buyers {
         invocation.arg(user.to_string()).arg(*held);
     }
@@ -382,6 +386,11 @@ pub async fn load(redis: &mut Redis, keys: &SaleKeys, snapshot: &Snapshot) -> re
 /// next purchase finds it missing and rebuilds it from Postgres behind the rebuild barrier.
 pub async fn forget_state(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<()> {
     redis.del::<_, ()>(&keys.state).await
+}
+
+/// The sale's number of stock buckets, as bucket 0's hot state recorded it when it loaded.
+pub async fn bucket_count(redis: &mut Redis, keys: &SaleKeys) -> redis::RedisResult<Option<u16>> {
+    redis.hget(&keys.state, "buckets").await
 }
 
 /// Units left for sale right now, if the hot state is loaded.

@@ -344,6 +344,16 @@ pub async fn record_transfer(db: &impl ConnectionTrait, t: &Transfer) -> Result<
     Ok(true)
 }
 
+/// A bucket row's units left (read under the caller's lock of that row).
+pub async fn bucket_stock_left(db: &impl ConnectionTrait, sale_id: Uuid, bucket: u16) -> Result<i64, DbErr> {
+    scalar(
+        db,
+        "SELECT stock_left::bigint AS count FROM sale_buckets WHERE sale_id = $1 AND bucket = $2",
+        [sale_id.into(), (bucket as i16).into()],
+    )
+    .await
+}
+
 /// Whether a transfer is recorded.
 pub async fn transfer_recorded(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
     Ok(scalar(db, "SELECT count(*) AS count FROM bucket_transfers WHERE id = $1", [id.into()]).await? > 0)

@@ -11,8 +11,9 @@
 -- KEYS[6] settled, KEYS[7] returned, KEYS[8] received, KEYS[9] moves (stock buckets), then
 -- one idem key per restored Idempotency-Key
 -- ARGV: start, end, limit, stock, snap, gen, expire_at (ms), idem ttl (ms), number of
---       buyers, then pairs (user, units held), then one idem value per idem key, then the
---       ids of the transfers this bucket received (its stock already counts them)
+--       buyers, number of stock buckets of the sale, then pairs (user, units held), then
+--       one idem value per idem key, then the ids of the transfers this bucket received
+--       (its stock already counts them)
 -- Returns 1 when it loaded, 0 when a state was already there.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -21,13 +22,13 @@ end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 redis.call('HSET', KEYS[1],
   'start', ARGV[1], 'end', ARGV[2], 'limit', ARGV[3], 'stock', ARGV[4],
-  'snap', ARGV[5], 'gen', ARGV[6], 'expire_at', ARGV[7])
+  'snap', ARGV[5], 'gen', ARGV[6], 'expire_at', ARGV[7], 'buckets', ARGV[10])
 -- `buyers` and `inflight` get a placeholder field so they exist now and carry the
 -- expiry; the scripts that change them later keep it.
 redis.call('HSET', KEYS[2], '_', 0)
 redis.call('HSET', KEYS[3], '_', '_ 0')
-local buyers_end = 9 + 2 * tonumber(ARGV[9])
-for i = 10, buyers_end, 2 do
+local buyers_end = 10 + 2 * tonumber(ARGV[9])
+for i = 11, buyers_end, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 for i = 10, #KEYS do

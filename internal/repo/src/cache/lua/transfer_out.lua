@@ -6,7 +6,8 @@
 -- KEYS[1] state (the donor's), KEYS[2] moves hash: transfer id -> "dest units ms"
 -- ARGV: transfer id, destination bucket, units wanted (it gives half its stock if that is
 --       more, so that one transfer serves many buyers; all it has if that is less)
--- Returns {-1} the donor's hot state is missing, {0, stock} nothing to give,
+-- Returns {-1} the donor's hot state is missing, {0, stock} nothing to give (or a move out
+--         of it is still pending),
 --         {units, stock left}.
 
 local state, moves = KEYS[1], KEYS[2]
@@ -16,6 +17,11 @@ if not s[1] then
 end
 local stock = tonumber(s[1])
 if stock <= 0 then
+  return {0, stock}
+end
+-- One move out of a donor at a time: while Postgres cannot record moves (step 2), buyers
+-- retrying would otherwise drain every bucket into moves nobody can finish.
+if redis.call('HLEN', moves) > 0 then
   return {0, stock}
 end
 local units = math.min(stock, math.max(tonumber(ARGV[3]), math.floor(stock / 2)))
