@@ -14,6 +14,7 @@
 //! - `m20261202_000009_buy_now_second_chance`: buy-it-now, and several orders per auction (one live).
 //! - `m20261202_000010_sale_buckets`: a sale's stock split into buckets (their own stock rows
 //!   and versions), and the transfers between them.
+//! - `m20261202_000011_bid_raises`: a leader's raised maximum kept beside its last bid.
 
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DatabaseConnection, TransactionTrait};
@@ -28,6 +29,7 @@ mod m20261202_000007_sale_returns;
 mod m20261202_000008_bid_maximums;
 mod m20261202_000009_buy_now_second_chance;
 mod m20261202_000010_sale_buckets;
+mod m20261202_000011_bid_raises;
 
 pub struct Migrator;
 
@@ -45,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_bid_maximums::Migration),
             Box::new(m20261202_000009_buy_now_second_chance::Migration),
             Box::new(m20261202_000010_sale_buckets::Migration),
+            Box::new(m20261202_000011_bid_raises::Migration),
         ]
     }
 }

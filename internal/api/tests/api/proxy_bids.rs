@@ -321,3 +321,23 @@ async fn a_maximum_that_meets_the_reserve_bids_the_reserve() {
     let report = verify(&app, &lot).await;
     assert!(report.passed(), "{report}");
 }
+
+#[tokio::test]
+async fn a_leader_raising_its_maximum_after_a_tie_answer_leaves_every_bid_as_it_was_placed() {
+    // A's maximum 15 answers B's 15 (a tie: A's automatic 15 keeps the lead), then A raises
+    // its maximum to 20 without bidding. The automatic 15 was placed at A's maximum then,
+    // and verify must still read it so; the raise counts for what comes next.
+    let app = spawn_app().await;
+    let lot = auction(&app).await;
+    let (a, b, c) = (app.shopper().await, app.shopper().await, app.shopper().await);
+    max(&app, &a, &lot, "15.00").await.data(201);
+    bid(&app, &b, &lot, "15.00").await.data(201);
+    let raised = max(&app, &a, &lot, "20.00").await;
+    assert_eq!(answer(&raised), expected("15.00", 3, &a, true, Some("20.00")));
+    let report = verify(&app, &lot).await;
+    assert!(report.passed(), "{report}");
+    // The raised maximum answers the next bid: C's 17 meets A's automatic 18.
+    assert_eq!(answer(&bid(&app, &c, &lot, "17.00").await), expected("18.00", 5, &a, false, None));
+    let report = verify(&app, &lot).await;
+    assert!(report.passed(), "{report}");
+}

@@ -250,7 +250,7 @@ pub async fn raise_max(
             "WITH fence AS ( \
                  UPDATE auctions SET updated_at = now() \
                  WHERE id = $1 AND bid_generation = $2 AND bid_count >= $3 RETURNING id) \
-             UPDATE bids SET max_amount = GREATEST(max_amount, $5) \
+             UPDATE bids SET raised_max = GREATEST(COALESCE(raised_max, max_amount), $5) \
              WHERE auction_id = $1 AND seq = $3 AND user_id = $4 AND EXISTS (SELECT 1 FROM fence)",
             [auction_id.into(), generation.into(), (seq as i32).into(), user_id.into(), max_amount.into()],
         ))
@@ -428,7 +428,9 @@ pub struct BidRow {
     pub placed_at: DateTime<Utc>,
 }
 
-const BID_COLUMNS: &str = "seq, user_id, amount, max_amount, auto, end_at, placed_at";
+/// `max_amount` is the bidder's maximum now: a leader's later raise of it included.
+const BID_COLUMNS: &str =
+    "seq, user_id, amount, COALESCE(raised_max, max_amount) AS max_amount, auto, end_at, placed_at";
 
 /// Newest first.
 #[tracing::instrument(name = "SELECT bids", skip_all, fields(otel.kind = "client", db.system.name = "postgresql",
@@ -530,8 +532,9 @@ pub async fn ledger(db: &impl ConnectionTrait, auction_id: Uuid) -> Result<BidLe
                 (SELECT count(*) FROM b WHERE amount > max_amount) AS over_max, \
                 (SELECT amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_amount, \
                 (SELECT user_id FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_user, \
-                (SELECT max_amount FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) AS top_max, \
-                (SELECT max(max_amount) FROM bids WHERE auction_id = $1) AS highest_max, \
+                (SELECT COALESCE(raised_max, max_amount) FROM bids WHERE auction_id = $1 ORDER BY seq DESC LIMIT 1) \
+                    AS top_max, \
+                (SELECT max(COALESCE(raised_max, max_amount)) FROM bids WHERE auction_id = $1) AS highest_max, \
                 (SELECT count(*) FROM orders WHERE auction_id = $1) AS orders",
         [auction_id.into()],
     ))
